@@ -1,0 +1,13 @@
+//! Pure logic of pg_quota: everything that needs no PostgreSQL.
+//!
+//! The pgrx layer (`extension/src`) only moves values between SQL and these functions and runs
+//! SPI. Keeping the rules here means plain `cargo test -p pg_quota_core` (and a fuzzer) reach them.
+
+pub mod error;
+pub mod ids;
+pub mod plan;
+pub mod pricing;
+pub mod time;
+pub mod user;
+
+pub use error::{ErrorKind, QuotaError};

@@ -1,0 +1,42 @@
+-- Documentation of the public SQL API (finalize: runs after every function exists).
+COMMENT ON FUNCTION quota.charge(text, double precision, text, text, jsonb) IS
+    'Charges round_half_even(cost_usd * plan multiplier * base_rate) credits. Idempotent by operation_id (replay returns the first result; other parameters: 23505). Insufficient credits: 23514, nothing recorded.';
+COMMENT ON FUNCTION quota.add(text, double precision, text, text, jsonb) IS
+    'Adds round_half_even(amount_usd * plan purchase_rate * base_rate) credits (ledger type add). Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.purchase(text, double precision, text, text) IS
+    'A credit purchase: like quota.add, recording the payment method. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.bonus(text, bigint, text, text, jsonb) IS
+    'Grants credits as a bonus (ledger type bonus). Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.refund(text, text, text, bigint, text) IS
+    'Returns credits of an earlier charge (by its operation_id); credits NULL = all not yet refunded. Never more than charged (23514). Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.update_subscription(text, text, bigint, text) IS
+    'Moves a user to a plan tier and adds credits_to_add (ledger type subscription). Same tier again: 23505. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.check_credits(text, bigint) IS
+    'Whether a user has at least required_credits; writes nothing.';
+COMMENT ON FUNCTION quota.calculate_credits(double precision, text, text) IS
+    'Credits a cost would be charged, at a tier''s multiplier, a user''s plan, or multiplier 1; writes nothing.';
+COMMENT ON FUNCTION quota.balance(text) IS 'A user''s balance, totals earned and spent, and tier.';
+COMMENT ON FUNCTION quota.transactions(text, integer, integer, text) IS
+    'A user''s ledger entries, newest first, as JSON {transactions, total, limit, offset}; limit 1 to 100.';
+COMMENT ON FUNCTION quota.subscription(text) IS 'A user''s subscription, plan and wallet as JSON.';
+COMMENT ON FUNCTION quota.verify() IS
+    'Checks the ledger invariant: every balance and total equals its ledger sums, the chain of balances is unbroken, no refund exceeds its charge. No rows = clean.';
+COMMENT ON FUNCTION quota.create_plan(jsonb, text) IS
+    'Creates a plan from JSON (tier, name, monthly_cost, fixed_cost, credits_included, bonus_credits, multiplier > 0, purchase_rate >= 1, active). Duplicate tier or name: 23505. Audited.';
+COMMENT ON FUNCTION quota.update_plan(text, jsonb, text) IS 'Partially updates a plan from JSON. Audited.';
+COMMENT ON FUNCTION quota.delete_plan(text, text) IS 'Deletes a plan; refused (23503) while users are subscribed. Audited.';
+COMMENT ON FUNCTION quota.list_plans(boolean) IS 'Plans as JSON {plans, total}, each with total_credits = credits_included + bonus_credits.';
+COMMENT ON FUNCTION quota.set_plan_multiplier(text, double precision, text) IS 'Sets a plan''s charge multiplier (> 0). Audited.';
+COMMENT ON FUNCTION quota.set_plan_purchase_rate(text, double precision, text) IS 'Sets a plan''s purchase rate (>= 1). Audited.';
+COMMENT ON FUNCTION quota.set_exchange_rate(bigint, text) IS 'Sets base_rate, the credits per USD; applies on the first call too. Audited.';
+COMMENT ON FUNCTION quota.statistics(timestamptz, timestamptz, text) IS
+    'Users, subscriptions per tier, credits earned / spent / balance and transaction counts in [start_date, end_date), optionally for one tier.';
+COMMENT ON FUNCTION quota.create_user(text, jsonb, text) IS 'Creates a user (profile fields of seed 000) with an empty wallet. Duplicate id: 23505. Audited.';
+COMMENT ON FUNCTION quota.update_user(text, jsonb, text) IS 'Partially updates a user''s profile; JSON null clears a field. Audited.';
+COMMENT ON FUNCTION quota.get_user(text) IS 'A user''s profile and wallet as JSON.';
+COMMENT ON FUNCTION quota.list_users(integer, integer) IS 'Users as JSON {users, total, limit, offset}, ordered by id.';
+COMMENT ON FUNCTION quota.import_users(jsonb, text) IS 'Creates or updates up to 10000 users from a JSON array; all or nothing. Audited.';
+COMMENT ON FUNCTION quota.issue_api_token(text, text, text) IS 'Issues a user API token for the public REST API; only its SHA-256 is stored, so it is shown once. Audited.';
+COMMENT ON FUNCTION quota.revoke_api_token(bigint, text) IS 'Revokes a user API token; false if it was already revoked. Audited.';
+COMMENT ON FUNCTION quota.resolve_api_token(text) IS 'The user id of a valid (unrevoked) API token, or NULL.';
+COMMENT ON FUNCTION quota.worker_status() IS 'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries).';

@@ -1,0 +1,222 @@
+-- pg_quota schema: tables and hand-written SQL helpers. Loaded first (bootstrap) by the
+-- extension script that pgrx generates; the Rust functions come after it.
+
+-- The clock every time-dependent rule reads (SPEC 1.4). Tests may pin it per session with
+-- SET quota.now_override = '2024-05-01 00:00:00+00'.
+CREATE FUNCTION quota.now() RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(current_setting('quota.now_override', true), '')::timestamptz, now())
+$$;
+COMMENT ON FUNCTION quota.now() IS
+    'The clock of pg_quota: now(), unless the setting quota.now_override pins it (tests).';
+
+-- One users table for the whole product (SPEC 3 and 6.1). Later features add columns here.
+CREATE TABLE quota.users (
+    id              text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 255),
+    name            text,
+    github_username text,
+    email           text,
+    phone           text,
+    github_star     text[] NOT NULL DEFAULT '{}',
+    vip             integer NOT NULL DEFAULT 0 CHECK (vip >= 0),
+    org             text,
+    register_time   timestamptz,
+    access_time     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE quota.users IS 'Users: the seed 000 profile fields; the wallet is quota.wallets.';
+
+-- The wallet of each user. Its balance only moves together with a quota.ledger row.
+CREATE TABLE quota.wallets (
+    user_id      text PRIMARY KEY REFERENCES quota.users (id),
+    balance      bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    total_earned bigint NOT NULL DEFAULT 0 CHECK (total_earned >= 0),
+    total_spent  bigint NOT NULL DEFAULT 0 CHECK (total_spent >= 0),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80); -- room for HOT updates: every charge rewrites the row
+COMMENT ON TABLE quota.wallets IS
+    'Credit balance per user; invariant (quota.verify): balance = sum of the user''s ledger credits.';
+
+CREATE TABLE quota.plans (
+    tier             text PRIMARY KEY CHECK (length(tier) BETWEEN 1 AND 64),
+    name             text NOT NULL CONSTRAINT plans_name_key UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
+    monthly_cost     numeric(16, 4) NOT NULL DEFAULT 0 CHECK (monthly_cost >= 0),
+    fixed_cost       numeric(16, 4) NOT NULL DEFAULT 0 CHECK (fixed_cost >= 0),
+    credits_included bigint NOT NULL DEFAULT 0 CHECK (credits_included >= 0),
+    bonus_credits    bigint NOT NULL DEFAULT 0 CHECK (bonus_credits >= 0),
+    -- NaN sorts above every number in PostgreSQL, so it is excluded explicitly.
+    multiplier       double precision NOT NULL DEFAULT 1
+                     CHECK (multiplier > 0 AND multiplier <> 'NaN' AND multiplier <> 'Infinity'),
+    purchase_rate    double precision NOT NULL DEFAULT 1
+                     CHECK (purchase_rate >= 1 AND purchase_rate <> 'NaN' AND purchase_rate <> 'Infinity'),
+    active           boolean NOT NULL DEFAULT true,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE quota.plans IS 'Subscription plans (seed 004): multiplier prices charges, purchase_rate prices purchases.';
+
+-- Global settings: one row.
+CREATE TABLE quota.settings (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    base_rate  bigint NOT NULL DEFAULT 10000 CHECK (base_rate BETWEEN 1 AND 1000000000),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO quota.settings DEFAULT VALUES;
+COMMENT ON TABLE quota.settings IS 'Global settings: base_rate = credits per USD before multipliers.';
+
+-- One subscription per user. Deleting a plan with subscribers is refused (23503).
+CREATE TABLE quota.subscriptions (
+    user_id    text PRIMARY KEY REFERENCES quota.users (id),
+    tier       text NOT NULL REFERENCES quota.plans (tier) ON UPDATE CASCADE,
+    status     text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'cancelled')),
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscriptions_tier_idx ON quota.subscriptions (tier);
+
+-- The ledger: every movement of credits, forever. It is also the idempotency record of every
+-- money-moving call: operation_id is unique, and `request` holds the canonical parameters the
+-- first call was made with, so a retry is replayed and a reuse with other parameters refused.
+CREATE TABLE quota.ledger (
+    transaction_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    operation_id     text NOT NULL CONSTRAINT ledger_operation_id_key UNIQUE
+                     CHECK (length(operation_id) BETWEEN 1 AND 255),
+    user_id          text NOT NULL REFERENCES quota.users (id),
+    transaction_type text NOT NULL CHECK (transaction_type IN
+                     ('charge', 'add', 'subscription', 'bonus', 'refund',
+                      'reserve', 'settle', 'release', 'recharge', 'adjust')),
+    credits          bigint NOT NULL,
+    balance_before   bigint NOT NULL,
+    balance_after    bigint NOT NULL CHECK (balance_after = balance_before + credits),
+    cost_usd         double precision,
+    amount_usd       double precision,
+    refund_of        text,
+    description      text,
+    metadata         jsonb,
+    request          jsonb NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ledger_user_idx ON quota.ledger (user_id, transaction_id DESC);
+CREATE INDEX ledger_refund_of_idx ON quota.ledger (refund_of) WHERE refund_of IS NOT NULL;
+CREATE INDEX ledger_created_at_idx ON quota.ledger (created_at);
+COMMENT ON TABLE quota.ledger IS
+    'Every credit movement; operation_id is the idempotency key, request the parameters it was first called with.';
+
+-- User API tokens for the public REST API: only the SHA-256 of the token is stored.
+CREATE TABLE quota.api_tokens (
+    token_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id      text NOT NULL REFERENCES quota.users (id),
+    token_sha256 bytea NOT NULL CONSTRAINT api_tokens_sha256_key UNIQUE,
+    label        text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    revoked_at   timestamptz
+);
+CREATE INDEX api_tokens_user_idx ON quota.api_tokens (user_id);
+
+-- Who changed what, when: every admin change (plans, rates, users, tokens).
+CREATE TABLE quota.audit_log (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    actor      text NOT NULL,
+    action     text NOT NULL,
+    subject    text NOT NULL,
+    old_value  jsonb,
+    new_value  jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_log_created_at_idx ON quota.audit_log (created_at);
+
+SELECT pg_catalog.pg_extension_config_dump('quota.users', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.wallets', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.plans', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.settings', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.subscriptions', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.api_tokens', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.audit_log', '');
+
+-- JSON shapes shared by the SQL API and REST (one rendering per concept).
+CREATE FUNCTION quota._plan_json(p quota.plans) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'tier', p.tier, 'name', p.name,
+        'monthly_cost', p.monthly_cost, 'fixed_cost', p.fixed_cost,
+        'credits_included', p.credits_included, 'bonus_credits', p.bonus_credits,
+        'total_credits', p.credits_included + p.bonus_credits,
+        'multiplier', p.multiplier, 'purchase_rate', p.purchase_rate, 'active', p.active,
+        'created_at', p.created_at, 'updated_at', p.updated_at)
+$$;
+
+CREATE FUNCTION quota._user_json(user_id text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', u.id, 'name', u.name, 'github_username', u.github_username, 'email', u.email,
+        'phone', u.phone, 'github_star', to_jsonb(u.github_star), 'vip', u.vip, 'org', u.org,
+        'register_time', u.register_time, 'access_time', u.access_time,
+        'created_at', u.created_at, 'updated_at', u.updated_at,
+        'balance', w.balance, 'total_earned', w.total_earned, 'total_spent', w.total_spent,
+        'subscription_tier', s.tier)
+    FROM quota.users u
+    JOIN quota.wallets w ON w.user_id = u.id
+    LEFT JOIN quota.subscriptions s ON s.user_id = u.id
+    WHERE u.id = $1
+$$;
+
+CREATE FUNCTION quota._transaction_json(l quota.ledger) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object(
+        'transaction_id', l.transaction_id, 'transaction_type', l.transaction_type,
+        'credits', l.credits, 'balance_before', l.balance_before, 'balance_after', l.balance_after,
+        'cost_usd', l.cost_usd, 'amount_usd', l.amount_usd, 'refund_of', l.refund_of,
+        'description', l.description, 'metadata', l.metadata,
+        'operation_id', l.operation_id, 'created_at', l.created_at)
+$$;
+
+-- The ledger invariant (SPEC 1.2), as a view quota.verify() reads. No rows = clean.
+CREATE VIEW quota.ledger_problems AS
+WITH sums AS (
+    SELECT user_id,
+           sum(credits) AS credits,
+           sum(credits) FILTER (WHERE transaction_type IN ('add', 'subscription', 'bonus', 'recharge')
+                                   OR (transaction_type = 'adjust' AND credits > 0)) AS earned,
+           -sum(credits) FILTER (WHERE transaction_type IN ('charge', 'settle', 'refund')
+                                   OR (transaction_type = 'adjust' AND credits < 0)) AS spent
+    FROM quota.ledger GROUP BY user_id
+), chain AS (
+    SELECT user_id, transaction_id, balance_before,
+           lag(balance_after, 1, 0::bigint) OVER (PARTITION BY user_id ORDER BY transaction_id) AS previous_after
+    FROM quota.ledger
+), refunds AS (
+    SELECT r.refund_of, sum(r.credits) AS refunded, -min(c.credits) AS charged
+    FROM quota.ledger r LEFT JOIN quota.ledger c
+      ON c.operation_id = r.refund_of AND c.transaction_type = 'charge'
+    WHERE r.transaction_type = 'refund' GROUP BY r.refund_of
+)
+SELECT 'user:' || w.user_id AS subject,
+       format('balance %s <> ledger sum %s', w.balance, coalesce(s.credits, 0)) AS problem
+FROM quota.wallets w LEFT JOIN sums s USING (user_id)
+WHERE w.balance <> coalesce(s.credits, 0)
+UNION ALL
+SELECT 'user:' || w.user_id,
+       format('total_earned %s <> ledger earned %s', w.total_earned, coalesce(s.earned, 0))
+FROM quota.wallets w LEFT JOIN sums s USING (user_id)
+WHERE w.total_earned <> coalesce(s.earned, 0)
+UNION ALL
+SELECT 'user:' || w.user_id,
+       format('total_spent %s <> ledger spent %s', w.total_spent, coalesce(s.spent, 0))
+FROM quota.wallets w LEFT JOIN sums s USING (user_id)
+WHERE w.total_spent <> coalesce(s.spent, 0)
+UNION ALL
+SELECT 'user:' || w.user_id, format('balance %s is negative', w.balance)
+FROM quota.wallets w WHERE w.balance < 0
+UNION ALL
+SELECT 'ledger:' || c.transaction_id,
+       format('balance_before %s <> previous balance_after %s', c.balance_before, c.previous_after)
+FROM chain c WHERE c.balance_before <> c.previous_after
+UNION ALL
+SELECT 'ledger:' || l.transaction_id, 'ledger entry of a user without a wallet'
+FROM quota.ledger l WHERE NOT EXISTS (SELECT 1 FROM quota.wallets w WHERE w.user_id = l.user_id)
+UNION ALL
+SELECT 'refund_of:' || r.refund_of,
+       format('refunded %s exceeds charged %s', r.refunded, coalesce(r.charged, 0))
+FROM refunds r WHERE r.refunded > coalesce(r.charged, 0);

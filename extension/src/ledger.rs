@@ -1,0 +1,964 @@
+//! The credit ledger (SPEC 2): charge, add, bonus, refund, purchase, subscription update, and
+//! the read side (check, calculate, balance, transactions, verify).
+//!
+//! Idempotency (SPEC 1.1): the ledger row is the idempotency record. Its `operation_id` is
+//! unique and its `request` column holds the canonical parameters of the first call, so
+//! - same id, same kind and parameters: the stored row is returned (a replay writes nothing);
+//! - same id, other kind or parameters: 23505 `idempotency_conflict`;
+//! - same id racing on two connections: one applies; the other either replays (it waited on the
+//!   wallet lock) or gets 40001 `in_progress`, and its own writes are rolled back; retrying replays.
+//! A rejected call (validation, insufficient credits) raises before or instead of writing.
+
+use crate::error::{raise, OrRaise};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use pgrx::{JsonB, PgOid};
+use quota_core::ids::{validate_free_text, validate_operation_id, validate_tier, validate_user_id};
+use quota_core::pricing::{self, validate_credits};
+use quota_core::{ErrorKind, QuotaError};
+use serde_json::{json, Value};
+use std::cell::OnceCell;
+
+/// One ledger row, as read back for responses and replays.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    pub transaction_id: i64,
+    pub user_id: String,
+    pub transaction_type: String,
+    pub credits: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+    pub cost_usd: Option<f64>,
+    pub amount_usd: Option<f64>,
+    pub metadata: Option<Value>,
+    pub request: Value,
+    pub operation_id: String,
+}
+
+const LEDGER_COLUMNS: &str = "transaction_id, user_id, transaction_type, credits, balance_before, \
+     balance_after, cost_usd, amount_usd, metadata, request, operation_id";
+
+fn read_ledger_row(row: &SpiHeapTupleData) -> Result<LedgerRow, pgrx::spi::SpiError> {
+    Ok(LedgerRow {
+        transaction_id: row.get_by_name::<i64, _>("transaction_id")?.unwrap_or_default(),
+        user_id: row.get_by_name::<String, _>("user_id")?.unwrap_or_default(),
+        transaction_type: row.get_by_name::<String, _>("transaction_type")?.unwrap_or_default(),
+        credits: row.get_by_name::<i64, _>("credits")?.unwrap_or_default(),
+        balance_before: row.get_by_name::<i64, _>("balance_before")?.unwrap_or_default(),
+        balance_after: row.get_by_name::<i64, _>("balance_after")?.unwrap_or_default(),
+        cost_usd: row.get_by_name::<f64, _>("cost_usd")?,
+        amount_usd: row.get_by_name::<f64, _>("amount_usd")?,
+        metadata: row.get_by_name::<JsonB, _>("metadata")?.map(|j| j.0),
+        request: row.get_by_name::<JsonB, _>("request")?.map(|j| j.0).unwrap_or(Value::Null),
+        operation_id: row.get_by_name::<String, _>("operation_id")?.unwrap_or_default(),
+    })
+}
+
+fn find_operation(client: &mut SpiClient, operation_id: &str) -> Option<LedgerRow> {
+    let sql = format!("SELECT {LEDGER_COLUMNS} FROM quota.ledger WHERE operation_id = $1");
+    let table = client.update(sql.as_str(), Some(1), &[operation_id.into()]).or_raise();
+    table.into_iter().next().map(|r| read_ledger_row(&r).or_raise())
+}
+
+/// Replay or conflict for an operation_id that is already in the ledger.
+fn replay(existing: LedgerRow, kind: &str, request: &Value) -> Result<LedgerRow, QuotaError> {
+    if existing.transaction_type == kind && existing.request == *request {
+        return Ok(existing);
+    }
+    Err(QuotaError::new(
+        ErrorKind::IdempotencyConflict,
+        format!(
+            "operation_id '{}' was already used for a {} with other parameters",
+            existing.operation_id, existing.transaction_type
+        ),
+    )
+    .with("operation_id", existing.operation_id.as_str())
+    .with("transaction_type", existing.transaction_type.as_str()))
+}
+
+/// After a write found the operation_id taken by a concurrent call: conflict or in progress.
+fn lost_race(client: &mut SpiClient, operation_id: &str, kind: &str, request: &Value) -> QuotaError {
+    match find_operation(client, operation_id) {
+        Some(existing) => match replay(existing, kind, request) {
+            Ok(_) => QuotaError::new(
+                ErrorKind::InProgress,
+                format!("operation_id '{operation_id}' was applied by a concurrent call; retry to get its result"),
+            )
+            .with("operation_id", operation_id),
+            Err(conflict) => conflict,
+        },
+        None => QuotaError::new(
+            ErrorKind::InProgress,
+            format!("operation_id '{operation_id}' is being applied by a concurrent call; retry"),
+        )
+        .with("operation_id", operation_id),
+    }
+}
+
+fn unknown_user(user_id: &str) -> QuotaError {
+    QuotaError::not_found(format!("user '{user_id}' not found")).with("user_id", user_id)
+}
+
+fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>) -> Result<(), QuotaError> {
+    validate_user_id(user_id)?;
+    validate_operation_id(operation_id)?;
+    if let Some(d) = description {
+        validate_free_text("description", d)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// charge: the hot path. Two prepared statements: one read (wallet, price, prior operation) and
+// one write (conditional wallet UPDATE + ledger INSERT in one statement).
+
+const CHARGE_READ_SQL: &str = "
+SELECT w.balance, coalesce(p.multiplier, 1.0::float8) AS multiplier, st.base_rate,
+       l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
+       l.balance_after, l.cost_usd, l.amount_usd, l.metadata, l.request, l.operation_id
+FROM quota.settings st
+LEFT JOIN quota.wallets w ON w.user_id = $1
+LEFT JOIN quota.subscriptions s ON s.user_id = $1
+LEFT JOIN quota.plans p ON p.tier = s.tier
+LEFT JOIN quota.ledger l ON l.operation_id = $2";
+
+const CHARGE_WRITE_SQL: &str = "
+WITH w AS (
+    UPDATE quota.wallets
+       SET balance = balance - $2, total_spent = total_spent + $2, updated_at = now()
+     WHERE user_id = $1 AND balance >= $2
+    RETURNING balance)
+INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                          balance_after, cost_usd, description, metadata, request)
+SELECT $3, $1, 'charge', -$2, w.balance + $2, w.balance, $4, $5, $6, $7 FROM w
+ON CONFLICT (operation_id) DO NOTHING
+RETURNING transaction_id, balance_before, balance_after";
+
+thread_local! {
+    // Plans kept for the life of the backend (SPI_keepplan, leaked once); the plan cache
+    // revalidates them after DDL, so they stay correct across ALTER EXTENSION.
+    static CHARGE_READ: OnceCell<&'static OwnedPreparedStatement> = const { OnceCell::new() };
+    static CHARGE_WRITE: OnceCell<&'static OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+fn oid(o: pg_sys::Oid) -> PgOid {
+    PgOid::from(o)
+}
+
+fn statement(
+    cell: &'static std::thread::LocalKey<OnceCell<&'static OwnedPreparedStatement>>,
+    client: &SpiClient,
+    sql: &str,
+    types: &[PgOid],
+) -> &'static OwnedPreparedStatement {
+    cell.with(|c| *c.get_or_init(|| Box::leak(Box::new(client.prepare_mut(sql, types).or_raise().keep()))))
+}
+
+pub fn charge_impl(
+    user_id: &str,
+    cost_usd: f64,
+    operation_id: &str,
+    description: Option<&str>,
+    metadata: Option<Value>,
+) -> LedgerRow {
+    validate_common(user_id, operation_id, description).or_raise();
+    pricing::validate_usd("cost_usd", cost_usd).or_raise();
+    let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
+
+    Spi::connect_mut(|client| {
+        let read_types = [oid(pg_sys::TEXTOID), oid(pg_sys::TEXTOID)];
+        let read = |client: &mut SpiClient| {
+            let stmt = statement(&CHARGE_READ, client, CHARGE_READ_SQL, &read_types);
+            {
+                let t = client.update(stmt, Some(1), &[user_id.into(), operation_id.into()]).or_raise();
+                let row = t.into_iter().next().expect("the settings row always exists");
+                let balance = row.get_by_name::<i64, _>("balance").or_raise();
+                let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
+                let base_rate = row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000);
+                let prior = match row.get_by_name::<i64, _>("transaction_id").or_raise() {
+                    Some(_) => Some(read_ledger_row(&row).or_raise()),
+                    None => None,
+                };
+                (balance, multiplier, base_rate, prior)
+            }
+        };
+        let (balance, multiplier, base_rate, prior) = read(client);
+        if let Some(existing) = prior {
+            return replay(existing, "charge", &request).or_raise();
+        }
+        if balance.is_none() {
+            raise(unknown_user(user_id));
+        }
+        let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
+
+        let write_types = [
+            oid(pg_sys::TEXTOID),
+            oid(pg_sys::INT8OID),
+            oid(pg_sys::TEXTOID),
+            oid(pg_sys::FLOAT8OID),
+            oid(pg_sys::TEXTOID),
+            oid(pg_sys::JSONBOID),
+            oid(pg_sys::JSONBOID),
+        ];
+        let stmt = statement(&CHARGE_WRITE, client, CHARGE_WRITE_SQL, &write_types);
+        let written = {
+            let t = client
+                .update(
+                    stmt,
+                    Some(1),
+                    &[
+                        user_id.into(),
+                        credits.into(),
+                        operation_id.into(),
+                        cost_usd.into(),
+                        description.into(),
+                        metadata.clone().map(JsonB).into(),
+                        JsonB(request.clone()).into(),
+                    ],
+                )
+                .or_raise();
+            t.into_iter().next().map(|r| {
+                (
+                    r.get_by_name::<i64, _>("transaction_id").or_raise().unwrap_or_default(),
+                    r.get_by_name::<i64, _>("balance_before").or_raise().unwrap_or_default(),
+                    r.get_by_name::<i64, _>("balance_after").or_raise().unwrap_or_default(),
+                )
+            })
+        };
+        match written {
+            Some((transaction_id, balance_before, balance_after)) => LedgerRow {
+                transaction_id,
+                user_id: user_id.to_string(),
+                transaction_type: "charge".into(),
+                credits: -credits,
+                balance_before,
+                balance_after,
+                cost_usd: Some(cost_usd),
+                amount_usd: None,
+                metadata,
+                request,
+                operation_id: operation_id.to_string(),
+            },
+            None => {
+                // Either the balance is short, or a concurrent call took the operation_id (then
+                // our wallet update, if any, is undone by the ERROR raised here).
+                if find_operation(client, operation_id).is_some() {
+                    raise(lost_race(client, operation_id, "charge", &request));
+                }
+                let (balance, _, _, _) = read(client);
+                raise(QuotaError::insufficient_credits(user_id, credits, balance.unwrap_or(0)));
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credits in (add, bonus, refund, purchase, subscription): not hot, so they lock the wallet row
+// first. A concurrent call with the same operation_id then waits on that lock and replays.
+
+/// What a credit operation needs once the wallet is locked.
+pub struct Credit<'a> {
+    pub user_id: &'a str,
+    pub operation_id: &'a str,
+    pub kind: &'static str,
+    pub request: Value,
+    pub description: Option<&'a str>,
+    pub metadata: Option<Value>,
+    pub amount_usd: Option<f64>,
+    pub refund_of: Option<&'a str>,
+}
+
+/// Decides the credits once the wallet row is locked: `(credits, earned_delta, spent_delta)`.
+type Decide<'a> = dyn FnMut(&mut SpiClient) -> Result<(i64, i64, i64, Option<Value>), QuotaError> + 'a;
+
+pub fn apply_credit(c: Credit, decide: &mut Decide) -> LedgerRow {
+    Spi::connect_mut(|client| {
+        if let Some(existing) = find_operation(client, c.operation_id) {
+            return replay(existing, c.kind, &c.request).or_raise();
+        }
+        let locked = client
+            .update(
+                "SELECT balance FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
+                Some(1),
+                &[c.user_id.into()],
+            )
+            .or_raise();
+        if locked.is_empty() {
+            raise(unknown_user(c.user_id));
+        }
+        // A concurrent call with this operation_id for this user committed while we waited.
+        if let Some(existing) = find_operation(client, c.operation_id) {
+            return replay(existing, c.kind, &c.request).or_raise();
+        }
+        let (credits, earned, spent, extra_metadata) = decide(client).or_raise();
+        let metadata = match (c.metadata.clone(), extra_metadata) {
+            (None, m) | (m, None) => m,
+            (Some(Value::Object(mut a)), Some(Value::Object(b))) => {
+                a.extend(b);
+                Some(Value::Object(a))
+            }
+            (Some(a), Some(_)) => Some(a),
+        };
+        let sql = format!(
+            "WITH w AS (
+                UPDATE quota.wallets
+                   SET balance = balance + $2, total_earned = total_earned + $3,
+                       total_spent = total_spent + $4, updated_at = now()
+                 WHERE user_id = $1
+                RETURNING balance)
+             INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits,
+                    balance_before, balance_after, amount_usd, refund_of, description, metadata, request)
+             SELECT $5, $1, $6, $2, w.balance - $2, w.balance, $7, $8, $9, $10, $11 FROM w
+             ON CONFLICT (operation_id) DO NOTHING
+             RETURNING {LEDGER_COLUMNS}"
+        );
+        let t = client
+            .update(
+                sql.as_str(),
+                Some(1),
+                &[
+                    c.user_id.into(),
+                    credits.into(),
+                    earned.into(),
+                    spent.into(),
+                    c.operation_id.into(),
+                    c.kind.into(),
+                    c.amount_usd.into(),
+                    c.refund_of.into(),
+                    c.description.into(),
+                    metadata.map(JsonB).into(),
+                    JsonB(c.request.clone()).into(),
+                ],
+            )
+            .or_raise();
+        match t.into_iter().next() {
+            Some(row) => read_ledger_row(&row).or_raise(),
+            // Another user's call holds this operation_id.
+            None => raise(lost_race(client, c.operation_id, c.kind, &c.request)),
+        }
+    })
+}
+
+/// Plan rates for a user: (multiplier, purchase_rate, base_rate, tier).
+fn rates_for_user(client: &mut SpiClient, user_id: &str) -> (f64, f64, i64, Option<String>) {
+    let t = client
+        .update(
+            "SELECT coalesce(p.multiplier, 1.0::float8) AS multiplier,
+                    coalesce(p.purchase_rate, 1.0::float8) AS purchase_rate,
+                    st.base_rate, s.tier
+             FROM quota.settings st
+             LEFT JOIN quota.subscriptions s ON s.user_id = $1
+             LEFT JOIN quota.plans p ON p.tier = s.tier",
+            Some(1),
+            &[user_id.into()],
+        )
+        .or_raise();
+    let row = t.into_iter().next().expect("the settings row always exists");
+    (
+        row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0),
+        row.get_by_name::<f64, _>("purchase_rate").or_raise().unwrap_or(1.0),
+        row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000),
+        row.get_by_name::<String, _>("tier").or_raise(),
+    )
+}
+
+pub fn add_impl(
+    user_id: &str,
+    amount_usd: f64,
+    operation_id: &str,
+    description: Option<&str>,
+    metadata: Option<Value>,
+    payment_method_id: Option<&str>,
+) -> LedgerRow {
+    validate_common(user_id, operation_id, description).or_raise();
+    pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    let mut request = json!({ "user_id": user_id, "amount_usd": amount_usd });
+    let mut extra = None;
+    if let Some(pm) = payment_method_id {
+        validate_free_text("payment_method_id", pm).or_raise();
+        request["payment_method_id"] = json!(pm);
+        extra = Some(json!({ "source": "purchase", "payment_method_id": pm }));
+    }
+    let mut decide = |client: &mut SpiClient| {
+        let (_, purchase_rate, base_rate, _) = rates_for_user(client, user_id);
+        let credits = pricing::purchase_credits(amount_usd, purchase_rate, base_rate)?;
+        Ok((credits, credits, 0, extra.clone()))
+    };
+    apply_credit(
+        Credit {
+            user_id,
+            operation_id,
+            kind: "add",
+            request,
+            description,
+            metadata,
+            amount_usd: Some(amount_usd),
+            refund_of: None,
+        },
+        &mut decide,
+    )
+}
+
+pub fn bonus_impl(
+    user_id: &str,
+    credits: i64,
+    operation_id: &str,
+    description: Option<&str>,
+    metadata: Option<Value>,
+) -> LedgerRow {
+    validate_common(user_id, operation_id, description).or_raise();
+    validate_credits("credits", credits, false).or_raise();
+    let request = json!({ "user_id": user_id, "credits": credits });
+    let mut decide = |_: &mut SpiClient| Ok((credits, credits, 0, None));
+    apply_credit(
+        Credit {
+            user_id,
+            operation_id,
+            kind: "bonus",
+            request,
+            description,
+            metadata,
+            amount_usd: None,
+            refund_of: None,
+        },
+        &mut decide,
+    )
+}
+
+pub fn refund_impl(
+    user_id: &str,
+    charge_operation_id: &str,
+    operation_id: &str,
+    credits: Option<i64>,
+    description: Option<&str>,
+) -> LedgerRow {
+    validate_common(user_id, operation_id, description).or_raise();
+    validate_operation_id(charge_operation_id)
+        .map_err(|e| QuotaError::invalid(e.message.replace("operation_id", "charge_operation_id")))
+        .or_raise();
+    if let Some(c) = credits {
+        validate_credits("credits", c, false).or_raise();
+    }
+    let request = json!({ "user_id": user_id, "charge_operation_id": charge_operation_id, "credits": credits });
+    let mut decide = |client: &mut SpiClient| {
+        // The wallet lock serializes refunds of one user, so this sum is current.
+        let t = client
+            .update(
+                "SELECT -c.credits AS charged,
+                        coalesce((SELECT sum(r.credits) FROM quota.ledger r
+                                   WHERE r.refund_of = c.operation_id AND r.transaction_type = 'refund'), 0)::bigint AS refunded
+                 FROM quota.ledger c
+                 WHERE c.operation_id = $1 AND c.transaction_type = 'charge' AND c.user_id = $2",
+                Some(1),
+                &[charge_operation_id.into(), user_id.into()],
+            )
+            .or_raise();
+        let Some(row) = t.into_iter().next() else {
+            return Err(QuotaError::not_found(format!(
+                "no charge with operation_id '{charge_operation_id}' for user '{user_id}'"
+            ))
+            .with("charge_operation_id", charge_operation_id));
+        };
+        let charged = row.get_by_name::<i64, _>("charged").or_raise().unwrap_or(0);
+        let refunded = row.get_by_name::<i64, _>("refunded").or_raise().unwrap_or(0);
+        let refundable = charged - refunded;
+        let want = credits.unwrap_or(refundable);
+        if want <= 0 || want > refundable {
+            return Err(QuotaError::new(
+                ErrorKind::RefundExceedsCharge,
+                format!(
+                    "charge '{charge_operation_id}' of {charged} credits has {refundable} left to refund, {want} requested"
+                ),
+            )
+            .with("charge_operation_id", charge_operation_id)
+            .with("charged_credits", charged)
+            .with("refunded_credits", refunded)
+            .with("requested_credits", want));
+        }
+        // A refund gives back spending: it lowers total_spent rather than raising total_earned.
+        Ok((want, 0, -want, None))
+    };
+    apply_credit(
+        Credit {
+            user_id,
+            operation_id,
+            kind: "refund",
+            request,
+            description,
+            metadata: None,
+            amount_usd: None,
+            refund_of: Some(charge_operation_id),
+        },
+        &mut decide,
+    )
+}
+
+pub fn update_subscription_impl(
+    user_id: &str,
+    subscription_tier: &str,
+    credits_to_add: i64,
+    operation_id: &str,
+) -> (LedgerRow, Option<String>) {
+    validate_common(user_id, operation_id, None).or_raise();
+    validate_tier(subscription_tier).or_raise();
+    validate_credits("credits_to_add", credits_to_add, true).or_raise();
+    let request = json!({ "user_id": user_id, "subscription_tier": subscription_tier, "credits_to_add": credits_to_add });
+    let mut decide = |client: &mut SpiClient| {
+        let plan = client
+            .update("SELECT active FROM quota.plans WHERE tier = $1", Some(1), &[subscription_tier.into()])
+            .or_raise();
+        let Some(plan) = plan.into_iter().next() else {
+            return Err(QuotaError::not_found(format!("plan '{subscription_tier}' not found"))
+                .with("tier", subscription_tier));
+        };
+        if !plan.get_by_name::<bool, _>("active").or_raise().unwrap_or(false) {
+            return Err(QuotaError::invalid(format!("plan '{subscription_tier}' is not active"))
+                .with("tier", subscription_tier));
+        }
+        let current = client
+            .update("SELECT tier FROM quota.subscriptions WHERE user_id = $1", Some(1), &[user_id.into()])
+            .or_raise()
+            .into_iter()
+            .next()
+            .and_then(|r| r.get_by_name::<String, _>("tier").or_raise());
+        if current.as_deref() == Some(subscription_tier) {
+            return Err(QuotaError::new(
+                ErrorKind::Duplicate,
+                format!("user '{user_id}' is already subscribed to '{subscription_tier}'"),
+            )
+            .with("user_id", user_id)
+            .with("subscription_tier", subscription_tier));
+        }
+        client
+            .update(
+                "INSERT INTO quota.subscriptions (user_id, tier) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE
+                    SET tier = excluded.tier, status = 'active', started_at = now(), updated_at = now()",
+                None,
+                &[user_id.into(), subscription_tier.into()],
+            )
+            .or_raise();
+        let extra = json!({ "previous_tier": current, "subscription_tier": subscription_tier });
+        Ok((credits_to_add, credits_to_add, 0, Some(extra)))
+    };
+    let row = apply_credit(
+        Credit {
+            user_id,
+            operation_id,
+            kind: "subscription",
+            request,
+            description: None,
+            metadata: None,
+            amount_usd: None,
+            refund_of: None,
+        },
+        &mut decide,
+    );
+    let previous = row
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("previous_tier"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    (row, previous)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL functions.
+
+type CreditRow = (
+    name!(success, bool),
+    name!(transaction_id, i64),
+    name!(user_id, String),
+    name!(transaction_type, String),
+    name!(amount_usd, Option<f64>),
+    name!(credits_added, i64),
+    name!(balance_before, i64),
+    name!(balance_after, i64),
+    name!(operation_id, String),
+);
+
+fn credit_row(r: LedgerRow) -> TableIterator<'static, CreditRow> {
+    TableIterator::once((
+        true,
+        r.transaction_id,
+        r.user_id,
+        r.transaction_type,
+        r.amount_usd,
+        r.credits,
+        r.balance_before,
+        r.balance_after,
+        r.operation_id,
+    ))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn charge(
+    user_id: &str,
+    cost_usd: f64,
+    operation_id: &str,
+    description: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(cost_usd, f64),
+        name!(credits_charged, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    let r = charge_impl(user_id, cost_usd, operation_id, description, metadata.map(|j| j.0));
+    TableIterator::once((
+        true,
+        r.transaction_id,
+        r.user_id,
+        r.cost_usd.unwrap_or(cost_usd),
+        -r.credits,
+        r.balance_before,
+        r.balance_after,
+        r.operation_id,
+    ))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn add(
+    user_id: &str,
+    amount_usd: f64,
+    operation_id: &str,
+    description: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(transaction_type, String),
+        name!(amount_usd, Option<f64>),
+        name!(credits_added, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    credit_row(add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0), None))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn purchase(
+    user_id: &str,
+    amount_usd: f64,
+    payment_method_id: &str,
+    operation_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(transaction_type, String),
+        name!(amount_usd, Option<f64>),
+        name!(credits_added, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    credit_row(add_impl(user_id, amount_usd, operation_id, Some("credit purchase"), None, Some(payment_method_id)))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn bonus(
+    user_id: &str,
+    credits: i64,
+    operation_id: &str,
+    description: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(transaction_type, String),
+        name!(amount_usd, Option<f64>),
+        name!(credits_added, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    credit_row(bonus_impl(user_id, credits, operation_id, description, metadata.map(|j| j.0)))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn refund(
+    user_id: &str,
+    charge_operation_id: &str,
+    operation_id: &str,
+    credits: default!(Option<i64>, "NULL"),
+    description: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(transaction_type, String),
+        name!(amount_usd, Option<f64>),
+        name!(credits_added, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    credit_row(refund_impl(user_id, charge_operation_id, operation_id, credits, description))
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn update_subscription(
+    user_id: &str,
+    subscription_tier: &str,
+    credits_to_add: i64,
+    operation_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(success, bool),
+        name!(transaction_id, i64),
+        name!(user_id, String),
+        name!(previous_tier, Option<String>),
+        name!(subscription_tier, String),
+        name!(credits_added, i64),
+        name!(balance_before, i64),
+        name!(balance_after, i64),
+        name!(operation_id, String),
+    ),
+> {
+    let (r, previous) = update_subscription_impl(user_id, subscription_tier, credits_to_add, operation_id);
+    let tier = r.request["subscription_tier"].as_str().unwrap_or(subscription_tier).to_string();
+    TableIterator::once((
+        true,
+        r.transaction_id,
+        r.user_id,
+        previous,
+        tier,
+        r.credits,
+        r.balance_before,
+        r.balance_after,
+        r.operation_id,
+    ))
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn check_credits(
+    user_id: &str,
+    required_credits: i64,
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(current_balance, i64),
+        name!(required_credits, i64),
+        name!(has_sufficient_credits, bool),
+        name!(deficit, i64),
+    ),
+> {
+    validate_user_id(user_id).or_raise();
+    validate_credits("required_credits", required_credits, true).or_raise();
+    let balance = Spi::get_one_with_args::<i64>(
+        "SELECT balance FROM quota.wallets WHERE user_id = $1",
+        &[user_id.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| raise(unknown_user(user_id)));
+    TableIterator::once((
+        user_id.to_string(),
+        balance,
+        required_credits,
+        balance >= required_credits,
+        (required_credits - balance).max(0),
+    ))
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn calculate_credits(
+    cost_usd: f64,
+    user_id: default!(Option<&str>, "NULL"),
+    tier: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(cost_usd, f64),
+        name!(tier, Option<String>),
+        name!(multiplier, f64),
+        name!(base_rate, i64),
+        name!(credits, i64),
+    ),
+> {
+    pricing::validate_usd("cost_usd", cost_usd).or_raise();
+    let (multiplier, base_rate, tier) = Spi::connect_mut(|client| {
+        if let Some(t) = tier {
+            validate_tier(t).or_raise();
+            let r = client
+                .update(
+                    "SELECT p.multiplier, st.base_rate FROM quota.plans p, quota.settings st WHERE p.tier = $1",
+                    Some(1),
+                    &[t.into()],
+                )
+                .or_raise();
+            let row = r.into_iter().next().unwrap_or_else(|| {
+                raise(QuotaError::not_found(format!("plan '{t}' not found")).with("tier", t))
+            });
+            (
+                row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0),
+                row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000),
+                Some(t.to_string()),
+            )
+        } else if let Some(u) = user_id {
+            validate_user_id(u).or_raise();
+            let exists = client
+                .update("SELECT 1 FROM quota.users WHERE id = $1", Some(1), &[u.into()])
+                .or_raise();
+            if exists.is_empty() {
+                raise(unknown_user(u));
+            }
+            let (m, _, b, t) = rates_for_user(client, u);
+            (m, b, t)
+        } else {
+            let b = client
+                .update("SELECT base_rate FROM quota.settings", Some(1), &[])
+                .or_raise()
+                .into_iter()
+                .next()
+                .and_then(|r| r.get_by_name::<i64, _>("base_rate").or_raise())
+                .unwrap_or(10_000);
+            (1.0, b, None)
+        }
+    });
+    let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
+    TableIterator::once((cost_usd, tier, multiplier, base_rate, credits))
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn balance(
+    user_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(user_id, String),
+        name!(balance, i64),
+        name!(total_earned, i64),
+        name!(total_spent, i64),
+        name!(subscription_tier, Option<String>),
+    ),
+> {
+    validate_user_id(user_id).or_raise();
+    let row = Spi::connect(|client| {
+        let t = client
+            .select(
+                "SELECT w.balance, w.total_earned, w.total_spent, s.tier
+                 FROM quota.wallets w LEFT JOIN quota.subscriptions s USING (user_id)
+                 WHERE w.user_id = $1",
+                Some(1),
+                &[user_id.into()],
+            )
+            .or_raise();
+        t.into_iter().next().map(|r| {
+            (
+                r.get_by_name::<i64, _>("balance").or_raise().unwrap_or(0),
+                r.get_by_name::<i64, _>("total_earned").or_raise().unwrap_or(0),
+                r.get_by_name::<i64, _>("total_spent").or_raise().unwrap_or(0),
+                r.get_by_name::<String, _>("tier").or_raise(),
+            )
+        })
+    });
+    let (balance, earned, spent, tier) = row.unwrap_or_else(|| raise(unknown_user(user_id)));
+    TableIterator::once((user_id.to_string(), balance, earned, spent, tier))
+}
+
+const TRANSACTION_TYPES: &[&str] = &[
+    "charge", "add", "subscription", "bonus", "refund", "reserve", "settle", "release", "recharge", "adjust",
+];
+
+#[pg_extern(stable, parallel_safe)]
+fn transactions(
+    user_id: &str,
+    limit: default!(i32, 20),
+    offset: default!(i32, 0),
+    transaction_type: default!(Option<&str>, "NULL"),
+) -> JsonB {
+    validate_user_id(user_id).or_raise();
+    if !(1..=100).contains(&limit) {
+        raise(QuotaError::invalid(format!("limit must be between 1 and 100, got {limit}")).with("field", "limit"));
+    }
+    if !(0..=10_000_000).contains(&offset) {
+        raise(QuotaError::invalid(format!("offset must be between 0 and 10000000, got {offset}")).with("field", "offset"));
+    }
+    if let Some(t) = transaction_type {
+        if !TRANSACTION_TYPES.contains(&t) {
+            raise(QuotaError::invalid(format!(
+                "type must be one of {}, got '{t}'",
+                TRANSACTION_TYPES.join(", ")
+            ))
+            .with("field", "type"));
+        }
+    }
+    let result = Spi::get_one_with_args::<JsonB>(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM quota.users WHERE id = $1) THEN NULL ELSE
+           jsonb_build_object(
+             'transactions', coalesce((
+                SELECT jsonb_agg(quota._transaction_json(l) ORDER BY l.transaction_id DESC)
+                FROM (SELECT * FROM quota.ledger
+                      WHERE user_id = $1 AND ($4::text IS NULL OR transaction_type = $4)
+                      ORDER BY transaction_id DESC LIMIT $2 OFFSET $3) l), '[]'::jsonb),
+             'total', (SELECT count(*) FROM quota.ledger
+                       WHERE user_id = $1 AND ($4::text IS NULL OR transaction_type = $4)),
+             'limit', $2, 'offset', $3)
+         END",
+        &[user_id.into(), limit.into(), offset.into(), transaction_type.into()],
+    )
+    .or_raise();
+    result.unwrap_or_else(|| raise(unknown_user(user_id)))
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn subscription(user_id: &str) -> JsonB {
+    validate_user_id(user_id).or_raise();
+    Spi::get_one_with_args::<JsonB>(
+        "SELECT jsonb_build_object(
+                  'user_id', w.user_id, 'subscription_tier', s.tier, 'status', s.status,
+                  'started_at', s.started_at,
+                  'plan', (SELECT quota._plan_json(p) FROM quota.plans p WHERE p.tier = s.tier),
+                  'balance', w.balance, 'total_earned', w.total_earned, 'total_spent', w.total_spent)
+         FROM quota.wallets w LEFT JOIN quota.subscriptions s USING (user_id)
+         WHERE w.user_id = $1",
+        &[user_id.into()],
+    )
+    .or_raise()
+    .unwrap_or_else(|| raise(unknown_user(user_id)))
+}
+
+#[pg_extern(stable, parallel_safe)]
+fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, String))> {
+    let rows = Spi::connect(|client| {
+        client
+            .select("SELECT subject, problem FROM quota.ledger_problems ORDER BY subject", None, &[])
+            .or_raise()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get_by_name::<String, _>("subject").or_raise().unwrap_or_default(),
+                    r.get_by_name::<String, _>("problem").or_raise().unwrap_or_default(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}

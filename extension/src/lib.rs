@@ -1,0 +1,44 @@
+//! pg_quota: quota, credit and rate-limit management for AI API platforms, inside PostgreSQL.
+//!
+//! The rules live in `pg_quota_core` (pure Rust); this crate is the glue: SQL functions that
+//! validate with the core, run SPI, and raise typed errors; GUCs; the background worker.
+
+use pgrx::prelude::*;
+
+mod audit;
+mod error;
+mod gucs;
+mod ledger;
+mod plans;
+mod users;
+mod worker;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::init_preloaded();
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'pg_quota'",
+            "quota.database = 'pgrx_tests'",
+            "quota.worker_naptime_ms = 100",
+        ]
+    }
+}

@@ -1,0 +1,1 @@
+#[pg_schema] mod tests {}
