@@ -1,1 +1,243 @@
-#[pg_schema] mod tests {}
+//! In-database tests (`cargo pgrx test`). Each runs in a transaction that is rolled back.
+//! Expected errors are caught in a PL/pgSQL block (a subtransaction), so one test can check that a
+//! rejected call wrote nothing and that a later call still works.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn run(sql: &str) {
+        Spi::run(sql).expect("sql failed");
+    }
+
+    fn one_i64(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).expect("query failed").expect("NULL result")
+    }
+
+    fn one_text(sql: &str) -> String {
+        Spi::get_one::<String>(sql).expect("query failed").expect("NULL result")
+    }
+
+    /// Runs `sql` in a subtransaction; returns its SQLSTATE, or None if it succeeded.
+    fn sqlstate_of(sql: &str) -> Option<String> {
+        let block = format!(
+            "DO $pqt$ BEGIN {sql}; PERFORM set_config('pq_test.sqlstate', '', true);
+             EXCEPTION WHEN others THEN PERFORM set_config('pq_test.sqlstate', SQLSTATE, true); END $pqt$"
+        );
+        run(&block);
+        let s = one_text("SELECT current_setting('pq_test.sqlstate')");
+        (!s.is_empty()).then_some(s)
+    }
+
+    fn setup_user(user: &str, credits: i64) {
+        run(&format!("SELECT quota.create_user('{user}')"));
+        if credits > 0 {
+            run(&format!("SELECT * FROM quota.bonus('{user}', {credits}, 'seed-{user}')"));
+        }
+    }
+
+    fn balance(user: &str) -> i64 {
+        one_i64(&format!("SELECT balance FROM quota.wallets WHERE user_id = '{user}'"))
+    }
+
+    fn ledger_rows(operation_id: &str) -> i64 {
+        one_i64(&format!("SELECT count(*) FROM quota.ledger WHERE operation_id = '{operation_id}'"))
+    }
+
+    fn assert_clean() {
+        assert_eq!(one_i64("SELECT count(*) FROM quota.verify()"), 0, "quota.verify() found problems");
+    }
+
+    #[pg_test]
+    fn replay_returns_the_first_row_and_charges_once() {
+        setup_user("t1", 1000);
+        let first = one_text("SELECT to_jsonb(c)::text FROM quota.charge('t1', 0.0123, 'op-1') c");
+        let again = one_text("SELECT to_jsonb(c)::text FROM quota.charge('t1', 0.0123, 'op-1') c");
+        assert_eq!(first, again);
+        assert_eq!(balance("t1"), 1000 - 123);
+        assert_eq!(ledger_rows("op-1"), 1);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn replay_with_other_amount_or_kind_is_conflict() {
+        setup_user("t2", 1000);
+        run("SELECT * FROM quota.charge('t2', 0.01, 'op-2')");
+        assert_eq!(sqlstate_of("PERFORM quota.charge('t2', 0.02, 'op-2')").as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of("PERFORM quota.add('t2', 0.01, 'op-2')").as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of("PERFORM quota.bonus('t2', 5, 'op-2')").as_deref(), Some("23505"));
+        setup_user("t2b", 1000);
+        assert_eq!(sqlstate_of("PERFORM quota.charge('t2b', 0.01, 'op-2')").as_deref(), Some("23505"));
+        assert_eq!(balance("t2"), 900);
+        assert_eq!(balance("t2b"), 1000);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn insufficient_credits_records_nothing_and_retry_after_top_up_succeeds() {
+        setup_user("t3", 40);
+        assert_eq!(sqlstate_of("PERFORM quota.charge('t3', 0.0055, 'op-3')").as_deref(), Some("23514"));
+        assert_eq!(ledger_rows("op-3"), 0);
+        assert_eq!(balance("t3"), 40);
+        run("SELECT * FROM quota.bonus('t3', 15, 'top-up-3')");
+        run("SELECT * FROM quota.charge('t3', 0.0055, 'op-3')");
+        assert_eq!(balance("t3"), 0);
+        assert_eq!(ledger_rows("op-3"), 1);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn refund_never_exceeds_the_charge() {
+        setup_user("t4", 1000);
+        run("SELECT * FROM quota.charge('t4', 0.01, 'charge-4')"); // 100 credits
+        run("SELECT * FROM quota.refund('t4', 'charge-4', 'refund-4a', 60)");
+        assert_eq!(sqlstate_of("PERFORM quota.refund('t4', 'charge-4', 'refund-4b', 41)").as_deref(), Some("23514"));
+        run("SELECT * FROM quota.refund('t4', 'charge-4', 'refund-4c')"); // the remaining 40
+        assert_eq!(sqlstate_of("PERFORM quota.refund('t4', 'charge-4', 'refund-4d')").as_deref(), Some("23514"));
+        assert_eq!(sqlstate_of("PERFORM quota.refund('t4', 'no-such-charge', 'refund-4e')").as_deref(), Some("P0002"));
+        assert_eq!(balance("t4"), 1000);
+        assert_eq!(one_i64("SELECT total_spent FROM quota.wallets WHERE user_id = 't4'"), 0);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn plan_validation_rejects_bad_multiplier_and_purchase_rate() {
+        for bad in [
+            r#"{"tier":"p","name":"P","multiplier":0}"#,
+            r#"{"tier":"p","name":"P","multiplier":-1}"#,
+            r#"{"tier":"p","name":"P","purchase_rate":0.99}"#,
+            r#"{"tier":"p","name":"P","monthly_cost":-5}"#,
+            r#"{"tier":"","name":"P"}"#,
+            r#"{"tier":"p","name":"P","surprise":1}"#,
+        ] {
+            assert_eq!(
+                sqlstate_of(&format!("PERFORM quota.create_plan('{bad}')")).as_deref(),
+                Some("22023"),
+                "{bad}"
+            );
+        }
+        run(r#"SELECT quota.create_plan('{"tier":"p","name":"P","multiplier":2,"purchase_rate":1}')"#);
+        assert_eq!(sqlstate_of(r#"PERFORM quota.create_plan('{"tier":"p","name":"Q"}')"#).as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of(r#"PERFORM quota.create_plan('{"tier":"q","name":"P"}')"#).as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('p', 0)").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_purchase_rate('p', 0.5)").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('nope', 2)").as_deref(), Some("P0002"));
+        assert_eq!(one_i64("SELECT count(*) FROM quota.audit_log WHERE subject = 'plan:p'"), 1);
+    }
+
+    #[pg_test]
+    fn pricing_matches_the_spec_worked_cases() {
+        run(r#"SELECT quota.create_plan('{"tier":"x15","name":"x15","multiplier":1.5,"purchase_rate":1.2}')"#);
+        run(r#"SELECT quota.create_plan('{"tier":"x1","name":"x1","multiplier":1}')"#);
+        run("SELECT quota.set_exchange_rate(10000)");
+        let credits = |cost: &str, tier: &str| {
+            one_i64(&format!("SELECT credits FROM quota.calculate_credits({cost}, tier => '{tier}')"))
+        };
+        assert_eq!(credits("0.0123", "x15"), 184);
+        assert_eq!(credits("0.00025", "x1"), 2);
+        assert_eq!(credits("0.00035", "x1"), 4);
+        assert_eq!(credits("0.00045", "x1"), 4);
+        assert_eq!(credits("0.00015", "x1"), 1);
+        setup_user("t6", 0);
+        run("SELECT * FROM quota.update_subscription('t6', 'x15', 0, 'sub-6')");
+        assert_eq!(one_i64("SELECT credits_added FROM quota.add('t6', 10, 'add-6')"), 120_000);
+    }
+
+    #[pg_test]
+    fn subscription_rules() {
+        run(r#"SELECT quota.create_plan('{"tier":"s1","name":"S1"}')"#);
+        run(r#"SELECT quota.create_plan('{"tier":"s2","name":"S2"}')"#);
+        setup_user("t7", 0);
+        let first = one_text("SELECT to_jsonb(s)::text FROM quota.update_subscription('t7', 's1', 500, 'sub-7') s");
+        let again = one_text("SELECT to_jsonb(s)::text FROM quota.update_subscription('t7', 's1', 500, 'sub-7') s");
+        assert_eq!(first, again);
+        assert_eq!(sqlstate_of("PERFORM quota.update_subscription('t7', 's1', 0, 'sub-7b')").as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of("PERFORM quota.update_subscription('t7', 'zz', 0, 'sub-7c')").as_deref(), Some("P0002"));
+        assert_eq!(sqlstate_of("PERFORM quota.delete_plan('s1')").as_deref(), Some("23503"));
+        run("SELECT * FROM quota.update_subscription('t7', 's2', 0, 'sub-7d')");
+        run("SELECT quota.delete_plan('s1')");
+        assert_eq!(balance("t7"), 500);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn bad_arguments_are_22023_and_write_nothing() {
+        setup_user("t8", 1000);
+        for call in [
+            "quota.charge('t8', 'NaN'::float8, 'bad-1')",
+            "quota.charge('t8', 'Infinity'::float8, 'bad-2')",
+            "quota.charge('t8', 0, 'bad-3')",
+            "quota.charge('t8', -1, 'bad-4')",
+            "quota.charge('t8', 1e300, 'bad-5')",
+            "quota.charge('t8', 0.01, repeat('x', 256))",
+            "quota.charge('t8', 0.01, '')",
+            "quota.bonus('t8', 0, 'bad-6')",
+            "quota.bonus('t8', -5, 'bad-7')",
+        ] {
+            assert_eq!(sqlstate_of(&format!("PERFORM {call}")).as_deref(), Some("22023"), "{call}");
+        }
+        assert_eq!(sqlstate_of("PERFORM quota.charge('ghost', 0.01, 'bad-8')").as_deref(), Some("P0002"));
+        assert_eq!(sqlstate_of(&format!("PERFORM quota.charge('t8', 0.01, '{}')", "y".repeat(255))), None);
+        assert_eq!(one_i64("SELECT count(*) FROM quota.ledger WHERE operation_id LIKE 'bad-%'"), 0);
+        assert_eq!(balance("t8"), 900);
+    }
+
+    #[pg_test]
+    fn verify_reports_a_tampered_wallet() {
+        setup_user("t9", 100);
+        assert_clean();
+        run("UPDATE quota.wallets SET balance = 99 WHERE user_id = 't9'");
+        assert!(one_i64("SELECT count(*) FROM quota.verify() WHERE subject = 'user:t9'") >= 1);
+    }
+
+    #[pg_test]
+    fn api_tokens_resolve_until_revoked() {
+        setup_user("t10", 0);
+        let (id, token) = Spi::get_two::<i64, String>("SELECT token_id, token FROM quota.issue_api_token('t10', 'cli')")
+            .expect("issue");
+        let (id, token) = (id.unwrap(), token.unwrap());
+        assert!(token.starts_with("pq_") && token.len() == 67);
+        assert_eq!(one_text(&format!("SELECT quota.resolve_api_token('{token}')")), "t10");
+        // Only the hash is stored.
+        assert_eq!(one_i64(&format!("SELECT count(*) FROM quota.api_tokens WHERE token_sha256::text LIKE '%{}%'", &token[3..])), 0);
+        assert!(Spi::get_one::<bool>(&format!("SELECT quota.revoke_api_token({id})")).unwrap().unwrap());
+        assert_eq!(Spi::get_one::<String>(&format!("SELECT quota.resolve_api_token('{token}')")).unwrap(), None);
+        assert_eq!(Spi::get_one::<String>("SELECT quota.resolve_api_token('pq_nope')").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn users_are_created_updated_and_imported() {
+        run(r#"SELECT quota.create_user('t11', '{"github_star":"zgsm,abc","vip":2,"register_time":"2023-01-01 00:00:00"}')"#);
+        assert_eq!(sqlstate_of("PERFORM quota.create_user('t11')").as_deref(), Some("23505"));
+        run(r#"SELECT quota.update_user('t11', '{"org":"acme"}')"#);
+        assert_eq!(one_text("SELECT org FROM quota.users WHERE id = 't11'"), "acme");
+        assert_eq!(one_i64("SELECT vip FROM quota.users WHERE id = 't11'"), 2);
+        assert_eq!(sqlstate_of(r#"PERFORM quota.update_user('t11', '{"vip":-3}')"#).as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of(r#"PERFORM quota.update_user('ghost', '{"vip":1}')"#).as_deref(), Some("P0002"));
+        let r = one_text(r#"SELECT quota.import_users('[{"id":"t11","vip":5},{"id":"t12","name":"Twelve"}]')::text"#);
+        assert_eq!(r, r#"{"created": 1, "updated": 1}"#);
+        assert_eq!(one_i64("SELECT count(*) FROM quota.wallets WHERE user_id IN ('t11', 't12')"), 2);
+        // All or nothing: one bad row, nothing imported.
+        assert_eq!(
+            sqlstate_of(r#"PERFORM quota.import_users('[{"id":"t13"},{"id":"t14","vip":"x"}]')"#).as_deref(),
+            Some("22023")
+        );
+        assert_eq!(one_i64("SELECT count(*) FROM quota.users WHERE id IN ('t13', 't14')"), 0);
+    }
+
+    #[pg_test]
+    fn exchange_rate_applies_on_the_first_call() {
+        run("SELECT quota.set_exchange_rate(20000)");
+        assert_eq!(one_i64("SELECT base_rate FROM quota.calculate_credits(1)"), 20000);
+        assert_eq!(sqlstate_of("PERFORM quota.set_exchange_rate(0)").as_deref(), Some("22023"));
+    }
+
+    #[pg_test]
+    fn worker_status_reports_the_preloaded_worker() {
+        let state = one_text("SELECT state FROM quota.worker_status()");
+        assert!(
+            ["starting", "waiting_for_extension", "running"].contains(&state.as_str()),
+            "unexpected worker state {state}"
+        );
+    }
+}
