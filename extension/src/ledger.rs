@@ -464,12 +464,12 @@ pub fn refund_impl(
         let refundable = charged - refunded;
         let want = credits.unwrap_or(refundable);
         if want <= 0 || want > refundable {
-            return Err(QuotaError::new(
-                ErrorKind::RefundExceedsCharge,
-                format!(
-                    "charge '{charge_operation_id}' of {charged} credits has {refundable} left to refund, {want} requested"
-                ),
-            )
+            let message = if refundable == 0 {
+                format!("charge '{charge_operation_id}' of {charged} credits is already fully refunded")
+            } else {
+                format!("charge '{charge_operation_id}' of {charged} credits has {refundable} left to refund, {want} requested")
+            };
+            return Err(QuotaError::new(ErrorKind::RefundExceedsCharge, message)
             .with("charge_operation_id", charge_operation_id)
             .with("charged_credits", charged)
             .with("refunded_credits", refunded)
