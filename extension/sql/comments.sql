@@ -40,3 +40,5 @@ COMMENT ON FUNCTION quota.issue_api_token(text, text, text) IS 'Issues a user AP
 COMMENT ON FUNCTION quota.revoke_api_token(bigint, text) IS 'Revokes a user API token; false if it was already revoked. Audited.';
 COMMENT ON FUNCTION quota.resolve_api_token(text) IS 'The user id of a valid (unrevoked) API token, or NULL.';
 COMMENT ON FUNCTION quota.worker_status() IS 'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries).';
+COMMENT ON FUNCTION quota.price_credits(double precision, double precision, bigint) IS
+    'The pricing formula: round_half_even(usd * rate * base_rate), computed in IEEE double in that order (seed 004).';

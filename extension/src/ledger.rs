@@ -112,6 +112,32 @@ fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>)
 // charge: the hot path. Two prepared statements: one read (wallet, price, prior operation) and
 // one write (conditional wallet UPDATE + ledger INSERT in one statement).
 
+/// The charge, all in one statement on the common path: the price lookup, the conditional wallet
+/// UPDATE (enough credits, operation_id unused) and the ledger INSERT. It always returns one row:
+/// `updated` says whether the wallet moved, `transaction_id` whether the ledger row was written.
+const CHARGE_SQL: &str = "
+WITH price AS (
+    SELECT quota.price_credits($2, coalesce(p.multiplier, 1.0::float8), st.base_rate) AS credits
+    FROM quota.settings st
+    LEFT JOIN quota.subscriptions s ON s.user_id = $1
+    LEFT JOIN quota.plans p ON p.tier = s.tier),
+w AS (
+    UPDATE quota.wallets
+       SET balance = balance - price.credits, total_spent = total_spent + price.credits, updated_at = now()
+      FROM price
+     WHERE user_id = $1 AND balance >= price.credits
+       AND NOT EXISTS (SELECT 1 FROM quota.ledger WHERE operation_id = $3)
+    RETURNING balance, price.credits),
+ins AS (
+    INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                              balance_after, cost_usd, description, metadata, request)
+    SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5, $6 FROM w
+    ON CONFLICT (operation_id) DO NOTHING
+    RETURNING transaction_id, credits, balance_before, balance_after)
+SELECT (SELECT count(*) FROM w) AS updated, ins.*
+FROM (SELECT 1) AS one LEFT JOIN ins ON true";
+
+/// The slow path after a charge wrote nothing: why (replay, unknown user, short balance)?
 const CHARGE_READ_SQL: &str = "
 SELECT w.balance, coalesce(p.multiplier, 1.0::float8) AS multiplier, st.base_rate,
        l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
@@ -122,23 +148,10 @@ LEFT JOIN quota.subscriptions s ON s.user_id = $1
 LEFT JOIN quota.plans p ON p.tier = s.tier
 LEFT JOIN quota.ledger l ON l.operation_id = $2";
 
-const CHARGE_WRITE_SQL: &str = "
-WITH w AS (
-    UPDATE quota.wallets
-       SET balance = balance - $2, total_spent = total_spent + $2, updated_at = now()
-     WHERE user_id = $1 AND balance >= $2
-    RETURNING balance)
-INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
-                          balance_after, cost_usd, description, metadata, request)
-SELECT $3, $1, 'charge', -$2, w.balance + $2, w.balance, $4, $5, $6, $7 FROM w
-ON CONFLICT (operation_id) DO NOTHING
-RETURNING transaction_id, balance_before, balance_after";
-
 thread_local! {
     // Plans kept for the life of the backend (SPI_keepplan, leaked once); the plan cache
     // revalidates them after DDL, so they stay correct across ALTER EXTENSION.
-    static CHARGE_READ: OnceCell<&'static OwnedPreparedStatement> = const { OnceCell::new() };
-    static CHARGE_WRITE: OnceCell<&'static OwnedPreparedStatement> = const { OnceCell::new() };
+    static CHARGE: OnceCell<&'static OwnedPreparedStatement> = const { OnceCell::new() };
 }
 
 fn oid(o: pg_sys::Oid) -> PgOid {
@@ -166,71 +179,43 @@ pub fn charge_impl(
     let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
 
     Spi::connect_mut(|client| {
-        let read_types = [oid(pg_sys::TEXTOID), oid(pg_sys::TEXTOID)];
-        let read = |client: &mut SpiClient| {
-            let stmt = statement(&CHARGE_READ, client, CHARGE_READ_SQL, &read_types);
-            {
-                let t = client.update(stmt, Some(1), &[user_id.into(), operation_id.into()]).or_raise();
-                let row = t.into_iter().next().expect("the settings row always exists");
-                let balance = row.get_by_name::<i64, _>("balance").or_raise();
-                let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
-                let base_rate = row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000);
-                let prior = match row.get_by_name::<i64, _>("transaction_id").or_raise() {
-                    Some(_) => Some(read_ledger_row(&row).or_raise()),
-                    None => None,
-                };
-                (balance, multiplier, base_rate, prior)
-            }
-        };
-        let (balance, multiplier, base_rate, prior) = read(client);
-        if let Some(existing) = prior {
-            return replay(existing, "charge", &request).or_raise();
-        }
-        if balance.is_none() {
-            raise(unknown_user(user_id));
-        }
-        let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
-
-        let write_types = [
-            oid(pg_sys::TEXTOID),
-            oid(pg_sys::INT8OID),
+        let types = [
             oid(pg_sys::TEXTOID),
             oid(pg_sys::FLOAT8OID),
+            oid(pg_sys::TEXTOID),
             oid(pg_sys::TEXTOID),
             oid(pg_sys::JSONBOID),
             oid(pg_sys::JSONBOID),
         ];
-        let stmt = statement(&CHARGE_WRITE, client, CHARGE_WRITE_SQL, &write_types);
-        let written = {
-            let t = client
-                .update(
-                    stmt,
-                    Some(1),
-                    &[
-                        user_id.into(),
-                        credits.into(),
-                        operation_id.into(),
-                        cost_usd.into(),
-                        description.into(),
-                        metadata.clone().map(JsonB).into(),
-                        JsonB(request.clone()).into(),
-                    ],
-                )
-                .or_raise();
-            t.into_iter().next().map(|r| {
+        let stmt = statement(&CHARGE, client, CHARGE_SQL, &types);
+        let args = [
+            user_id.into(),
+            cost_usd.into(),
+            operation_id.into(),
+            description.into(),
+            metadata.clone().map(JsonB).into(),
+            JsonB(request.clone()).into(),
+        ];
+        let (updated, written) = {
+            let t = client.update(stmt, Some(1), &args).or_raise();
+            let row = t.into_iter().next().expect("the charge statement returns one row");
+            let updated = row.get_by_name::<i64, _>("updated").or_raise().unwrap_or(0) > 0;
+            let written = row.get_by_name::<i64, _>("transaction_id").or_raise().map(|id| {
                 (
-                    r.get_by_name::<i64, _>("transaction_id").or_raise().unwrap_or_default(),
-                    r.get_by_name::<i64, _>("balance_before").or_raise().unwrap_or_default(),
-                    r.get_by_name::<i64, _>("balance_after").or_raise().unwrap_or_default(),
+                    id,
+                    row.get_by_name::<i64, _>("credits").or_raise().unwrap_or_default(),
+                    row.get_by_name::<i64, _>("balance_before").or_raise().unwrap_or_default(),
+                    row.get_by_name::<i64, _>("balance_after").or_raise().unwrap_or_default(),
                 )
-            })
+            });
+            (updated, written)
         };
-        match written {
-            Some((transaction_id, balance_before, balance_after)) => LedgerRow {
+        if let Some((transaction_id, credits, balance_before, balance_after)) = written {
+            return LedgerRow {
                 transaction_id,
                 user_id: user_id.to_string(),
                 transaction_type: "charge".into(),
-                credits: -credits,
+                credits,
                 balance_before,
                 balance_after,
                 cost_usd: Some(cost_usd),
@@ -238,18 +223,42 @@ pub fn charge_impl(
                 metadata,
                 request,
                 operation_id: operation_id.to_string(),
-            },
-            None => {
-                // Either the balance is short, or a concurrent call took the operation_id (then
-                // our wallet update, if any, is undone by the ERROR raised here).
-                if find_operation(client, operation_id).is_some() {
-                    raise(lost_race(client, operation_id, "charge", &request));
-                }
-                let (balance, _, _, _) = read(client);
-                raise(QuotaError::insufficient_credits(user_id, credits, balance.unwrap_or(0)));
-            }
+            };
         }
+        if updated {
+            // The wallet moved but a concurrent call took the operation_id first: the ERROR
+            // rolls our wallet update back.
+            raise(lost_race(client, operation_id, "charge", &request));
+        }
+        // Nothing was written: a replay, an unknown user, or not enough credits.
+        let t = client
+            .update(CHARGE_READ_SQL, Some(1), &[user_id.into(), operation_id.into()])
+            .or_raise();
+        let row = t.into_iter().next().expect("the settings row always exists");
+        if row.get_by_name::<i64, _>("transaction_id").or_raise().is_some() {
+            return replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
+        }
+        let Some(balance) = row.get_by_name::<i64, _>("balance").or_raise() else {
+            raise(unknown_user(user_id));
+        };
+        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
+        let base_rate = row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000);
+        let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
+        raise(QuotaError::insufficient_credits(user_id, credits, balance))
     })
+}
+
+/// The pricing formula of seed 004, `round_half_even(usd * rate * base_rate)` in IEEE double,
+/// as SQL: the charge statement uses it, and callers may too.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn price_credits(usd: f64, rate: f64, base_rate: i64) -> i64 {
+    pricing::validate_base_rate(base_rate).or_raise();
+    if !(rate.is_finite() && rate > 0.0) {
+        raise(QuotaError::invalid(format!("rate must be a positive finite number, got {rate}")).with("field", "rate"));
+    }
+    pricing::charge_credits(usd, rate, base_rate)
+        .map_err(|e| QuotaError { message: e.message.replace("cost_usd", "usd"), ..e })
+        .or_raise()
 }
 
 // ---------------------------------------------------------------------------------------------
