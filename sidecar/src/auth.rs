@@ -1,0 +1,270 @@
+//! Credentials of the three API families, as extractors that run before the body is read.
+//! Missing credential: 401. Wrong credential, or the API disabled by configuration: 403.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+
+use crate::config::Secret;
+use crate::error::{AppError, SqlClass};
+use crate::{db, AppState};
+
+/// Recorded as the actor of admin changes in quota.audit_log.
+pub const ADMIN_ACTOR: &str = "admin-api";
+pub const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+/// Longer credentials are refused without a database round trip (`pq_` + 64 hex is 67).
+pub const TOKEN_BYTES_MAX: usize = 512;
+
+pub const SQL_RESOLVE_API_TOKEN: &str = "SELECT quota.resolve_api_token($1::text)";
+
+/// Proof that the request carried the admin token.
+pub struct AdminAuth;
+
+/// Proof that the request carried the service token (internal API).
+pub struct ServiceAuth;
+
+/// The user owning the presented API token (public API).
+pub struct UserAuth {
+    pub user_id: String,
+}
+
+/// The text of a header, None when absent. A header that is not visible ASCII cannot be a
+/// token we issued, so it is reported as malformed.
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AppError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => match value.to_str() {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim())),
+            Ok(_) => Err(AppError::Unauthorized(format!("{name} header is empty"))),
+            Err(_) => Err(AppError::Unauthorized(format!(
+                "{name} header is not valid text"
+            ))),
+        },
+    }
+}
+
+/// `Authorization: Bearer <token>`: None when the header is absent, 401 when it is present but
+/// not a bearer credential (the scheme is case-insensitive, RFC 7235).
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let Some(value) = header_text(headers, header::AUTHORIZATION.as_str())? else {
+        return Ok(None);
+    };
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(AppError::Unauthorized(
+            "Authorization header must be 'Bearer <token>'".into(),
+        )),
+    }
+}
+
+/// Checks a shared secret. `what` names the API in messages (never the secret).
+fn check_shared_secret(
+    presented: Option<&str>,
+    expected: Option<&Secret>,
+    what: &str,
+    how: &str,
+) -> Result<(), AppError> {
+    let Some(expected) = expected else {
+        return Err(AppError::Forbidden(format!("{what} is not configured")));
+    };
+    let Some(presented) = presented else {
+        return Err(AppError::Unauthorized(format!("{what} requires {how}")));
+    };
+    if presented.len() <= TOKEN_BYTES_MAX && expected.matches(presented) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!("invalid {what} token")))
+    }
+}
+
+/// Admin: `X-Admin-Token` when present, else `Authorization: Bearer`.
+pub fn check_admin(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), AppError> {
+    let presented = match header_text(headers, ADMIN_TOKEN_HEADER)? {
+        Some(token) => Some(token),
+        None => bearer_token(headers)?,
+    };
+    check_shared_secret(
+        presented,
+        expected,
+        "admin API",
+        "Authorization: Bearer <admin token> or X-Admin-Token",
+    )
+}
+
+pub fn check_service(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), AppError> {
+    let presented = header_text(headers, SERVICE_TOKEN_HEADER)?;
+    check_shared_secret(presented, expected, "internal API", "X-Service-Token")
+}
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        check_admin(&parts.headers, state.config.admin_token.as_ref()).map(|()| AdminAuth)
+    }
+}
+
+impl FromRequestParts<AppState> for ServiceAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        check_service(&parts.headers, state.config.service_token.as_ref()).map(|()| ServiceAuth)
+    }
+}
+
+impl FromRequestParts<AppState> for UserAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = bearer_token(&parts.headers)?.ok_or_else(|| {
+            AppError::Unauthorized("requires Authorization: Bearer <api token>".into())
+        })?;
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(AppError::Forbidden("invalid API token".into()));
+        }
+        match db::call_opt::<String>(&state.pool, SQL_RESOLVE_API_TOKEN, &[&token]).await {
+            Ok(Some(user_id)) => Ok(UserAuth { user_id }),
+            Ok(None) => Err(AppError::Forbidden("invalid or revoked API token".into())),
+            // A token the extension finds malformed is a wrong credential, not a bad request.
+            Err(AppError::Sql(sql)) if sql.class() == SqlClass::BadRequest => {
+                Err(AppError::Forbidden("invalid API token".into()))
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderValue, StatusCode};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn status(result: Result<(), AppError>) -> u16 {
+        match result {
+            Ok(()) => 200,
+            Err(err) => err.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "bearer  abc ")])).unwrap(),
+            Some("abc")
+        );
+        for bad in ["Basic dXNlcjpwdw==", "Bearer", "Bearer   ", "abc", ""] {
+            let err = bearer_token(&headers(&[("authorization", bad)])).unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNAUTHORIZED, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admin_missing_is_401_wrong_is_403_right_is_ok() {
+        let admin = Some(Secret::new("adm-secret"));
+        let admin = admin.as_ref();
+        assert_eq!(status(check_admin(&headers(&[]), admin)), 401);
+        assert_eq!(
+            status(check_admin(
+                &headers(&[("authorization", "Bearer nope")]),
+                admin
+            )),
+            403
+        );
+        assert_eq!(
+            status(check_admin(&headers(&[("x-admin-token", "nope")]), admin)),
+            403
+        );
+        assert_eq!(
+            status(check_admin(
+                &headers(&[("authorization", "Bearer adm-secret")]),
+                admin
+            )),
+            200
+        );
+        assert_eq!(
+            status(check_admin(
+                &headers(&[("x-admin-token", "adm-secret")]),
+                admin
+            )),
+            200
+        );
+        assert_eq!(
+            status(check_admin(
+                &headers(&[("authorization", "Token adm-secret")]),
+                admin
+            )),
+            401
+        );
+    }
+
+    #[test]
+    fn unconfigured_api_is_403_even_with_a_credential() {
+        assert_eq!(status(check_admin(&headers(&[]), None)), 403);
+        assert_eq!(
+            status(check_admin(&headers(&[("x-admin-token", "x")]), None)),
+            403
+        );
+        assert_eq!(
+            status(check_service(&headers(&[("x-service-token", "x")]), None)),
+            403
+        );
+    }
+
+    #[test]
+    fn service_token_is_only_read_from_its_header() {
+        let service = Some(Secret::new("svc"));
+        let service = service.as_ref();
+        assert_eq!(status(check_service(&headers(&[]), service)), 401);
+        assert_eq!(
+            status(check_service(
+                &headers(&[("authorization", "Bearer svc")]),
+                service
+            )),
+            401
+        );
+        assert_eq!(
+            status(check_service(
+                &headers(&[("x-service-token", "svc2")]),
+                service
+            )),
+            403
+        );
+        assert_eq!(
+            status(check_service(
+                &headers(&[("x-service-token", "svc")]),
+                service
+            )),
+            200
+        );
+    }
+
+    #[test]
+    fn messages_never_echo_the_secret() {
+        let admin = Some(Secret::new("adm-secret"));
+        let err =
+            check_admin(&headers(&[("x-admin-token", "adm-secreT")]), admin.as_ref()).unwrap_err();
+        let body = serde_json::Value::Object(err.body()).to_string();
+        assert!(
+            !body.contains("adm-secret") && !body.contains("adm-secreT"),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! AppError and the SQLSTATE -> HTTP mapping: the only place that decides a status code for a
+//! failure. Handlers return `Result<_, AppError>`; extractors reject with AppError.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+
+use crate::request_id;
+
+#[derive(Debug)]
+pub enum AppError {
+    /// Body is not JSON at all (syntax error, empty, truncated).
+    InvalidJson(String),
+    /// Body is JSON but not the expected shape (missing field, wrong type, unknown field).
+    InvalidBody(String),
+    InvalidQuery(String),
+    InvalidPath(String),
+    PayloadTooLarge(String),
+    /// Credential missing or not in the expected form: 401.
+    Unauthorized(String),
+    /// Credential present but wrong, or the API is not configured: 403.
+    Forbidden(String),
+    RouteNotFound(String),
+    MethodNotAllowed(String),
+    /// The same operation_id kept failing with 40001 after our retries.
+    InProgress,
+    /// An ERROR raised by SQL (the extension's domain errors and everything else).
+    Sql(SqlError),
+    /// Database unreachable, pool exhausted: 503, details logged only.
+    Unavailable(String),
+    /// Our bug or an unexpected database answer: 500, details logged only.
+    Internal(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlError {
+    pub code: String,
+    pub message: String,
+    /// DETAIL when it is a JSON object (the extension's domain errors), else None.
+    pub detail: Option<Map<String, Value>>,
+    /// DETAIL as sent, kept for the log of 5xx errors.
+    pub detail_text: Option<String>,
+}
+
+/// What a SQLSTATE means to an HTTP client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlClass {
+    BadRequest,
+    NotFound,
+    Conflict,
+    /// 40001: the same operation is being applied concurrently; the db layer retries it.
+    Retry,
+    Unavailable,
+    Internal,
+}
+
+pub const SQLSTATE_SERIALIZATION_FAILURE: &str = "40001";
+pub const SQLSTATE_CHECK_VIOLATION: &str = "23514";
+
+/// The contract's table. Class 22 (data exception) is a bad argument as a whole, not only the
+/// listed 22023/22P02/22007/22008: pgrx raises 22000 for a plain `Err`, and an out-of-range
+/// number (22003) is the caller's input too.
+pub fn classify_sqlstate(code: &str) -> SqlClass {
+    match code {
+        "P0002" => SqlClass::NotFound,
+        "23505" | "23503" | SQLSTATE_CHECK_VIOLATION => SqlClass::Conflict,
+        SQLSTATE_SERIALIZATION_FAILURE => SqlClass::Retry,
+        _ if code.starts_with("22") => SqlClass::BadRequest,
+        _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+            SqlClass::Unavailable
+        }
+        _ => SqlClass::Internal,
+    }
+}
+
+impl SqlClass {
+    pub fn status(self) -> StatusCode {
+        match self {
+            SqlClass::BadRequest => StatusCode::BAD_REQUEST,
+            SqlClass::NotFound => StatusCode::NOT_FOUND,
+            SqlClass::Conflict | SqlClass::Retry => StatusCode::CONFLICT,
+            SqlClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            SqlClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The `error` code used when DETAIL carries none (errors not raised by our extension).
+fn default_error_code(code: &str) -> &'static str {
+    match code {
+        "22007" | "22008" => "invalid_datetime",
+        "23505" => "duplicate",
+        "23503" => "in_use",
+        _ => match classify_sqlstate(code) {
+            SqlClass::BadRequest => "invalid_parameter",
+            SqlClass::NotFound => "not_found",
+            SqlClass::Conflict => "conflict",
+            SqlClass::Retry => "in_progress",
+            SqlClass::Unavailable => "database_unavailable",
+            SqlClass::Internal => "internal_error",
+        },
+    }
+}
+
+impl SqlError {
+    pub fn class(&self) -> SqlClass {
+        classify_sqlstate(&self.code)
+    }
+
+    /// The `error` field of DETAIL, when the extension sent one.
+    pub fn detail_error(&self) -> Option<&str> {
+        self.detail.as_ref()?.get("error")?.as_str()
+    }
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::InvalidJson(_)
+            | AppError::InvalidBody(_)
+            | AppError::InvalidQuery(_)
+            | AppError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::InProgress => StatusCode::CONFLICT,
+            AppError::Sql(sql) => sql.class().status(),
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body without `request_id` (added at response time). 5xx bodies never carry
+    /// the internal message: it may name tables, functions or connection details.
+    pub fn body(&self) -> Map<String, Value> {
+        let simple = |error: &str, message: &str| {
+            let mut body = Map::new();
+            body.insert("error".into(), Value::from(error));
+            body.insert("message".into(), Value::from(message));
+            body
+        };
+        match self {
+            AppError::InvalidJson(m) => simple("invalid_json", m),
+            AppError::InvalidBody(m) => simple("invalid_body", m),
+            AppError::InvalidQuery(m) => simple("invalid_query", m),
+            AppError::InvalidPath(m) => simple("invalid_path", m),
+            AppError::PayloadTooLarge(m) => simple("payload_too_large", m),
+            AppError::Unauthorized(m) => simple("unauthorized", m),
+            AppError::Forbidden(m) => simple("forbidden", m),
+            AppError::RouteNotFound(m) => simple("not_found", m),
+            AppError::MethodNotAllowed(m) => simple("method_not_allowed", m),
+            AppError::InProgress => simple(
+                "in_progress",
+                "an operation with this operation_id is being applied concurrently; retry later",
+            ),
+            AppError::Sql(sql) => match sql.class() {
+                SqlClass::Unavailable => simple("database_unavailable", "database unavailable"),
+                SqlClass::Internal => simple("internal_error", "internal error"),
+                SqlClass::Retry => AppError::InProgress.body(),
+                SqlClass::BadRequest | SqlClass::NotFound | SqlClass::Conflict => {
+                    let mut body = sql.detail.clone().unwrap_or_default();
+                    if !matches!(body.get("error"), Some(Value::String(_))) {
+                        body.insert("error".into(), Value::from(default_error_code(&sql.code)));
+                    }
+                    body.insert("message".into(), Value::from(sql.message.as_str()));
+                    body
+                }
+            },
+            AppError::Unavailable(_) => simple("database_unavailable", "database unavailable"),
+            AppError::Internal(_) => simple("internal_error", "internal error"),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            AppError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
+            AppError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            AppError::Sql(sql) => match sql.class() {
+                SqlClass::Unavailable => tracing::warn!(
+                    sqlstate = %sql.code, message = %sql.message, "database unavailable"
+                ),
+                SqlClass::Internal => tracing::error!(
+                    sqlstate = %sql.code,
+                    message = %sql.message,
+                    detail = sql.detail_text.as_deref().unwrap_or(""),
+                    "unexpected SQL error"
+                ),
+                _ => {
+                    tracing::debug!(sqlstate = %sql.code, message = %sql.message, "request refused by SQL")
+                }
+            },
+            other => tracing::debug!(error = ?other, "request refused"),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let mut body = self.body();
+        body.insert(
+            "request_id".into(),
+            request_id::current()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
+        );
+        let mut response = (status, Json(Value::Object(body))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The charge endpoint's contract (seed 004): a refusal for insufficient credits is not an HTTP
+/// error but `200 {"success":false,"error":"insufficient_credits",...}` carrying DETAIL's numbers.
+/// Returns that body when `err` is such a refusal.
+pub fn insufficient_credits_reply(err: &AppError) -> Option<Value> {
+    let AppError::Sql(sql) = err else { return None };
+    if sql.code != SQLSTATE_CHECK_VIOLATION || sql.detail_error() != Some("insufficient_credits") {
+        return None;
+    }
+    let mut body = Map::new();
+    body.insert("success".into(), Value::Bool(false));
+    for (key, value) in sql.detail.iter().flatten() {
+        body.insert(key.clone(), value.clone());
+    }
+    body.insert("message".into(), Value::from(sql.message.as_str()));
+    Some(Value::Object(body))
+}
+
+impl From<tokio_postgres::Error> for AppError {
+    fn from(err: tokio_postgres::Error) -> AppError {
+        if let Some(db) = err.as_db_error() {
+            let detail_text = db.detail().map(str::to_owned);
+            let detail = detail_text
+                .as_deref()
+                .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                .and_then(|value| match value {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                });
+            return AppError::Sql(SqlError {
+                code: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail,
+                detail_text,
+            });
+        }
+        // No SQLSTATE: either the connection is gone (503) or the driver could not convert a
+        // value, which is a mismatch between this binary and the extension (500).
+        let is_io =
+            std::error::Error::source(&err).is_some_and(|source| source.is::<std::io::Error>());
+        if err.is_closed() || is_io {
+            AppError::Unavailable(err.to_string())
+        } else {
+            AppError::Internal(err.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for AppError {
+    fn from(err: deadpool_postgres::PoolError) -> AppError {
+        use deadpool_postgres::PoolError;
+        match err {
+            PoolError::Backend(pg) => AppError::from(pg),
+            PoolError::Timeout(kind) => AppError::Unavailable(format!(
+                "timed out waiting for a database connection ({kind:?})"
+            )),
+            PoolError::Closed => AppError::Unavailable("connection pool closed".into()),
+            other => AppError::Internal(format!("connection pool: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sql_error(code: &str, message: &str, detail: Option<Value>) -> AppError {
+        AppError::Sql(SqlError {
+            code: code.into(),
+            message: message.into(),
+            detail: detail.as_ref().and_then(|d| d.as_object().cloned()),
+            detail_text: detail.map(|d| d.to_string()),
+        })
+    }
+
+    #[test]
+    fn sqlstate_table_matches_the_contract() {
+        let table: &[(&str, u16)] = &[
+            ("22023", 400),
+            ("22P02", 400),
+            ("22007", 400),
+            ("22008", 400),
+            ("22003", 400),
+            ("P0002", 404),
+            ("23505", 409),
+            ("23503", 409),
+            ("23514", 409),
+            ("40001", 409),
+            ("08006", 503),
+            ("08001", 503),
+            ("53300", 503),
+            ("57P01", 503),
+            ("57P03", 503),
+            ("XX000", 500),
+            ("42883", 500),
+            ("P0001", 500),
+            ("40P01", 500),
+            ("57014", 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(
+                classify_sqlstate(code).status().as_u16(),
+                *status,
+                "SQLSTATE {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn domain_error_body_carries_detail_fields_and_sql_message() {
+        let err = sql_error(
+            "23505",
+            "operation 'op-1' was already used for a charge of 0.5",
+            Some(json!({"error": "idempotency_conflict", "operation_id": "op-1"})),
+        );
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        let body = err.body();
+        assert_eq!(body["error"], "idempotency_conflict");
+        assert_eq!(body["operation_id"], "op-1");
+        assert_eq!(
+            body["message"],
+            "operation 'op-1' was already used for a charge of 0.5"
+        );
+    }
+
+    #[test]
+    fn error_without_json_detail_gets_a_code_from_its_sqlstate() {
+        let err = sql_error("P0002", "user 'u9' does not exist", None);
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
+        assert_eq!(err.body()["error"], "not_found");
+        let err = sql_error(
+            "22007",
+            "invalid input syntax for type timestamp with time zone",
+            None,
+        );
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.body()["error"], "invalid_datetime");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_message() {
+        let err = sql_error("42883", "function quota.charge(text) does not exist", None);
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Value::Object(err.body()).to_string();
+        assert!(!body.contains("quota.charge"), "{body}");
+        assert_eq!(err.body()["error"], "internal_error");
+
+        let err = AppError::Unavailable("error connecting to server: /tmp/.s.PGSQL.5432".into());
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!Value::Object(err.body()).to_string().contains("PGSQL"));
+    }
+
+    #[test]
+    fn insufficient_credits_becomes_a_200_body() {
+        let err = sql_error(
+            "23514",
+            "user 'u1' has 40 credits, 55 required",
+            Some(json!({
+                "error": "insufficient_credits",
+                "user_id": "u1",
+                "required_credits": 55,
+                "current_balance": 40,
+                "deficit": 15
+            })),
+        );
+        let body = insufficient_credits_reply(&err).expect("a refusal body");
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"], "insufficient_credits");
+        assert_eq!(body["user_id"], "u1");
+        assert_eq!(body["required_credits"], 55);
+        assert_eq!(body["current_balance"], 40);
+        assert_eq!(body["deficit"], 15);
+    }
+
+    #[test]
+    fn other_check_violations_stay_errors() {
+        let err = sql_error(
+            "23514",
+            "refund of 10 exceeds the 5 credits left of charge 'op-1'",
+            Some(json!({"error": "refund_exceeds_charge"})),
+        );
+        assert!(insufficient_credits_reply(&err).is_none());
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        assert_eq!(err.body()["error"], "refund_exceeds_charge");
+        assert!(insufficient_credits_reply(&AppError::InProgress).is_none());
+    }
+
+    #[test]
+    fn in_progress_is_409() {
+        assert_eq!(AppError::InProgress.status(), StatusCode::CONFLICT);
+        assert_eq!(AppError::InProgress.body()["error"], "in_progress");
+    }
+
+    #[tokio::test]
+    async fn unauthorized_response_asks_for_bearer() {
+        let response =
+            AppError::Unauthorized("missing Authorization header".into()).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

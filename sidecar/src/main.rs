@@ -1,0 +1,104 @@
+//! quota-sidecar binary: configuration from the environment, then serve until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use quota_sidecar::config::{Config, ENV_VARS};
+use quota_sidecar::{app, logging, AppState};
+use tokio::net::TcpListener;
+
+fn usage() -> String {
+    let mut text =
+        String::from("quota-sidecar: REST API of the pg_quota extension\n\nEnvironment:\n");
+    for (name, default, about) in ENV_VARS {
+        text.push_str(&format!("  {name:<24} {about} (default: {default})\n"));
+    }
+    text
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "--help" || arg == "-h")
+    {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("quota-sidecar: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format);
+
+    let listen = config.listen;
+    let state = match AppState::new(config) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::error!(%err, "cannot start");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(
+        %listen,
+        db_pool_size = state.config.db_pool_size,
+        admin_api = state.config.admin_token.is_some(),
+        internal_api = state.config.service_token.is_some(),
+        "starting quota-sidecar"
+    );
+    // Not fatal: the database may come up after us; /health says 503 meanwhile.
+    if let Err(err) = state.pool.get().await {
+        tracing::warn!(error = %err, "database not reachable yet");
+    }
+
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%listen, %err, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pool = state.pool.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    pool.close();
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(%err, "server error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM; in-flight requests then finish (bounded by the request
+/// timeout) before the process exits.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,0 +1,524 @@
+//! The router end to end without a database: auth, body/query parsing, error bodies, request
+//! ids, the OpenAPI document. The pool points at a socket directory that does not exist, so any
+//! request that gets as far as SQL fails fast with 503.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use quota_sidecar::config::Config;
+use quota_sidecar::openapi::{self, AuthKind};
+use quota_sidecar::{app, routes, AppState};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const ADMIN: &str = "test-admin-token";
+const SERVICE: &str = "test-service-token";
+
+fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut env: HashMap<String, String> = HashMap::from([(
+        "QUOTA_DATABASE_URL".into(),
+        "host=/nonexistent/pg_quota_test port=5 user=nobody dbname=none connect_timeout=1".into(),
+    )]);
+    for (k, v) in pairs {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|name| env.get(name).cloned()).unwrap()
+}
+
+fn test_app() -> Router {
+    app(AppState::new(config(&[
+        ("QUOTA_ADMIN_TOKEN", ADMIN),
+        ("QUOTA_SERVICE_TOKEN", SERVICE),
+    ]))
+    .unwrap())
+}
+
+async fn send(app: Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, headers, body)
+}
+
+fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn service_post(uri: &str, body: &str) -> Request<Body> {
+    request(
+        Method::POST,
+        uri,
+        &[
+            ("x-service-token", SERVICE),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_invalid_json_with_request_id() {
+    let (status, headers, body) = send(
+        test_app(),
+        service_post("/api/internal/credits/charge", "{\"user_id\": "),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_json");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let request_id = headers["x-request-id"].to_str().unwrap();
+    assert!(!request_id.is_empty());
+    assert_eq!(body["request_id"], request_id);
+}
+
+#[tokio::test]
+async fn wrong_json_types_are_400_invalid_body_naming_the_field() {
+    for (uri, text, field) in [
+        (
+            "/api/internal/credits/charge",
+            r#"{"user_id":"u1","cost_usd":"0.5","operation_id":"o"}"#,
+            "cost_usd",
+        ),
+        (
+            "/api/internal/credits/charge",
+            r#"{"user_id":"u1","operation_id":"o"}"#,
+            "cost_usd",
+        ),
+        (
+            "/api/internal/credits/calculate",
+            r#"{"cost_usd":1,"tierr":"basic"}"#,
+            "tierr",
+        ),
+        (
+            "/api/internal/credits/add",
+            r#"{"user_id":"u1","operation_id":"o","transaction_type":"bonus","credits":1.5}"#,
+            "credits",
+        ),
+        (
+            "/api/internal/credits/add",
+            r#"{"user_id":"u1","operation_id":"o"}"#,
+            "amount_usd",
+        ),
+        (
+            "/api/internal/subscription/update",
+            r#"{"user_id":"u1","subscription_tier":"basic","operation_id":"o"}"#,
+            "credits_to_add",
+        ),
+    ] {
+        let (status, _, body) = send(test_app(), service_post(uri, text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {text}");
+        assert_eq!(body["error"], "invalid_body", "{uri} {text}");
+        assert!(
+            body["message"].as_str().unwrap().contains(field),
+            "{uri} {text}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_body_and_non_object_are_rejected_on_admin_routes() {
+    let admin = [("authorization", "Bearer test-admin-token")];
+    let (status, _, body) = send(
+        test_app(),
+        request(Method::POST, "/api/admin/subscription-plans", &admin, ""),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (status, _, body) = send(
+        test_app(),
+        request(Method::POST, "/api/admin/subscription-plans", &admin, "[1]"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept_and_echoed() {
+    let req = request(
+        Method::POST,
+        "/api/internal/credits/charge",
+        &[("x-service-token", SERVICE), ("x-request-id", "req-123")],
+        "nope",
+    );
+    let (status, headers, body) = send(test_app(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["x-request-id"], "req-123");
+    assert_eq!(body["request_id"], "req-123");
+}
+
+#[tokio::test]
+async fn missing_credentials_are_401_and_wrong_ones_403() {
+    type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        (Method::GET, "/api/internal/credits/balance/u1", &[], 401),
+        (
+            Method::GET,
+            "/api/internal/credits/balance/u1",
+            &[("x-service-token", "wrong")],
+            403,
+        ),
+        (Method::GET, "/api/admin/subscription-plans", &[], 401),
+        (
+            Method::GET,
+            "/api/admin/subscription-plans",
+            &[("authorization", "Bearer wrong")],
+            403,
+        ),
+        (
+            Method::GET,
+            "/api/admin/subscription-plans",
+            &[("x-admin-token", "wrong")],
+            403,
+        ),
+        // The service token is not an admin token.
+        (
+            Method::GET,
+            "/api/admin/subscription-plans",
+            &[("authorization", "Bearer test-service-token")],
+            403,
+        ),
+        (Method::GET, "/api/v1/subscription", &[], 401),
+        (
+            Method::GET,
+            "/api/v1/transactions",
+            &[("authorization", "Basic dTpw")],
+            401,
+        ),
+    ];
+    for (method, uri, headers, expected) in cases {
+        let (status, response_headers, body) =
+            send(test_app(), request(method.clone(), uri, headers, "")).await;
+        assert_eq!(
+            status.as_u16(),
+            *expected,
+            "{method} {uri} {headers:?}: {body}"
+        );
+        let code = if *expected == 401 {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        assert_eq!(body["error"], code);
+        assert!(!body.to_string().contains(ADMIN) && !body.to_string().contains(SERVICE));
+        if *expected == 401 {
+            assert_eq!(response_headers["www-authenticate"], "Bearer");
+        }
+    }
+}
+
+#[tokio::test]
+async fn auth_is_checked_before_the_body() {
+    let req = request(
+        Method::POST,
+        "/api/internal/credits/charge",
+        &[],
+        "{not json",
+    );
+    let (status, _, _) = send(test_app(), req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn unconfigured_tokens_disable_their_api_with_403() {
+    let app = app(AppState::new(config(&[])).unwrap());
+    let (status, _, body) = send(
+        app.clone(),
+        request(
+            Method::GET,
+            "/api/admin/statistics",
+            &[("x-admin-token", "x")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"].as_str().unwrap().contains("not configured"),
+        "{body}"
+    );
+    let (status, _, _) = send(
+        app,
+        request(Method::GET, "/api/internal/credits/balance/u1", &[], ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_400_invalid_query() {
+    let service = [("x-service-token", SERVICE)];
+    let admin = [("x-admin-token", ADMIN)];
+    for (method, uri, headers) in [
+        (Method::GET, "/api/internal/credits/check/u1", &service),
+        (
+            Method::GET,
+            "/api/internal/credits/check/u1?required_credits=lots",
+            &service,
+        ),
+        (
+            Method::GET,
+            "/api/internal/credits/check/u1?required_credits=1.5",
+            &service,
+        ),
+        (
+            Method::GET,
+            "/api/admin/subscription-plans?active_only=maybe",
+            &admin,
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/subscription-plans/basic/multiplier",
+            &admin,
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/subscription-plans/basic/multiplier?multiplier=x",
+            &admin,
+        ),
+        (
+            Method::PATCH,
+            "/api/admin/settings/exchange-rate?base_rate=1.5",
+            &admin,
+        ),
+        (Method::PATCH, "/api/admin/settings/exchange-rate", &admin),
+        (Method::GET, "/api/admin/users?limit=ten", &admin),
+    ] {
+        let (status, _, body) = send(test_app(), request(method.clone(), uri, headers, "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+        assert_eq!(body["error"], "invalid_query", "{method} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn bad_path_parameter_is_400_invalid_path() {
+    let req = request(
+        Method::DELETE,
+        "/api/admin/api-tokens/abc",
+        &[("x-admin-token", ADMIN)],
+        "",
+    );
+    let (status, _, body) = send(test_app(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_path");
+}
+
+#[tokio::test]
+async fn exchange_rate_body_must_hold_an_integer() {
+    let req = request(
+        Method::PATCH,
+        "/api/admin/settings/exchange-rate",
+        &[("x-admin-token", ADMIN)],
+        r#"{"base_rate": 1.5}"#,
+    );
+    let (status, _, body) = send(test_app(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_body");
+}
+
+#[tokio::test]
+async fn unknown_route_and_method_get_json_errors() {
+    let (status, _, body) = send(test_app(), request(Method::GET, "/api/nowhere", &[], "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "not_found");
+    let (status, _, body) = send(
+        test_app(),
+        request(Method::DELETE, "/api/internal/credits/charge", &[], ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_503_without_internal_details() {
+    let body_text = r#"{"user_id":"u1","cost_usd":0.5,"operation_id":"op-1"}"#;
+    let (status, _, body) = send(
+        test_app(),
+        service_post("/api/internal/credits/charge", body_text),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "database_unavailable");
+    assert!(!body.to_string().contains("nonexistent"), "{body}");
+
+    let (status, _, body) = send(test_app(), request(Method::GET, "/health", &[], "")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["database"], "error");
+    assert_eq!(body["extension"], Value::Null);
+}
+
+/// SPEC section 2 and the contract's extra endpoints, as a client would call them.
+const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
+    ("get", "/api/internal/credits/check/{user_id}"),
+    ("post", "/api/internal/credits/calculate"),
+    ("post", "/api/internal/credits/charge"),
+    ("post", "/api/internal/credits/add"),
+    ("get", "/api/internal/credits/balance/{user_id}"),
+    ("post", "/api/internal/subscription/update"),
+    ("get", "/api/v1/subscription"),
+    ("get", "/api/v1/transactions"),
+    ("post", "/api/v1/credits/purchase"),
+    ("get", "/api/v1/subscription/plans"),
+    ("post", "/api/admin/subscription-plans"),
+    ("put", "/api/admin/subscription-plans/{tier}"),
+    ("delete", "/api/admin/subscription-plans/{tier}"),
+    ("get", "/api/admin/subscription-plans"),
+    ("patch", "/api/admin/subscription-plans/{tier}/multiplier"),
+    (
+        "patch",
+        "/api/admin/subscription-plans/{tier}/purchase-rate",
+    ),
+    ("patch", "/api/admin/settings/exchange-rate"),
+    ("get", "/api/admin/statistics"),
+    ("get", "/health"),
+    ("get", "/openapi.json"),
+    ("post", "/api/admin/users"),
+    ("get", "/api/admin/users"),
+    ("get", "/api/admin/users/{user_id}"),
+    ("put", "/api/admin/users/{user_id}"),
+    ("post", "/api/admin/users/import"),
+    ("post", "/api/admin/users/{user_id}/api-tokens"),
+    ("delete", "/api/admin/api-tokens/{token_id}"),
+];
+
+#[tokio::test]
+async fn openapi_document_covers_every_route_and_the_contract() {
+    let (status, _, document) =
+        send(test_app(), request(Method::GET, "/openapi.json", &[], "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.0.3");
+    let table = routes::table();
+    for route in &table {
+        let operation = &document["paths"][route.doc.path][route.doc.method.as_str()];
+        assert!(
+            operation.is_object(),
+            "{} {} missing from openapi.json",
+            route.doc.method.as_str(),
+            route.doc.path
+        );
+        for param in openapi::path_params(route.doc.path) {
+            let declared = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == param && p["in"] == "path");
+            assert!(declared, "{} lacks path parameter {param}", route.doc.path);
+        }
+        if route.doc.auth != AuthKind::Open {
+            assert!(
+                !operation["security"].as_array().unwrap().is_empty(),
+                "{}",
+                route.doc.path
+            );
+        }
+    }
+    for (method, path) in CONTRACT_ENDPOINTS {
+        assert!(
+            document["paths"][*path][*method].is_object(),
+            "contract endpoint {method} {path} not served"
+        );
+    }
+    let documented: usize = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(documented, table.len());
+    assert_eq!(table.len(), CONTRACT_ENDPOINTS.len());
+}
+
+/// Every route of the table is really mounted: a request to it never reaches the fallback.
+#[tokio::test]
+async fn every_table_route_is_mounted() {
+    for route in routes::table() {
+        if route.doc.path == "/health" {
+            continue; // needs the database to answer 200; covered above
+        }
+        let uri = route
+            .doc
+            .path
+            .replace("{user_id}", "u1")
+            .replace("{tier}", "basic")
+            .replace("{token_id}", "7");
+        let method =
+            Method::from_bytes(route.doc.method.as_str().to_uppercase().as_bytes()).unwrap();
+        let (status, _, body) = send(test_app(), request(method.clone(), &uri, &[], "")).await;
+        assert_ne!(body["error"], "not_found", "{method} {uri} is not mounted");
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        let expected_open = route.doc.auth == AuthKind::Open;
+        assert_eq!(
+            status == StatusCode::UNAUTHORIZED,
+            !expected_open,
+            "{method} {uri}: {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_but_import_takes_more() {
+    let big = format!(
+        r#"{{"user_id":"u1","cost_usd":0.5,"operation_id":"o","description":"{}"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, _, body) = send(
+        test_app(),
+        service_post("/api/internal/credits/charge", &big),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"], "payload_too_large");
+
+    // Past the body limit the import reaches the database (503 here), proving the larger limit.
+    let users = format!(
+        r#"[{{"id":"u1","name":"{}"}}]"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let req = request(
+        Method::POST,
+        "/api/admin/users/import",
+        &[("x-admin-token", ADMIN)],
+        &users,
+    );
+    let (status, _, _) = send(test_app(), req).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn missing_query_parameter_message_names_it() {
+    let req = request(
+        Method::GET,
+        "/api/internal/credits/check/u1",
+        &[("x-service-token", SERVICE)],
+        "",
+    );
+    let (_, _, body) = send(test_app(), req).await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("required_credits"),
+        "{body}"
+    );
+}
