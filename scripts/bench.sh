@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Benchmark of the credit ledger: quota.charge vs the bare SQL doing the same writes, and over HTTP.
+#
+#   scripts/bench.sh                 (BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16" by default)
+#   BENCH_SECONDS=30 scripts/bench.sh
+#   BENCH_PG_CONF="synchronous_commit=off" scripts/bench.sh    extra postgresql.conf lines (';'-separated)
+#
+# What it does (all in one run, on the same data):
+#   - installs the extension (release) and builds the sidecar (release);
+#   - throwaway cluster in /tmp/pg_quota-bench.XXXXXX on port 55435, db pg_quota_bench;
+#   - sql/bench/setup.sql: 10k users (quota.import_users) with 1e12 credits each (quota.bonus);
+#   - pgbench -M prepared -T $BENCH_SECONDS at 1, 4, 16 clients, for
+#       (a) sql/bench/charge.sql    SELECT * FROM quota.charge(...) on a random user
+#       (b) sql/bench/baseline.sql  the same writes in bare SQL (conditional UPDATE + ledger INSERT)
+#     on random users of 10k and on one hot user (all clients on user_1);
+#   - HTTP: the sidecar on a free port, wrk -t2 -c16 --latency -s sql/bench/charge.lua against
+#     POST /api/internal/credits/charge (random users), compared with (a) at 16 clients;
+#   - prints a Markdown table (also saved to .test-run/bench.md), checks quota.verify(), and stops
+#     everything it started.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SECS="${BENCH_SECONDS:-15}"
+read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 4 16}"
+HTTP_CONNS="${BENCH_HTTP_CONNECTIONS:-16}"
+NUSERS="${BENCH_USERS:-10000}"
+PORT="${BENCH_PORT:-55435}"
+DB=pg_quota_bench
+RUN="r$(date +%s)"
+NCPU="$(nproc)"
+
+case "${1:-}" in -h | --help) usage_of "$0"; exit 0 ;; esac
+install_cleanup_trap
+
+header "dependencies and build (release)"
+ensure_deps
+command -v wrk >/dev/null 2>&1 || die "wrk not found (apt-get install -y wrk)"
+install_extension release
+build_sidecar release
+SIDECAR_BIN="$(bin_path release quota-sidecar)"
+
+header "cluster (port $PORT)"
+EXTRA_CONF=()
+if [ -n "${BENCH_PG_CONF:-}" ]; then
+    IFS=';' read -r -a EXTRA_CONF <<<"$BENCH_PG_CONF"
+fi
+throwaway_cluster bench "$PORT" "$DB" "${EXTRA_CONF[@]}"
+SOCK="$TMP_SOCK"
+BASE="$TMP_BASE"
+psqlb() { psql_cmd "$SOCK" "$PORT" "$DB" "$@"; }
+
+log "loading $NUSERS users with 1e12 credits each"
+psqlb -v nusers="$NUSERS" -f "$REPO/sql/bench/setup.sql" >/dev/null
+
+# pgbench_run SCRIPT CLIENTS NUSERS SECONDS TAG -> prints tps
+pgbench_run() {
+    local script="$1" c="$2" n="$3" secs="$4" tag="$5" j out rc=0
+    j=$((c < NCPU ? c : NCPU))
+    psqlb -c CHECKPOINT >/dev/null
+    out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" \
+        -f "$REPO/sql/bench/$script" -D run="$RUN-$tag" -D seq=0 -D nusers="$n" \
+        -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
+    if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out"; then
+        echo "$out" >&2
+        die "pgbench $script failed (rc $rc)"
+    fi
+    if grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then
+        echo "$out" >&2
+        die "pgbench $script: failed transactions"
+    fi
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+header "smoke test of both scripts"
+pgbench_smoke() {
+    local script="$1" letter="$2" rows
+    "$PG_BIN/pgbench" -n -M prepared -t 5 -c 1 -f "$REPO/sql/bench/$script" \
+        -D run="$RUN-smoke" -D seq=0 -D nusers="$NUSERS" -h "$SOCK" -p "$PORT" -U postgres "$DB" >/dev/null
+    rows="$(psql_val "$SOCK" "$PORT" "$DB" \
+        "SELECT count(*) FROM quota.ledger WHERE operation_id LIKE '$RUN-smoke-$letter-%' AND transaction_type = 'charge' AND credits = -1")"
+    [ "$rows" = 5 ] || die "$script: expected 5 charges of 1 credit in the ledger, found $rows"
+}
+pgbench_smoke charge.sql a
+pgbench_smoke baseline.sql b
+ok "both scripts write one 1-credit charge per transaction"
+
+header "warm-up"
+pgbench_run charge.sql 4 "$NUSERS" 3 warm >/dev/null
+pgbench_run baseline.sql 4 "$NUSERS" 3 warm >/dev/null
+
+declare -A TPS
+for c in "${CLIENTS[@]}"; do
+    for w in random hot; do
+        n="$NUSERS"
+        [ "$w" = hot ] && n=1
+        header "pgbench: $w, $c clients, ${SECS}s"
+        TPS[a-$w-$c]="$(pgbench_run charge.sql "$c" "$n" "$SECS" "a$w$c")"
+        TPS[b-$w-$c]="$(pgbench_run baseline.sql "$c" "$n" "$SECS" "b$w$c")"
+        printf '(a) %s tps   (b) %s tps   a/b %s\n' "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}" \
+            "$(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}")"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+header "HTTP: sidecar + wrk ($HTTP_CONNS connections, ${SECS}s)"
+HPORT="$(free_port 22000 22999)"
+SERVICE_TOKEN="$(random_hex 32)"
+start_bg "$BASE/sidecar.pid" "$BASE/sidecar.log" env \
+    QUOTA_LISTEN="127.0.0.1:$HPORT" \
+    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=postgres dbname=$DB" \
+    QUOTA_ADMIN_TOKEN="$(random_hex 32)" QUOTA_SERVICE_TOKEN="$SERVICE_TOKEN" \
+    QUOTA_DB_POOL_SIZE="${BENCH_POOL_SIZE:-$HTTP_CONNS}" \
+    RUST_LOG=warn "$SIDECAR_BIN"
+on_exit "stop_pid '$BASE/sidecar.pid' quota-sidecar"
+if ! wait_http "http://127.0.0.1:$HPORT/health" 60 "$BASE/sidecar.pid" quota-sidecar; then
+    tail -n 30 "$BASE/sidecar.log" >&2 || true
+    die "sidecar did not start"
+fi
+URL="http://127.0.0.1:$HPORT/api/internal/credits/charge"
+code="$(curl -s -o "$BASE/probe.json" -w '%{http_code}' -X POST "$URL" -H "X-Service-Token: $SERVICE_TOKEN" \
+    -H 'Content-Type: application/json' -d "{\"user_id\":\"user_1\",\"cost_usd\":0.0001,\"operation_id\":\"$RUN-probe\"}")"
+[ "$code" = 200 ] || { cat "$BASE/probe.json" >&2; die "probe charge over HTTP answered $code"; }
+
+WRK_THREADS=$((NCPU < 2 ? 1 : 2))
+wrk_run() {
+    local secs="$1" tag="$2"
+    env BENCH_SERVICE_TOKEN="$SERVICE_TOKEN" BENCH_RUN="$RUN-$tag" BENCH_NUSERS="$NUSERS" \
+        wrk -t"$WRK_THREADS" -c"$HTTP_CONNS" -d"${secs}s" --latency -s "$REPO/sql/bench/charge.lua" "$URL"
+}
+wrk_run 3 hwarm >/dev/null
+psqlb -c CHECKPOINT >/dev/null
+WRK_OUT="$(wrk_run "$SECS" http)"
+echo "$WRK_OUT"
+RPS="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$WRK_OUT")"
+P50="$(awk '$1 == "50%" { print $2 }' <<<"$WRK_OUT")"
+P99="$(awk '$1 == "99%" { print $2 }' <<<"$WRK_OUT")"
+TOTAL="$(awk '/requests in/ { print $1 }' <<<"$WRK_OUT")"
+NON2XX="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$WRK_OUT")"
+NON2XX="${NON2XX:-0}"
+ERRS="$(awk '/Socket errors:/ { print }' <<<"$WRK_OUT")"
+[ -n "$RPS" ] || die "could not read wrk's output"
+RECORDED="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.ledger WHERE operation_id LIKE '$RUN-http-%'")"
+
+header "consistency"
+PROBLEMS="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.verify()")"
+LEDGER_ROWS="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.ledger")"
+echo "quota.verify(): $PROBLEMS problem(s); ledger rows: $LEDGER_ROWS"
+
+# ---------------------------------------------------------------------------------------------
+A16="${TPS[a-random-16]:-}"
+PGV="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW server_version")"
+SYNC="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW synchronous_commit")"
+SB="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW shared_buffers")"
+REPORT="$(
+    echo "Benchmark: \`scripts/bench.sh\` ($(date -u '+%Y-%m-%d'), $NCPU CPU cores, PostgreSQL $PGV,"
+    echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, ${SECS} s per case, pgbench -M prepared)."
+    echo
+    echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL tps | a/b |"
+    echo "|---|---:|---:|---:|---:|"
+    for w in random hot; do
+        label="random user of $NUSERS"
+        [ "$w" = hot ] && label="one hot user"
+        for c in "${CLIENTS[@]}"; do
+            echo "| $label | $c | $(fmt "${TPS[a-$w-$c]}") | $(fmt "${TPS[b-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}") |"
+        done
+    done
+    echo
+    echo "| HTTP \`POST /api/internal/credits/charge\` (wrk, $HTTP_CONNS connections) | requests/s | p50 | p99 | HTTP / (a) at 16 clients |"
+    echo "|---|---:|---:|---:|---:|"
+    echo "| random user of $NUSERS | $(fmt "$RPS") | $P50 | $P99 | $(if [ -n "$A16" ]; then ratio "$RPS" "$A16"; else echo n/a; fi) |"
+    echo
+    echo "HTTP: $TOTAL requests, $NON2XX non-2xx, $RECORDED charges recorded${ERRS:+; $ERRS}. quota.verify(): $PROBLEMS problem(s)."
+)"
+header "results"
+echo "$REPORT"
+mkdir -p "$REPO/.test-run"
+echo "$REPORT" >"$REPO/.test-run/bench.md"
+echo
+log "saved to .test-run/bench.md"
+[ "$PROBLEMS" = 0 ] || die "quota.verify() reports $PROBLEMS problem(s) after the benchmark"

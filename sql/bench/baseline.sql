@@ -1,0 +1,24 @@
+-- pgbench script (b): the baseline, i.e. the bare SQL doing the same writes as quota.charge, in
+-- one prepared statement (one round trip, one transaction, like (a)): the conditional wallet
+-- UPDATE plus the ledger INSERT, with the same uniqueness check (the unique index
+-- ledger_operation_id_key on quota.ledger.operation_id, ON CONFLICT DO NOTHING).
+-- It mirrors CHARGE_WRITE_SQL in extension/src/ledger.rs; keep the two in step when the ledger
+-- table changes (columns: operation_id, user_id, transaction_type, credits, balance_before,
+-- balance_after, cost_usd, description, metadata, request NOT NULL).
+-- What (a) does on top: validation, pricing, the read of plan / rate / existing operation_id,
+-- and building the result row. Same variables as charge.sql.
+\set uid random(1, :nusers)
+\set seq :seq + 1
+WITH w AS (
+    UPDATE quota.wallets
+       SET balance = balance - 1, total_spent = total_spent + 1, updated_at = now()
+     WHERE user_id = 'user_' || :uid AND balance >= 1
+    RETURNING user_id, balance)
+INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                          balance_after, cost_usd, description, metadata, request)
+SELECT :run::text || '-b-' || :client_id || '-' || :seq, w.user_id, 'charge', -1, w.balance + 1,
+       w.balance, 0.0001, NULL, NULL,
+       jsonb_build_object('user_id', w.user_id, 'cost_usd', 0.0001::float8)
+FROM w
+ON CONFLICT (operation_id) DO NOTHING
+RETURNING transaction_id, balance_before, balance_after;

@@ -1,0 +1,84 @@
+-- pg_quota demo data, loaded by scripts/run.sh once, when it creates the database.
+-- Everything goes through the SQL API (schema quota), the way an application or a DBA would.
+--
+-- Safe to run again by hand (psql -v ON_ERROR_STOP=1 -f sql/demo.sql):
+--   * plans and users that already exist are skipped (their 23505 is caught);
+--   * money-moving calls carry fixed operation_ids, so a rerun replays them and writes nothing.
+
+SET client_min_messages = warning;
+
+-- Exchange rate: 10000 credits per USD (the default, set explicitly so the demo does not depend on it).
+SELECT quota.set_exchange_rate(10000, 'demo');
+
+-- Plans. monthly_cost in USD; multiplier applies to charges, purchase_rate to purchases.
+DO $$
+DECLARE
+    p jsonb;
+BEGIN
+    FOR p IN SELECT * FROM jsonb_array_elements($plans$[
+        {"tier": "basic",    "name": "Basic",    "monthly_cost":  9.99, "fixed_cost": 0,
+         "credits_included": 100000, "bonus_credits": 0,      "multiplier": 1.5, "purchase_rate": 1.0},
+        {"tier": "standard", "name": "Standard", "monthly_cost": 19.99, "fixed_cost": 0,
+         "credits_included": 250000, "bonus_credits": 25000,  "multiplier": 1.2, "purchase_rate": 1.1},
+        {"tier": "premium",  "name": "Premium",  "monthly_cost": 49.99, "fixed_cost": 0,
+         "credits_included": 750000, "bonus_credits": 100000, "multiplier": 1.0, "purchase_rate": 1.2}
+    ]$plans$::jsonb)
+    LOOP
+        BEGIN
+            PERFORM quota.create_plan(p, 'demo');
+        EXCEPTION WHEN unique_violation THEN
+            RAISE NOTICE 'plan % exists: skipped', p->>'tier';
+        END;
+    END LOOP;
+END
+$$;
+
+-- Users (one users table for the whole product; the wallet comes with the user).
+DO $$
+DECLARE
+    u record;
+BEGIN
+    FOR u IN SELECT * FROM (VALUES
+        ('user_111', $j${"name": "Demo User", "email": "demo@example.com", "github_username": "demo-user",
+                        "vip": 1, "org": "demo-org", "register_time": "2024-01-15 10:00:00"}$j$::jsonb),
+        ('user_222', $j${"name": "Second User", "email": "second@example.com"}$j$::jsonb),
+        ('user_333', $j${"name": "Third User"}$j$::jsonb)
+    ) AS t(id, profile)
+    LOOP
+        BEGIN
+            PERFORM quota.create_user(u.id, u.profile);
+        EXCEPTION WHEN unique_violation THEN
+            RAISE NOTICE 'user % exists: skipped', u.id;
+        END;
+    END LOOP;
+END
+$$;
+
+-- user_111 subscribes to standard: 250000 included + 25000 bonus credits.
+SELECT * FROM quota.update_subscription('user_111', 'standard', 275000, 'demo-sub-user_111');
+
+-- user_222 gets a welcome bonus and buys credits at the default purchase rate.
+SELECT * FROM quota.bonus('user_222', 50000, 'demo-bonus-user_222', 'welcome bonus');
+SELECT * FROM quota.add('user_222', 5.00, 'demo-add-user_222', 'manual top-up');
+
+-- A few charges (standard tier: multiplier 1.2; 0.0123 USD -> 148 credits).
+SELECT * FROM quota.charge('user_111', 0.0123, 'demo-charge-user_111-1', 'chat completion',
+                           '{"model": "gpt-4o-mini", "tokens": 1234}');
+SELECT * FROM quota.charge('user_111', 0.25, 'demo-charge-user_111-2', 'image generation',
+                           '{"model": "dall-e-3"}');
+SELECT * FROM quota.charge('user_222', 0.0042, 'demo-charge-user_222-1', 'embedding',
+                           '{"model": "text-embedding-3-small"}');
+
+-- Part of the second charge is refunded (500 credits).
+SELECT * FROM quota.refund('user_111', 'demo-charge-user_111-2', 'demo-refund-user_111-1', 500,
+                           'partial refund');
+
+-- The ledger invariant holds: quota.verify() returns no rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM quota.verify()) THEN
+        RAISE EXCEPTION 'demo data broke the ledger invariant: %',
+            (SELECT string_agg(subject || ': ' || problem, '; ') FROM quota.verify());
+    END IF;
+END
+$$;
