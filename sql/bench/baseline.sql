@@ -2,11 +2,11 @@
 -- one prepared statement (one round trip, one transaction, like (a)): the conditional wallet
 -- UPDATE plus the ledger INSERT, with the same uniqueness check (the unique index
 -- ledger_operation_id_key on quota.ledger.operation_id, ON CONFLICT DO NOTHING).
--- It mirrors CHARGE_WRITE_SQL in extension/src/ledger.rs; keep the two in step when the ledger
--- table changes (columns: operation_id, user_id, transaction_type, credits, balance_before,
+-- It writes the same ledger row as CHARGE_SQL in extension/src/ledger.rs; keep the two in step
+-- when the ledger table changes (columns: operation_id, user_id, transaction_type, credits, balance_before,
 -- balance_after, cost_usd, description, metadata, request NOT NULL).
--- What (a) does on top: validation, pricing, the read of plan / rate / existing operation_id,
--- and building the result row. Same variables as charge.sql.
+-- What (a) does on top: validation, the function call, the price lookup (settings, subscription,
+-- plan), the check that the operation_id is unused before the wallet moves, and the result row. Same variables as charge.sql.
 \set uid random(1, :nusers)
 \set seq :seq + 1
 WITH w AS (

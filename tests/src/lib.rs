@@ -1,0 +1,543 @@
+//! Shared helpers for the end-to-end tests of pg_quota.
+//!
+//! The tests run in parallel against ONE database and ONE sidecar, so every test creates its own
+//! users and plans under unique ids (`unique_id`) and never assumes global counts.
+//!
+//! The exchange rate (`base_rate`) is global: a test that changes it takes the advisory lock
+//! `BASE_RATE_LOCK` exclusively (`Ctx::exclusive`); every other test holds it in shared mode for its
+//! whole life (`Ctx::new`), so no test sees a base rate other than the default.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use reqwest::Method;
+pub use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+/// Advisory lock key guarding the global exchange rate.
+pub const BASE_RATE_LOCK: i64 = 42;
+/// The default exchange rate (credits per USD) every test except the exchange-rate test relies on.
+pub const DEFAULT_BASE_RATE: i64 = 10_000;
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+
+pub struct Env {
+    pub database_url: String,
+    pub sidecar_url: String,
+    pub admin_token: String,
+    pub service_token: String,
+}
+
+fn required_var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "environment variable {name} is not set: the end-to-end tests need a running cluster and \
+             sidecar; run them through `scripts/test.sh e2e` (which sets E2E_DATABASE_URL, \
+             E2E_SIDECAR_URL, E2E_ADMIN_TOKEN, E2E_SERVICE_TOKEN)"
+        ),
+    }
+}
+
+/// The test environment; panics with a clear message when a variable is missing.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| Env {
+        database_url: required_var("E2E_DATABASE_URL"),
+        sidecar_url: required_var("E2E_SIDECAR_URL")
+            .trim_end_matches('/')
+            .to_string(),
+        admin_token: required_var("E2E_ADMIN_TOKEN"),
+        service_token: required_var("E2E_SERVICE_TOKEN"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids
+
+/// A unique id: `prefix` + process id + time + a counter, short enough for every id column.
+pub fn unique_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{prefix}_{:x}{:x}_{n}",
+        std::process::id(),
+        nanos % 0xffff_ffff_ffff
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Clone)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+/// A request being built, remembering a description for assertion messages.
+pub struct Req {
+    rb: reqwest::RequestBuilder,
+    what: String,
+}
+
+/// A response: status, parsed JSON body (Null if not JSON) and raw text.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub what: String,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Api {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build()
+            .expect("reqwest client");
+        Api {
+            client,
+            base: env().sidecar_url.clone(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// No credentials.
+    pub fn anon(&self, method: Method, path: &str) -> Req {
+        Req {
+            rb: self.client.request(method.clone(), self.url(path)),
+            what: format!("{method} {path}"),
+        }
+    }
+
+    /// Admin credentials (Authorization: Bearer).
+    pub fn admin(&self, method: Method, path: &str) -> Req {
+        self.anon(method, path).bearer(&env().admin_token)
+    }
+
+    /// Internal service credentials (X-Service-Token).
+    pub fn service(&self, method: Method, path: &str) -> Req {
+        self.anon(method, path)
+            .header("X-Service-Token", &env().service_token)
+    }
+
+    /// A user's API token as bearer (public endpoints).
+    pub fn user(&self, token: &str, method: Method, path: &str) -> Req {
+        self.anon(method, path).bearer(token)
+    }
+}
+
+impl Req {
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.rb = self.rb.bearer_auth(token);
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.rb = self.rb.header(name, value);
+        self
+    }
+    pub fn json(mut self, body: &Value) -> Self {
+        self.what = format!("{} {}", self.what, body);
+        self.rb = self.rb.json(body);
+        self
+    }
+    /// A raw body sent as `application/json` (for malformed JSON).
+    pub fn raw_json(mut self, body: &str) -> Self {
+        self.what = format!("{} {}", self.what, body);
+        self.rb = self
+            .rb
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        self
+    }
+    pub fn query(mut self, params: &[(&str, String)]) -> Self {
+        self.what = format!("{} ?{:?}", self.what, params);
+        self.rb = self.rb.query(params);
+        self
+    }
+    pub async fn send(self) -> Resp {
+        let what = self.what;
+        let resp = self
+            .rb
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading body failed: {e}"));
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            text,
+            what,
+        }
+    }
+}
+
+impl Resp {
+    /// Asserts the status and returns the JSON body.
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "{}: expected HTTP {status}, got {} with body {}",
+            self.what, self.status, self.text
+        );
+        self.body
+    }
+
+    /// Asserts an error response: the status, and a JSON body with string `error` and `message`
+    /// (and, when given, the error code). Returns the body.
+    pub fn expect_error(self, status: u16, code: Option<&str>) -> Value {
+        let what = self.what.clone();
+        let text = self.text.clone();
+        let body = self.expect(status);
+        assert!(
+            body.get("error").and_then(Value::as_str).is_some(),
+            "{what}: error body lacks a string \"error\": {text}"
+        );
+        assert!(
+            body.get("message").and_then(Value::as_str).is_some(),
+            "{what}: error body lacks a string \"message\": {text}"
+        );
+        if let Some(code) = code {
+            assert_eq!(body["error"], code, "{what}: wrong error code in {text}");
+        }
+        body
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database
+
+/// Connects a new session (the connection task runs on the current runtime).
+pub async fn connect_db() -> tokio_postgres::Client {
+    let url = &env().database_url;
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to E2E_DATABASE_URL {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// SQLSTATE of a database error, or "" if it is not a database error.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test context and fixtures
+
+/// One test's HTTP client and database session. The session holds `BASE_RATE_LOCK` (shared, or
+/// exclusive for the exchange-rate test) until the test's runtime ends.
+pub struct Ctx {
+    pub api: Api,
+    pub db: tokio_postgres::Client,
+    pub name: String,
+}
+
+impl Ctx {
+    /// Context for a test that relies on the default base rate.
+    pub async fn new(name: &str) -> Ctx {
+        Self::with_lock(name, "SELECT pg_advisory_lock_shared($1)").await
+    }
+
+    /// Context for a test that changes the base rate: waits until no other test runs.
+    pub async fn exclusive(name: &str) -> Ctx {
+        Self::with_lock(name, "SELECT pg_advisory_lock($1)").await
+    }
+
+    async fn with_lock(name: &str, lock_sql: &str) -> Ctx {
+        let api = Api::new();
+        let db = connect_db().await;
+        db.execute(lock_sql, &[&BASE_RATE_LOCK])
+            .await
+            .expect("advisory lock");
+        Ctx {
+            api,
+            db,
+            name: name.to_string(),
+        }
+    }
+
+    /// A unique id prefixed with a short form of the test name.
+    pub fn id(&self, what: &str) -> String {
+        let short: String = self.name.chars().take(24).collect();
+        unique_id(&format!("{short}_{what}"))
+    }
+
+    // --- users and tokens ---
+
+    /// Creates a user through the admin API; returns its id.
+    pub async fn create_user(&self) -> String {
+        let id = self.id("u");
+        let body = self
+            .api
+            .admin(Method::POST, "/api/admin/users")
+            .json(&json!({ "id": id }))
+            .send()
+            .await
+            .expect(201);
+        assert_eq!(body["id"], id.as_str(), "created user object: {body}");
+        id
+    }
+
+    /// Issues a user API token through the admin API; returns (token_id, token).
+    pub async fn issue_token(&self, user_id: &str) -> (i64, String) {
+        let body = self
+            .api
+            .admin(
+                Method::POST,
+                &format!("/api/admin/users/{user_id}/api-tokens"),
+            )
+            .json(&json!({ "label": "e2e" }))
+            .send()
+            .await
+            .expect(201);
+        let token_id = body["token_id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("token_id in {body}"));
+        let token = body["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("token in {body}"))
+            .to_string();
+        (token_id, token)
+    }
+
+    /// A user with an API token.
+    pub async fn create_user_with_token(&self) -> (String, String) {
+        let user = self.create_user().await;
+        let (_, token) = self.issue_token(&user).await;
+        (user, token)
+    }
+
+    // --- plans ---
+
+    /// A valid plan input with a unique tier and name, with `overrides` merged in.
+    pub fn plan_input(&self, overrides: Value) -> Value {
+        let tier = self.id("t");
+        let mut plan = json!({
+            "tier": tier,
+            "name": format!("{tier} plan"),
+            "monthly_cost": 9.99,
+            "fixed_cost": 0,
+            "credits_included": 1000,
+            "bonus_credits": 100,
+            "multiplier": 1.0,
+            "purchase_rate": 1.0,
+            "active": true
+        });
+        if let (Some(p), Some(o)) = (plan.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        plan
+    }
+
+    /// Creates a plan through the admin API (201); returns the plan object.
+    pub async fn create_plan(&self, overrides: Value) -> Value {
+        let input = self.plan_input(overrides);
+        let body = self
+            .api
+            .admin(Method::POST, "/api/admin/subscription-plans")
+            .json(&input)
+            .send()
+            .await
+            .expect(201);
+        assert_eq!(body["tier"], input["tier"], "created plan object: {body}");
+        body
+    }
+
+    // --- money ---
+
+    /// Subscribes a user to a tier through the internal API; returns the response body.
+    pub async fn subscribe(&self, user_id: &str, tier: &str, credits_to_add: i64) -> Value {
+        self.api
+            .service(Method::POST, "/api/internal/subscription/update")
+            .json(&json!({
+                "user_id": user_id,
+                "subscription_tier": tier,
+                "credits_to_add": credits_to_add,
+                "operation_id": self.id("sub"),
+            }))
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// Grants exactly `credits` (a bonus through /api/internal/credits/add); returns the body.
+    pub async fn top_up_credits(&self, user_id: &str, credits: i64) -> Value {
+        let body = self
+            .api
+            .service(Method::POST, "/api/internal/credits/add")
+            .json(&json!({
+                "user_id": user_id,
+                "operation_id": self.id("bonus"),
+                "transaction_type": "bonus",
+                "credits": credits,
+            }))
+            .send()
+            .await
+            .expect(200);
+        assert_eq!(body["credits_added"], credits, "bonus response {body}");
+        body
+    }
+
+    /// Adds `amount_usd` (transaction_type add) through the internal API; returns the body.
+    pub async fn add_usd(&self, user_id: &str, amount_usd: f64) -> Value {
+        self.api
+            .service(Method::POST, "/api/internal/credits/add")
+            .json(&json!({ "user_id": user_id, "operation_id": self.id("add"), "amount_usd": amount_usd }))
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// POST /api/internal/credits/charge.
+    pub async fn charge(&self, user_id: &str, cost_usd: f64, operation_id: &str) -> Resp {
+        self.api
+            .service(Method::POST, "/api/internal/credits/charge")
+            .json(
+                &json!({ "user_id": user_id, "cost_usd": cost_usd, "operation_id": operation_id }),
+            )
+            .send()
+            .await
+    }
+
+    /// POST /api/internal/credits/calculate for a tier; returns the credits.
+    pub async fn calculate_for_tier(&self, cost_usd: f64, tier: &str) -> i64 {
+        let body = self
+            .api
+            .service(Method::POST, "/api/internal/credits/calculate")
+            .json(&json!({ "cost_usd": cost_usd, "tier": tier }))
+            .send()
+            .await
+            .expect(200);
+        body["credits"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("credits in {body}"))
+    }
+
+    // --- SQL probes ---
+
+    /// The wallet balance, read through SQL.
+    pub async fn balance(&self, user_id: &str) -> i64 {
+        let row = self
+            .db
+            .query_one("SELECT balance FROM quota.balance($1)", &[&user_id])
+            .await
+            .unwrap_or_else(|e| panic!("quota.balance({user_id}): {e}"));
+        row.get(0)
+    }
+
+    /// Number of ledger rows carrying `operation_id`.
+    pub async fn ledger_rows(&self, operation_id: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM quota.ledger WHERE operation_id = $1",
+                &[&operation_id],
+            )
+            .await
+            .expect("count ledger rows")
+            .get(0)
+    }
+
+    /// Asserts a rejected call left no trace: no ledger row for `operation_id` and the balance
+    /// still `balance_before`.
+    pub async fn assert_nothing_written(
+        &self,
+        user_id: &str,
+        balance_before: i64,
+        operation_id: &str,
+    ) {
+        assert_eq!(
+            self.ledger_rows(operation_id).await,
+            0,
+            "a ledger row was written for rejected operation {operation_id}"
+        );
+        assert_eq!(
+            self.balance(user_id).await,
+            balance_before,
+            "balance of {user_id} moved after a rejected call"
+        );
+    }
+
+    /// Asserts `quota.verify()` returns no rows.
+    pub async fn assert_verify_clean(&self) {
+        assert_verify_clean(&self.db).await;
+    }
+
+    /// `quota.audit_log` rows whose JSON form mentions `needle`.
+    pub async fn audit_rows_mentioning(&self, needle: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM quota.audit_log a WHERE to_jsonb(a)::text LIKE '%' || $1 || '%'",
+                &[&needle],
+            )
+            .await
+            .expect("count audit_log rows")
+            .get(0)
+    }
+}
+
+/// Asserts `SELECT * FROM quota.verify()` returns no rows, listing them otherwise.
+pub async fn assert_verify_clean(db: &tokio_postgres::Client) {
+    let rows = db
+        .query(
+            "SELECT subject::text, problem::text FROM quota.verify()",
+            &[],
+        )
+        .await
+        .expect("quota.verify()");
+    let problems: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        problems.is_empty(),
+        "quota.verify() reports problems: {problems:?}"
+    );
+}
+
+/// A field of a JSON object as i64, with a clear panic.
+pub fn int(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("field {field} is not an integer in {v}"))
+}
+
+/// A field of a JSON object as f64, with a clear panic.
+pub fn num(v: &Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("field {field} is not a number in {v}"))
+}
+
+/// Asserts the object has every listed field.
+pub fn assert_fields(v: &Value, fields: &[&str]) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("expected a JSON object, got {v}"));
+    for f in fields {
+        assert!(obj.contains_key(*f), "field {f} missing in {v}");
+    }
+}

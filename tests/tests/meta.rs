@@ -1,0 +1,169 @@
+//! /health and /openapi.json.
+
+use pg_quota_e2e::*;
+
+#[tokio::test]
+async fn health_reports_database_extension_and_worker() {
+    let ctx = Ctx::new("health").await;
+    let body = ctx
+        .api
+        .anon(Method::GET, "/health")
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    assert!(body["extension"].is_string(), "extension version in {body}");
+    let worker = &body["worker"];
+    assert!(worker.is_object(), "worker object in {body}");
+    let state = worker["state"]
+        .as_str()
+        .unwrap_or_else(|| panic!("worker.state in {body}"));
+    assert!(
+        [
+            "not_preloaded",
+            "starting",
+            "waiting_for_extension",
+            "running",
+            "stopped"
+        ]
+        .contains(&state),
+        "unknown worker state {state}"
+    );
+    // The e2e cluster preloads the extension: its worker reaches `running` and keeps a heartbeat
+    // (allow it a few naptimes to notice the extension).
+    let mut last = body.clone();
+    for _ in 0..30 {
+        if last["worker"]["state"] == "running" && last["worker"]["ticks"].as_i64().unwrap_or(0) > 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        last = ctx
+            .api
+            .anon(Method::GET, "/health")
+            .send()
+            .await
+            .expect(200);
+    }
+    assert_eq!(
+        last["worker"]["state"], "running",
+        "worker never reached running: {last}"
+    );
+    assert!(
+        int(&last["worker"], "ticks") > 0,
+        "worker heartbeat does not tick: {last}"
+    );
+    // The same row as SQL reports.
+    let sql_state: String = ctx
+        .db
+        .query_one("SELECT state FROM quota.worker_status()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sql_state, "running");
+}
+
+/// Every path the end-to-end tests call, as templates.
+const PATHS: &[&str] = &[
+    "/health",
+    "/api/internal/credits/check/{user_id}",
+    "/api/internal/credits/calculate",
+    "/api/internal/credits/charge",
+    "/api/internal/credits/add",
+    "/api/internal/credits/balance/{user_id}",
+    "/api/internal/subscription/update",
+    "/api/v1/subscription",
+    "/api/v1/transactions",
+    "/api/v1/credits/purchase",
+    "/api/v1/subscription/plans",
+    "/api/admin/subscription-plans",
+    "/api/admin/subscription-plans/{tier}",
+    "/api/admin/subscription-plans/{tier}/multiplier",
+    "/api/admin/subscription-plans/{tier}/purchase-rate",
+    "/api/admin/settings/exchange-rate",
+    "/api/admin/statistics",
+    "/api/admin/users",
+    "/api/admin/users/{user_id}",
+    "/api/admin/users/import",
+    "/api/admin/users/{user_id}/api-tokens",
+    "/api/admin/api-tokens/{token_id}",
+];
+
+/// A path template with its parameter names erased: `/a/{x}/b` -> `/a/{}/b`.
+fn shape(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push('{');
+            }
+            '}' => {
+                in_param = false;
+                out.push('}');
+            }
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn openapi_describes_every_endpoint() {
+    let ctx = Ctx::new("openapi").await;
+    let resp = ctx.api.anon(Method::GET, "/openapi.json").send().await;
+    let text = resp.text.clone();
+    let doc = resp.expect(200);
+    assert!(
+        doc.is_object(),
+        "/openapi.json is not a JSON object: {text}"
+    );
+    assert!(doc["openapi"].is_string(), "no openapi version field");
+    let paths = doc["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no paths object in /openapi.json"));
+    let shapes: Vec<String> = paths.keys().map(|k| shape(k)).collect();
+    let missing: Vec<&&str> = PATHS
+        .iter()
+        .filter(|p| !shapes.contains(&shape(p)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "/openapi.json lacks {missing:?}; it has {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_not_found_with_json_error() {
+    let ctx = Ctx::new("unknown_route").await;
+    ctx.api
+        .service(Method::GET, "/api/internal/credits/nope")
+        .send()
+        .await
+        .expect_error(404, None);
+    ctx.api
+        .anon(Method::GET, "/no/such/route")
+        .send()
+        .await
+        .expect_error(404, None);
+}
+
+#[tokio::test]
+async fn error_bodies_carry_a_request_id() {
+    let ctx = Ctx::new("request_id").await;
+    let body = ctx
+        .api
+        .service(Method::POST, "/api/internal/credits/charge")
+        .raw_json("{")
+        .send()
+        .await
+        .expect_error(400, None);
+    assert!(
+        body["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "request_id in {body}"
+    );
+}

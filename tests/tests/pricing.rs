@@ -1,0 +1,214 @@
+//! Pricing (SPEC 2): the worked cases of the formulas, over HTTP and SQL, and the global exchange
+//! rate. The exchange-rate test holds the base-rate advisory lock exclusively (every other test
+//! holds it shared), changes the rate, and restores it.
+
+use pg_quota_e2e::*;
+
+const CALCULATE: &str = "/api/internal/credits/calculate";
+
+async fn calculate(ctx: &Ctx, body: Value) -> Value {
+    ctx.api
+        .service(Method::POST, CALCULATE)
+        .json(&body)
+        .send()
+        .await
+        .expect(200)
+}
+
+#[tokio::test]
+async fn calculate_matches_the_worked_cases_with_half_even_rounding() {
+    let ctx = Ctx::new("pricing_cases").await;
+    let p15 = ctx.create_plan(json!({"multiplier": 1.5})).await;
+    let p10 = ctx.create_plan(json!({"multiplier": 1.0})).await;
+    let c = calculate(&ctx, json!({"cost_usd": 0.0123, "tier": p15["tier"]})).await;
+    assert_eq!(int(&c, "credits"), 184, "0.0123 at 1.5: {c}");
+    assert_eq!(num(&c, "multiplier"), 1.5);
+    assert_eq!(int(&c, "base_rate"), DEFAULT_BASE_RATE);
+    for (cost, credits) in [(0.00025, 2), (0.00035, 4), (0.00045, 4), (0.00015, 1)] {
+        let c = calculate(&ctx, json!({"cost_usd": cost, "tier": p10["tier"]})).await;
+        assert_eq!(int(&c, "credits"), credits, "{cost} at 1.0: {c}");
+    }
+}
+
+#[tokio::test]
+async fn calculate_uses_the_users_plan() {
+    let ctx = Ctx::new("pricing_user_plan").await;
+    let p15 = ctx.create_plan(json!({"multiplier": 1.5})).await;
+    let user = ctx.create_user().await;
+    ctx.subscribe(&user, p15["tier"].as_str().unwrap(), 1).await;
+    let c = calculate(&ctx, json!({"cost_usd": 0.0123, "user_id": user})).await;
+    assert_eq!(int(&c, "credits"), 184);
+    assert_eq!(c["tier"], p15["tier"]);
+}
+
+#[tokio::test]
+async fn charge_applies_the_worked_cases() {
+    let ctx = Ctx::new("pricing_charge").await;
+    let p15 = ctx.create_plan(json!({"multiplier": 1.5})).await;
+    let p10 = ctx.create_plan(json!({"multiplier": 1.0})).await;
+    let u15 = ctx.create_user().await;
+    ctx.subscribe(&u15, p15["tier"].as_str().unwrap(), 1_000)
+        .await;
+    let body = ctx.charge(&u15, 0.0123, &ctx.id("op")).await.expect(200);
+    assert_eq!(int(&body, "credits_charged"), 184);
+    assert_eq!(ctx.balance(&u15).await, 1_000 - 184);
+    let u10 = ctx.create_user().await;
+    ctx.subscribe(&u10, p10["tier"].as_str().unwrap(), 1_000)
+        .await;
+    let mut expected = 1_000;
+    for (cost, credits) in [(0.00025, 2), (0.00035, 4), (0.00045, 4), (0.00015, 1)] {
+        let body = ctx.charge(&u10, cost, &ctx.id("op")).await.expect(200);
+        assert_eq!(
+            int(&body, "credits_charged"),
+            credits,
+            "charge {cost} at 1.0: {body}"
+        );
+        expected -= credits;
+    }
+    assert_eq!(ctx.balance(&u10).await, expected);
+    ctx.assert_verify_clean().await;
+}
+
+#[tokio::test]
+async fn add_ten_dollars_at_purchase_rate_1_2_gives_120000_credits() {
+    let ctx = Ctx::new("pricing_add").await;
+    let plan = ctx.create_plan(json!({"purchase_rate": 1.2})).await;
+    let user = ctx.create_user().await;
+    ctx.subscribe(&user, plan["tier"].as_str().unwrap(), 1)
+        .await;
+    let body = ctx.add_usd(&user, 10.0).await;
+    assert_eq!(int(&body, "credits_added"), 120_000, "{body}");
+    assert_eq!(ctx.balance(&user).await, 120_001);
+}
+
+#[tokio::test]
+async fn sql_calculate_credits_matches_the_worked_cases() {
+    let ctx = Ctx::new("pricing_sql").await;
+    let p15 = ctx.create_plan(json!({"multiplier": 1.5})).await;
+    let p10 = ctx.create_plan(json!({"multiplier": 1.0})).await;
+    let t15 = p15["tier"].as_str().unwrap();
+    let t10 = p10["tier"].as_str().unwrap();
+    let sql = "SELECT credits FROM quota.calculate_credits($1::float8, NULL, $2)";
+    let credits: i64 = ctx
+        .db
+        .query_one(sql, &[&0.0123f64, &t15])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(credits, 184);
+    for (cost, expected) in [(0.00025f64, 2i64), (0.00035, 4), (0.00045, 4), (0.00015, 1)] {
+        let credits: i64 = ctx.db.query_one(sql, &[&cost, &t10]).await.unwrap().get(0);
+        assert_eq!(credits, expected, "{cost} at 1.0");
+    }
+}
+
+/// PATCH /api/admin/settings/exchange-rate. The new rate is sent both as the query parameter
+/// `base_rate` and as the JSON body `{"base_rate": ..}` so either style of handler reads it.
+async fn set_exchange_rate(ctx: &Ctx, base_rate: Value) -> Resp {
+    let q = match &base_rate {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    ctx.api
+        .admin(Method::PATCH, "/api/admin/settings/exchange-rate")
+        .query(&[("base_rate", q)])
+        .json(&json!({ "base_rate": base_rate }))
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn exchange_rate_change_applies_on_the_first_call() {
+    let ctx = Ctx::exclusive("exchange_rate").await;
+    let plan = ctx
+        .create_plan(json!({"multiplier": 1.0, "purchase_rate": 1.0}))
+        .await;
+    let tier = plan["tier"].as_str().unwrap().to_string();
+    let user = ctx.create_user().await;
+    ctx.subscribe(&user, &tier, 10_000).await;
+    let start: String = ctx
+        .db
+        .query_one("SELECT (now() - interval '1 second')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
+    assert_eq!(
+        int(&c, "base_rate"),
+        DEFAULT_BASE_RATE,
+        "the e2e database must start at the default base rate"
+    );
+
+    // Run the checks in a task so the rate is restored even when one fails.
+    let api = ctx.api.clone();
+    let (tier2, user2) = (tier.clone(), user.clone());
+    let outcome = tokio::spawn(async move {
+        let ctx = Ctx {
+            api,
+            db: connect_db().await,
+            name: "exchange_rate".into(),
+        };
+        let tier = tier2;
+        let user = user2;
+        let changed = set_exchange_rate(&ctx, json!(20_000)).await.expect(200);
+        assert_eq!(int(&changed, "base_rate"), 20_000, "{changed}");
+        assert_eq!(
+            int(&changed, "previous_base_rate"),
+            DEFAULT_BASE_RATE,
+            "{changed}"
+        );
+        assert!(changed.get("updated_at").is_some(), "{changed}");
+        // The very first change is in force at once.
+        let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
+        assert_eq!(int(&c, "base_rate"), 20_000);
+        assert_eq!(int(&c, "credits"), 200);
+        let body = ctx.charge(&user, 0.01, &ctx.id("op")).await.expect(200);
+        assert_eq!(int(&body, "credits_charged"), 200);
+        let body = ctx.add_usd(&user, 0.01).await;
+        assert_eq!(int(&body, "credits_added"), 200);
+        // Invalid rates: 400, rate unchanged.
+        for bad in [json!(0), json!(-5), json!("abc"), json!(1.5)] {
+            set_exchange_rate(&ctx, bad).await.expect_error(400, None);
+        }
+        let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
+        assert_eq!(int(&c, "base_rate"), 20_000);
+        // Setting it back reports the previous rate.
+        let back = set_exchange_rate(&ctx, json!(DEFAULT_BASE_RATE))
+            .await
+            .expect(200);
+        assert_eq!(int(&back, "previous_base_rate"), 20_000);
+    })
+    .await;
+
+    // Restore through SQL whatever happened above.
+    ctx.db
+        .query(
+            "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
+            &[&DEFAULT_BASE_RATE],
+        )
+        .await
+        .expect("restore the base rate");
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
+    assert_eq!(int(&c, "base_rate"), DEFAULT_BASE_RATE);
+    assert_eq!(ctx.balance(&user).await, 10_000);
+    // Each change is in the audit log.
+    let n: i64 = ctx
+        .db
+        .query_one(
+            "SELECT count(*) FROM quota.audit_log a WHERE a.created_at >= $1::text::timestamptz \
+             AND to_jsonb(a)::text LIKE '%20000%'",
+            &[&start],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        n >= 2,
+        "expected audit rows for 10000 -> 20000 -> 10000, found {n}"
+    );
+    ctx.assert_verify_clean().await;
+}
