@@ -11,7 +11,8 @@
 #   - sql/bench/setup.sql: 10k users (quota.import_users) with 1e12 credits each (quota.bonus);
 #   - pgbench -M prepared -T $BENCH_SECONDS at 1, 4, 16 clients, for
 #       (a) sql/bench/charge.sql    SELECT * FROM quota.charge(...) on a random user
-#       (b) sql/bench/baseline.sql  the same writes in bare SQL (conditional UPDATE + ledger INSERT)
+#       (b) sql/bench/baseline.sql  the same writes in bare SQL, one statement (the floor)
+#       (b2) sql/bench/baseline_txn.sql  the same writes as an explicit transaction, two statements
 #     on random users of 10k and on one hot user (all clients on user_1);
 #   - HTTP: the sidecar on a free port, wrk -t2 -c16 --latency -s sql/bench/charge.lua against
 #     POST /api/internal/credits/charge (random users), compared with (a) at 16 clients;
@@ -86,11 +87,13 @@ pgbench_smoke() {
 }
 pgbench_smoke charge.sql a
 pgbench_smoke baseline.sql b
-ok "both scripts write one 1-credit charge per transaction"
+pgbench_smoke baseline_txn.sql c
+ok "the three scripts write one 1-credit charge per transaction"
 
 header "warm-up"
 pgbench_run charge.sql 4 "$NUSERS" 3 warm >/dev/null
 pgbench_run baseline.sql 4 "$NUSERS" 3 warm >/dev/null
+pgbench_run baseline_txn.sql 4 "$NUSERS" 3 warm >/dev/null
 
 declare -A TPS
 for c in "${CLIENTS[@]}"; do
@@ -100,8 +103,10 @@ for c in "${CLIENTS[@]}"; do
         header "pgbench: $w, $c clients, ${SECS}s"
         TPS[a-$w-$c]="$(pgbench_run charge.sql "$c" "$n" "$SECS" "a$w$c")"
         TPS[b-$w-$c]="$(pgbench_run baseline.sql "$c" "$n" "$SECS" "b$w$c")"
-        printf '(a) %s tps   (b) %s tps   a/b %s\n' "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}" \
-            "$(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}")"
+        TPS[c-$w-$c]="$(pgbench_run baseline_txn.sql "$c" "$n" "$SECS" "c$w$c")"
+        printf '(a) %s tps   (b) %s tps   (b2) %s tps   a/b %s   a/b2 %s\n' "${TPS[a-$w-$c]}" \
+            "${TPS[b-$w-$c]}" "${TPS[c-$w-$c]}" "$(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}")" \
+            "$(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}")"
     done
 done
 
@@ -159,13 +164,13 @@ REPORT="$(
     echo "Benchmark: \`scripts/bench.sh\` ($(date -u '+%Y-%m-%d'), $NCPU CPU cores, PostgreSQL $PGV,"
     echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, ${SECS} s per case, pgbench -M prepared)."
     echo
-    echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL tps | a/b |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL, one statement | (b2) bare SQL, explicit transaction | a/b | a/b2 |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for w in random hot; do
         label="random user of $NUSERS"
         [ "$w" = hot ] && label="one hot user"
         for c in "${CLIENTS[@]}"; do
-            echo "| $label | $c | $(fmt "${TPS[a-$w-$c]}") | $(fmt "${TPS[b-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}") |"
+            echo "| $label | $c | $(fmt "${TPS[a-$w-$c]}") | $(fmt "${TPS[b-$w-$c]}") | $(fmt "${TPS[c-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}") |"
         done
     done
     echo
