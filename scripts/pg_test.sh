@@ -103,3 +103,16 @@ if [ $rc -ne 0 ]; then
     die "pg_test failed (pg_regress rc $rc); see $OUT"
 fi
 ok "pg_test passed (${#TESTS[@]} scripts)"
+
+# The background worker must leave cleanly on SIGTERM (a fast shutdown sends it one). It connects
+# within 5 s of the database's creation (restart delay), so wait for it to run first.
+for _ in $(seq 1 30); do
+    state="$(psql_val "$TMP_SOCK" "$PORT" "$DB" "SELECT state FROM quota.worker_status()")"
+    [ "$state" = running ] && break
+    sleep 0.5
+done
+[ "$state" = running ] || die "the pg_quota worker is '$state', not running, 15 s after the tests"
+cluster_stop "$TMP_DATA"
+grep -q 'pg_quota worker stopped' "$TMP_LOG" ||
+    { tail -n 40 "$TMP_LOG" >&2; die "the pg_quota worker did not log a clean stop on SIGTERM"; }
+ok "the background worker stopped cleanly on SIGTERM"
