@@ -33,6 +33,9 @@ CREATE TABLE quota.wallets (
     balance      bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
     total_earned bigint NOT NULL DEFAULT 0 CHECK (total_earned >= 0),
     total_spent  bigint NOT NULL DEFAULT 0 CHECK (total_spent >= 0),
+    -- The charge multiplier of the user's plan (1 without one), kept in step by the triggers
+    -- below so a charge prices itself from the row it updates, without two more lookups.
+    multiplier   double precision NOT NULL DEFAULT 1,
     updated_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80); -- room for HOT updates: every charge rewrites the row
 COMMENT ON TABLE quota.wallets IS
@@ -74,6 +77,39 @@ CREATE TABLE quota.subscriptions (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX subscriptions_tier_idx ON quota.subscriptions (tier);
+
+-- wallets.multiplier follows the subscription and the plan, whoever changes them (SQL functions
+-- or plain UPDATEs). quota.verify() checks that it does.
+CREATE FUNCTION quota._wallet_multiplier_from_subscription() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        UPDATE quota.wallets SET multiplier = 1 WHERE user_id = OLD.user_id;
+    ELSE
+        UPDATE quota.wallets w
+           SET multiplier = coalesce((SELECT p.multiplier FROM quota.plans p WHERE p.tier = NEW.tier), 1)
+         WHERE w.user_id = NEW.user_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER subscriptions_wallet_multiplier
+    AFTER INSERT OR DELETE OR UPDATE OF tier ON quota.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION quota._wallet_multiplier_from_subscription();
+
+CREATE FUNCTION quota._wallet_multiplier_from_plan() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE quota.wallets w SET multiplier = NEW.multiplier
+      FROM quota.subscriptions s
+     WHERE s.tier = NEW.tier AND w.user_id = s.user_id AND w.multiplier IS DISTINCT FROM NEW.multiplier;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER plans_wallet_multiplier
+    AFTER UPDATE OF multiplier ON quota.plans
+    FOR EACH ROW WHEN (OLD.multiplier IS DISTINCT FROM NEW.multiplier)
+    EXECUTE FUNCTION quota._wallet_multiplier_from_plan();
 
 -- The ledger: every movement of credits, forever. It is also the idempotency record of every
 -- money-moving call: operation_id is unique, and `request` holds the canonical parameters the
@@ -206,6 +242,13 @@ SELECT 'user:' || w.user_id,
        format('total_spent %s <> ledger spent %s', w.total_spent, coalesce(s.spent, 0))
 FROM quota.wallets w LEFT JOIN sums s USING (user_id)
 WHERE w.total_spent <> coalesce(s.spent, 0)
+UNION ALL
+SELECT 'user:' || w.user_id,
+       format('wallet multiplier %s <> plan multiplier %s', w.multiplier, coalesce(p.multiplier, 1))
+FROM quota.wallets w
+LEFT JOIN quota.subscriptions s ON s.user_id = w.user_id
+LEFT JOIN quota.plans p ON p.tier = s.tier
+WHERE w.multiplier <> coalesce(p.multiplier, 1)
 UNION ALL
 SELECT 'user:' || w.user_id, format('balance %s is negative', w.balance)
 FROM quota.wallets w WHERE w.balance < 0

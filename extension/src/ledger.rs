@@ -18,6 +18,7 @@ use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
 use serde_json::{json, Value};
 use std::cell::OnceCell;
+use std::panic::AssertUnwindSafe;
 
 /// One ledger row, as read back for responses and replays.
 #[derive(Debug, Clone)]
@@ -112,40 +113,33 @@ fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>)
 // charge: the hot path. Two prepared statements: one read (wallet, price, prior operation) and
 // one write (conditional wallet UPDATE + ledger INSERT in one statement).
 
-/// The charge, all in one statement on the common path: the price lookup, the conditional wallet
-/// UPDATE (enough credits, operation_id unused) and the ledger INSERT. It always returns one row:
-/// `updated` says whether the wallet moved, `transaction_id` whether the ledger row was written.
+/// The charge, in one statement on the common path: a conditional wallet UPDATE priced from the
+/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula), which
+/// also requires the operation_id to be unused, and the ledger INSERT. No row back means nothing
+/// was written. A concurrent call that took the operation_id in between makes the INSERT fail on
+/// the unique index, which rolls the wallet update back; that error becomes 40001 `in_progress`.
 const CHARGE_SQL: &str = "
-WITH price AS (
-    SELECT quota.price_credits($2, coalesce(p.multiplier, 1.0::float8), st.base_rate) AS credits
-    FROM quota.settings st
-    LEFT JOIN quota.subscriptions s ON s.user_id = $1
-    LEFT JOIN quota.plans p ON p.tier = s.tier),
-w AS (
+WITH w AS (
     UPDATE quota.wallets
-       SET balance = balance - price.credits, total_spent = total_spent + price.credits, updated_at = now()
-      FROM price
-     WHERE user_id = $1 AND balance >= price.credits
+       SET balance = balance - quota.price_credits($2, multiplier, st.base_rate),
+           total_spent = total_spent + quota.price_credits($2, multiplier, st.base_rate),
+           updated_at = now()
+      FROM quota.settings st
+     WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, st.base_rate)
        AND NOT EXISTS (SELECT 1 FROM quota.ledger WHERE operation_id = $3)
-    RETURNING balance, price.credits),
-ins AS (
-    INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
-                              balance_after, cost_usd, description, metadata, request)
-    SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5, $6 FROM w
-    ON CONFLICT (operation_id) DO NOTHING
-    RETURNING transaction_id, credits, balance_before, balance_after)
-SELECT (SELECT count(*) FROM w) AS updated, ins.*
-FROM (SELECT 1) AS one LEFT JOIN ins ON true";
+    RETURNING balance, quota.price_credits($2, multiplier, st.base_rate) AS credits)
+INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                          balance_after, cost_usd, description, metadata, request)
+SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5, $6 FROM w
+RETURNING transaction_id, credits, balance_before, balance_after";
 
 /// The slow path after a charge wrote nothing: why (replay, unknown user, short balance)?
 const CHARGE_READ_SQL: &str = "
-SELECT w.balance, coalesce(p.multiplier, 1.0::float8) AS multiplier, st.base_rate,
+SELECT w.balance, w.multiplier, st.base_rate,
        l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
        l.balance_after, l.cost_usd, l.amount_usd, l.metadata, l.request, l.operation_id
 FROM quota.settings st
 LEFT JOIN quota.wallets w ON w.user_id = $1
-LEFT JOIN quota.subscriptions s ON s.user_id = $1
-LEFT JOIN quota.plans p ON p.tier = s.tier
 LEFT JOIN quota.ledger l ON l.operation_id = $2";
 
 thread_local! {
@@ -196,20 +190,27 @@ pub fn charge_impl(
             metadata.clone().map(JsonB).into(),
             JsonB(request.clone()).into(),
         ];
-        let (updated, written) = {
+        let written = PgTryBuilder::new(AssertUnwindSafe(|| {
             let t = client.update(stmt, Some(1), &args).or_raise();
-            let row = t.into_iter().next().expect("the charge statement returns one row");
-            let updated = row.get_by_name::<i64, _>("updated").or_raise().unwrap_or(0) > 0;
-            let written = row.get_by_name::<i64, _>("transaction_id").or_raise().map(|id| {
+            t.into_iter().next().map(|row| {
                 (
-                    id,
-                    row.get_by_name::<i64, _>("credits").or_raise().unwrap_or_default(),
-                    row.get_by_name::<i64, _>("balance_before").or_raise().unwrap_or_default(),
-                    row.get_by_name::<i64, _>("balance_after").or_raise().unwrap_or_default(),
+                    row.get::<i64>(1).or_raise().unwrap_or_default(),
+                    row.get::<i64>(2).or_raise().unwrap_or_default(),
+                    row.get::<i64>(3).or_raise().unwrap_or_default(),
+                    row.get::<i64>(4).or_raise().unwrap_or_default(),
                 )
-            });
-            (updated, written)
-        };
+            })
+        }))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| {
+            raise(
+                QuotaError::new(
+                    ErrorKind::InProgress,
+                    format!("operation_id '{operation_id}' was applied by a concurrent call; retry to get its result"),
+                )
+                .with("operation_id", operation_id),
+            )
+        })
+        .execute();
         if let Some((transaction_id, credits, balance_before, balance_after)) = written {
             return LedgerRow {
                 transaction_id,
@@ -224,11 +225,6 @@ pub fn charge_impl(
                 request,
                 operation_id: operation_id.to_string(),
             };
-        }
-        if updated {
-            // The wallet moved but a concurrent call took the operation_id first: the ERROR
-            // rolls our wallet update back.
-            raise(lost_race(client, operation_id, "charge", &request));
         }
         // Nothing was written: a replay, an unknown user, or not enough credits.
         let t = client

@@ -240,4 +240,29 @@ mod tests {
             "unexpected worker state {state}"
         );
     }
+    #[pg_test]
+    fn wallet_multiplier_follows_the_plan_and_the_subscription() {
+        let multiplier = |u: &str| {
+            Spi::get_one::<f64>(&format!("SELECT multiplier FROM quota.wallets WHERE user_id = '{u}'"))
+                .unwrap()
+                .unwrap()
+        };
+        run(r#"SELECT quota.create_plan('{"tier":"m1","name":"M1","multiplier":2}')"#);
+        setup_user("t12", 10_000);
+        assert_eq!(multiplier("t12"), 1.0);
+        run("SELECT * FROM quota.update_subscription('t12', 'm1', 0, 'sub-12')");
+        assert_eq!(multiplier("t12"), 2.0);
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t12', 0.01, 'c12a')"), 200);
+        run("SELECT quota.set_plan_multiplier('m1', 3)");
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t12', 0.01, 'c12b')"), 300);
+        // Plain SQL changes are followed too.
+        run("UPDATE quota.plans SET multiplier = 4 WHERE tier = 'm1'");
+        assert_eq!(multiplier("t12"), 4.0);
+        run("DELETE FROM quota.subscriptions WHERE user_id = 't12'");
+        assert_eq!(multiplier("t12"), 1.0);
+        assert_clean();
+        run("UPDATE quota.wallets SET multiplier = 9 WHERE user_id = 't12'");
+        assert_eq!(one_i64("SELECT count(*) FROM quota.verify() WHERE problem LIKE 'wallet multiplier%'"), 1);
+    }
+
 }

@@ -3,6 +3,7 @@
 //! The pgrx layer (`extension/src`) only moves values between SQL and these functions and runs
 //! SPI. Keeping the rules here means plain `cargo test -p pg_quota_core` (and a fuzzer) reach them.
 
+pub mod condition;
 pub mod error;
 pub mod ids;
 pub mod plan;
