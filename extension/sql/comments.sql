@@ -42,3 +42,9 @@ COMMENT ON FUNCTION quota.resolve_api_token(text) IS 'The user id of a valid (un
 COMMENT ON FUNCTION quota.worker_status() IS 'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries).';
 COMMENT ON FUNCTION quota.price_credits(double precision, double precision, bigint) IS
     'The pricing formula: round_half_even(usd * rate * base_rate), computed in IEEE double in that order (seed 004).';
+COMMENT ON FUNCTION quota.parse_condition(text) IS
+    'Parses a recharge-strategy condition and returns its canonical form; a syntax error (22023) names the position and what was expected.';
+COMMENT ON FUNCTION quota.eval_condition(text, text) IS
+    'Whether one user matches a condition (the per-user evaluator).';
+COMMENT ON FUNCTION quota.match_users(text) IS
+    'The ids of the users matching a condition, by its compiled SQL predicate over quota.users (a dry run before enabling a strategy).';

@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 
 mod audit;
+mod condition;
 mod error;
 mod gucs;
 mod ledger;

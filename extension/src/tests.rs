@@ -265,4 +265,74 @@ mod tests {
         assert_eq!(one_i64("SELECT count(*) FROM quota.verify() WHERE problem LIKE 'wallet multiplier%'"), 1);
     }
 
+    /// The two back ends of the condition language agree: the compiled SQL predicate
+    /// (quota.match_users) and the per-user evaluator, on generated expressions and users
+    /// (ids and values include quotes, backslashes, `$1` and `;--`).
+    #[pg_test]
+    fn compiled_condition_agrees_with_the_evaluator() {
+        use quota_core::condition::{eval, parse, sample_expressions, sample_users};
+        use std::collections::BTreeSet;
+        let users = sample_users(7, 60);
+        for u in &users {
+            let ts = |t: &Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339());
+            Spi::run_with_args(
+                "INSERT INTO quota.users (id, vip, org, github_star, register_time, access_time)
+                 VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz)",
+                &[
+                    u.id.as_str().into(),
+                    u.vip.into(),
+                    u.org.clone().into(),
+                    u.github_star.clone().into(),
+                    ts(&u.register_time).into(),
+                    ts(&u.access_time).into(),
+                ],
+            )
+            .unwrap();
+            Spi::run_with_args("INSERT INTO quota.wallets (user_id) VALUES ($1)", &[u.id.as_str().into()]).unwrap();
+            if u.balance > 0 {
+                Spi::run_with_args(
+                    "SELECT * FROM quota.bonus($1, $2, 'seed-' || $1)",
+                    &[u.id.as_str().into(), u.balance.into()],
+                )
+                .unwrap();
+            }
+        }
+        let mut matched_any = 0;
+        for text in sample_expressions(11, 300) {
+            let expr = parse(&text).unwrap();
+            let by_sql: BTreeSet<String> = crate::condition::matching_user_ids(&expr).into_iter().collect();
+            let by_eval: BTreeSet<String> = users.iter().filter(|u| eval(&expr, u)).map(|u| u.id.clone()).collect();
+            assert_eq!(by_sql, by_eval, "condition {text}");
+            if !by_eval.is_empty() && by_eval.len() < users.len() {
+                matched_any += 1;
+            }
+            // The evaluator over facts read back from the database agrees too.
+            for u in users.iter().take(5) {
+                let facts = crate::condition::user_facts(&u.id).unwrap();
+                assert_eq!(eval(&expr, &facts), eval(&expr, u), "condition {text}, user {}", u.id);
+            }
+        }
+        assert!(matched_any > 50, "too few discriminating expressions: {matched_any}");
+    }
+
+    #[pg_test]
+    fn condition_functions_in_sql() {
+        assert_eq!(
+            one_text("SELECT quota.parse_condition('and( is-vip(1) , github-star(zgsm) )')"),
+            r#"and(is-vip(1), github-star("zgsm"))"#
+        );
+        assert_eq!(sqlstate_of("PERFORM quota.parse_condition('')").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("PERFORM quota.parse_condition('and(is-vip(1)')").as_deref(), Some("22023"));
+        run(r#"SELECT quota.create_user('cv1', '{"vip":2,"github_star":"zgsm"}')"#);
+        run(r#"SELECT quota.create_user('cv2', '{"vip":0}')"#);
+        assert!(Spi::get_one::<bool>("SELECT quota.eval_condition('and(is-vip(1), github-star(\"zgsm\"))', 'cv1')")
+            .unwrap()
+            .unwrap());
+        assert_eq!(
+            one_text("SELECT string_agg(id, ',') FROM quota.match_users('is-vip(1) or match-user(cv2)') id"),
+            "cv1,cv2"
+        );
+        assert_eq!(sqlstate_of("PERFORM quota.eval_condition('true()', 'nobody')").as_deref(), Some("P0002"));
+    }
+
 }

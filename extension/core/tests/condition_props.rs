@@ -34,7 +34,9 @@ fn nasty_string() -> impl Strategy<Value = String> {
         Just(",".to_string()),
         Just(" and ".to_string()),
         "[a-z0-9_-]{1,6}",
-        any::<char>().prop_filter("no NUL", |c| *c != '\0').prop_map(String::from),
+        any::<char>()
+            .prop_filter("no NUL", |c| *c != '\0')
+            .prop_map(String::from),
     ];
     prop::collection::vec(piece, 0..4).prop_map(|v| v.concat())
 }
@@ -94,7 +96,10 @@ fn user() -> impl Strategy<Value = (UserFacts, bool)> {
         prop::sample::select(vec!["u1", "u2", "u3", "'; --"]),
         0i32..5,
         prop::option::of(prop::sample::select(vec!["org-a", "org-b", "ORG-A"])),
-        prop::collection::btree_set(prop::sample::select(vec!["zgsm", "ZGSM", "costrict", "'\"\\"]), 0..3),
+        prop::collection::btree_set(
+            prop::sample::select(vec!["zgsm", "ZGSM", "costrict", "'\"\\"]),
+            0..3,
+        ),
         prop::option::of(prop::sample::select(pool_ts())),
         prop::option::of(prop::sample::select(pool_ts())),
         prop::option::of(prop_oneof![Just(0i64), Just(5), Just(100), Just(199)]),
@@ -139,11 +144,13 @@ impl Style {
 }
 
 fn is_bare(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || "_-.:/@+".contains(c))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || "_-.:/@+".contains(c))
 }
 
 fn render_str(s: &str, st: &mut Style) -> String {
-    if is_bare(s) && st.next() % 2 == 0 {
+    if is_bare(s) && st.next().is_multiple_of(2) {
         s.to_string()
     } else {
         quoted_alt(s, st)
@@ -157,8 +164,8 @@ fn quoted_alt(s: &str, st: &mut Style) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            '/' if st.next() % 2 == 0 => out.push_str("\\/"),
-            c if c.is_control() || (st.next() % 8 == 0 && c != ' ') => {
+            '/' if st.next().is_multiple_of(2) => out.push_str("\\/"),
+            c if c.is_control() || (st.next().is_multiple_of(8) && c != ' ') => {
                 let mut buf = [0u16; 2];
                 for u in c.encode_utf16(&mut buf) {
                     out.push_str(&format!("\\u{:04X}", u));
@@ -173,11 +180,18 @@ fn quoted_alt(s: &str, st: &mut Style) -> String {
 
 fn render_ts(t: &DateTime<Utc>, st: &mut Style) -> String {
     if t.timestamp_subsec_nanos() != 0 {
-        return format!("\"{}\"", t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        return format!(
+            "\"{}\"",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
     }
     match st.next() % 3 {
         0 => format!("\"{}\"", t.format("%Y-%m-%d %H:%M:%S")),
-        1 => format!("\"{}\"", t.with_timezone(&chrono::FixedOffset::west_opt(5 * 3600).unwrap()).to_rfc3339()),
+        1 => format!(
+            "\"{}\"",
+            t.with_timezone(&chrono::FixedOffset::west_opt(5 * 3600).unwrap())
+                .to_rfc3339()
+        ),
         _ => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
 }
@@ -199,13 +213,31 @@ fn call(name: &str, args: Vec<String>, st: &mut Style) -> String {
 /// Renders `e`; the bool says whether the text is a bare infix chain.
 fn render(e: &Expr, st: &mut Style) -> (String, bool) {
     let (s, infix) = match e {
-        Expr::MatchUser(v) => (call("match-user", v.iter().map(|x| render_str(x, st)).collect(), st), false),
-        Expr::BelongTo(v) => (call("belong-to", v.iter().map(|x| render_str(x, st)).collect(), st), false),
+        Expr::MatchUser(v) => (
+            call(
+                "match-user",
+                v.iter().map(|x| render_str(x, st)).collect(),
+                st,
+            ),
+            false,
+        ),
+        Expr::BelongTo(v) => (
+            call(
+                "belong-to",
+                v.iter().map(|x| render_str(x, st)).collect(),
+                st,
+            ),
+            false,
+        ),
         Expr::RegisterBefore(t) => (call("register-before", vec![render_ts(t, st)], st), false),
         Expr::AccessAfter(t) => (call("access-after", vec![render_ts(t, st)], st), false),
         Expr::GithubStar(p) => (call("github-star", vec![render_str(p, st)], st), false),
         Expr::QuotaLe { model, amount } => {
-            let a = if st.next() % 4 == 0 { format!("\"{amount}\"") } else { amount.to_string() };
+            let a = if st.next().is_multiple_of(4) {
+                format!("\"{amount}\"")
+            } else {
+                amount.to_string()
+            };
             (call("quota-le", vec![render_str(model, st), a], st), false)
         }
         Expr::IsVip(l) => (call("is-vip", vec![l.to_string()], st), false),
@@ -216,9 +248,16 @@ fn render(e: &Expr, st: &mut Style) -> (String, bool) {
             (call("not", vec![inner], st), false)
         }
         Expr::And(v) | Expr::Or(v) => {
-            let op = if matches!(e, Expr::And(_)) { "and" } else { "or" };
-            if st.next() % 2 == 0 {
-                (call(op, v.iter().map(|x| render(x, st).0).collect(), st), false)
+            let op = if matches!(e, Expr::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
+            if st.next().is_multiple_of(2) {
+                (
+                    call(op, v.iter().map(|x| render(x, st).0).collect(), st),
+                    false,
+                )
             } else {
                 let parts: Vec<String> = v
                     .iter()
@@ -226,15 +265,23 @@ fn render(e: &Expr, st: &mut Style) -> (String, bool) {
                         let (s, infix) = render(x, st);
                         // A nested chain needs parentheses to stay one operand (and an `or`
                         // chain inside `and` needs them for precedence too).
-                        if infix { format!("({s})") } else { s }
+                        if infix {
+                            format!("({s})")
+                        } else {
+                            s
+                        }
                     })
                     .collect();
-                let sep = format!("{}{op}{}", [" ", "\n"][(st.next() % 2) as usize], [" ", "  "][(st.next() % 2) as usize]);
+                let sep = format!(
+                    "{}{op}{}",
+                    [" ", "\n"][(st.next() % 2) as usize],
+                    [" ", "  "][(st.next() % 2) as usize]
+                );
                 (parts.join(&sep), true)
             }
         }
     };
-    if st.next() % 10 == 0 {
+    if st.next().is_multiple_of(10) {
         (format!("({}{s}{})", st.ws(), st.ws()), false)
     } else {
         (s, infix)
@@ -277,7 +324,9 @@ fn tokenize(sql: &str) -> Vec<String> {
             k += 1;
         } else if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$' {
             let s = k;
-            while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == '_' || b[k] == '.' || b[k] == '$') {
+            while k < b.len()
+                && (b[k].is_ascii_alphanumeric() || b[k] == '_' || b[k] == '.' || b[k] == '$')
+            {
                 k += 1;
             }
             // `$n::type` and `$n::type[]` as one token.
@@ -317,7 +366,12 @@ impl Sql<'_> {
         }
     }
     fn want(&mut self, t: &str) {
-        assert!(self.eat(t), "expected {t} at token {} of {:?}", self.pos, self.toks);
+        assert!(
+            self.eat(t),
+            "expected {t} at token {} of {:?}",
+            self.pos,
+            self.toks
+        );
     }
     fn or_e(&mut self) -> V {
         let mut v = self.and_e();
@@ -388,16 +442,18 @@ impl Sql<'_> {
         }
     }
     fn param(&self, tok: &str) -> V {
-        let (n, ty) = tok[1..].split_once("::").expect("placeholders carry a cast");
+        let (n, ty) = tok[1..]
+            .split_once("::")
+            .expect("placeholders carry a cast");
         let n: usize = n.parse().unwrap();
         let p = &self.params[n - self.first];
         match (ty, p) {
             ("text", SqlParam::Text(s)) => V::Text(s.clone()),
             ("text[]", SqlParam::TextArray(v)) => V::TextArr(v.clone()),
             ("bigint", SqlParam::Int(i)) => V::Int(*i),
-            ("integer", SqlParam::Int(i)) => {
-                V::Int(i64::from(i32::try_from(*i).expect("an integer parameter fits in 32 bits")))
-            }
+            ("integer", SqlParam::Int(i)) => V::Int(i64::from(
+                i32::try_from(*i).expect("an integer parameter fits in 32 bits"),
+            )),
             ("timestamptz", SqlParam::Timestamp(t)) => V::Ts(*t),
             other => panic!("cast and parameter disagree: {other:?}"),
         }
@@ -445,9 +501,21 @@ impl Sql<'_> {
 }
 
 /// What a `WHERE <predicate>` does with the row: keep it only when the predicate is TRUE.
-fn sql_keeps(sql: &str, params: &[SqlParam], first: usize, u: &UserFacts, has_wallet: bool) -> bool {
+fn sql_keeps(
+    sql: &str,
+    params: &[SqlParam],
+    first: usize,
+    u: &UserFacts,
+    has_wallet: bool,
+) -> bool {
     let row = Row { u, has_wallet };
-    let mut s = Sql { toks: tokenize(sql), pos: 0, params, first, row: &row };
+    let mut s = Sql {
+        toks: tokenize(sql),
+        pos: 0,
+        params,
+        first,
+        row: &row,
+    };
     let v = s.or_e();
     assert_eq!(s.pos, s.toks.len(), "trailing tokens in {sql}");
     v == V::Bool(true)
@@ -457,7 +525,8 @@ fn sql_keeps(sql: &str, params: &[SqlParam], first: usize, u: &UserFacts, has_wa
 /// $first .. $first+len-1.
 fn assert_sql_clean(sql: &str, params: &[SqlParam], first: usize) {
     assert!(
-        sql.chars().all(|c| c.is_ascii_alphanumeric() || " _.,()[]$:<>=@".contains(c)),
+        sql.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _.,()[]$:<>=@".contains(c)),
         "unexpected character in {sql}"
     );
     let mut seen: Vec<usize> = sql
@@ -578,7 +647,11 @@ fn samples_agree_between_sql_and_evaluator() {
             for (k, u) in users.iter().enumerate() {
                 let has_wallet = k % 5 != 0 || u.balance != 0;
                 let want = eval(&e, u);
-                assert_eq!(sql_keeps(&sql, &params, 1, u, has_wallet), want, "{text} | {sql} | {u:?}");
+                assert_eq!(
+                    sql_keeps(&sql, &params, 1, u, has_wallet),
+                    want,
+                    "{text} | {sql} | {u:?}"
+                );
                 matched += want as usize;
                 total += 1;
             }

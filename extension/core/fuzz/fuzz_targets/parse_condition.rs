@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use quota_core::condition::{eval, parse, to_sql, UserFacts};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(input) = std::str::from_utf8(data) else { return };
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
     match parse(input) {
         Ok(e) => {
             let text = e.to_string();
@@ -15,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(back, e, "canonical text changes the tree: {text}");
             assert_eq!(back.to_string(), text);
             let (sql, params) = to_sql(&e, 1);
-            assert!(!sql.contains('\'') && !sql.contains('"') && !sql.contains(';'), "{sql}");
+            assert!(
+                !sql.contains('\'') && !sql.contains('"') && !sql.contains(';'),
+                "{sql}"
+            );
             assert_eq!(sql.matches('$').count(), params.len());
             let _ = eval(&e, &UserFacts::default());
         }

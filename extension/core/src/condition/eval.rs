@@ -20,13 +20,16 @@ pub struct UserFacts {
 /// Whether `user` satisfies `expr`.
 pub fn eval(expr: &Expr, user: &UserFacts) -> bool {
     match expr {
-        Expr::MatchUser(ids) => ids.iter().any(|id| *id == user.id),
+        Expr::MatchUser(ids) => ids.contains(&user.id),
         Expr::RegisterBefore(ts) => user.register_time.is_some_and(|t| t <= *ts),
         Expr::AccessAfter(ts) => user.access_time.is_some_and(|t| t > *ts),
         Expr::GithubStar(p) => user.github_star.iter().any(|s| s == p),
         Expr::QuotaLe { amount, .. } => user.balance <= *amount,
         Expr::IsVip(level) => user.vip >= *level,
-        Expr::BelongTo(orgs) => user.org.as_ref().is_some_and(|o| orgs.iter().any(|x| x == o)),
+        Expr::BelongTo(orgs) => user
+            .org
+            .as_ref()
+            .is_some_and(|o| orgs.iter().any(|x| x == o)),
         Expr::True => true,
         Expr::False => false,
         Expr::And(v) => v.iter().all(|x| eval(x, user)),

@@ -43,9 +43,20 @@ pub struct ConditionError {
 }
 
 impl ConditionError {
-    pub(crate) fn new(src: &str, position: usize, expected: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        src: &str,
+        position: usize,
+        expected: &str,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = line_column(src, position);
-        ConditionError { position, line, column, expected: expected.to_string(), message: message.into() }
+        ConditionError {
+            position,
+            line,
+            column,
+            expected: expected.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -70,7 +81,11 @@ pub fn line_column(src: &str, pos: usize) -> (usize, usize) {
 impl fmt::Display for ConditionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 1 {
-            write!(f, "at {} (line {}, column {}): {}", self.position, self.line, self.column, self.message)
+            write!(
+                f,
+                "at {} (line {}, column {}): {}",
+                self.position, self.line, self.column, self.message
+            )
         } else {
             write!(f, "at {}: {}", self.position, self.message)
         }

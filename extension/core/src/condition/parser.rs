@@ -17,7 +17,7 @@
 
 use super::ast::Expr;
 use super::ConditionError;
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use nom::bytes::complete::{tag, take_while, take_while1};
 use nom::character::complete::char as nom_char;
 use nom::combinator::cut;
@@ -51,7 +51,11 @@ pub(crate) struct PErr<'a> {
 
 impl<'a> ParseError<&'a str> for PErr<'a> {
     fn from_error_kind(input: &'a str, _kind: ErrorKind) -> Self {
-        PErr { at: input, expected: "", message: None }
+        PErr {
+            at: input,
+            expected: "",
+            message: None,
+        }
     }
     fn append(_input: &'a str, _kind: ErrorKind, other: Self) -> Self {
         other
@@ -70,7 +74,11 @@ type Res<'a, T> = IResult<&'a str, T, PErr<'a>>;
 type NomErr<'a> = nom::Err<PErr<'a>>;
 
 fn failure<'a>(at: &'a str, expected: &'static str, message: impl Into<String>) -> NomErr<'a> {
-    nom::Err::Failure(PErr { at, expected, message: Some(message.into()) })
+    nom::Err::Failure(PErr {
+        at,
+        expected,
+        message: Some(message.into()),
+    })
 }
 
 /// Runs `p`; a plain error of it is relabelled "expected `expected`" at the input's start.
@@ -80,7 +88,11 @@ where
 {
     move |i: &'a str| {
         p.parse(i).map_err(|e| match e {
-            nom::Err::Error(_) => nom::Err::Error(PErr { at: i, expected, message: None }),
+            nom::Err::Error(_) => nom::Err::Error(PErr {
+                at: i,
+                expected,
+                message: None,
+            }),
             other => other,
         })
     }
@@ -114,7 +126,11 @@ fn keyword<'a>(kw: &'static str) -> impl FnMut(&'a str) -> Res<'a, &'a str> {
         let (i, _) = ws(i)?;
         let (rest, _) = tag(kw).parse(i)?;
         if rest.starts_with(is_name_char) {
-            return Err(nom::Err::Error(PErr { at: i, expected: kw, message: None }));
+            return Err(nom::Err::Error(PErr {
+                at: i,
+                expected: kw,
+                message: None,
+            }));
         }
         Ok((rest, i))
     }
@@ -165,7 +181,11 @@ fn quoted(i: &str) -> Res<'_, Val<'_>> {
         chars += run.chars().count();
         i = r;
         let Some(c) = i.chars().next() else {
-            return Err(failure(start, "'\"'", "unterminated string: expected a closing '\"'"));
+            return Err(failure(
+                start,
+                "'\"'",
+                "unterminated string: expected a closing '\"'",
+            ));
         };
         match c {
             '"' => {
@@ -189,14 +209,25 @@ fn quoted(i: &str) -> Res<'_, Val<'_>> {
                     'f' => '\u{c}',
                     'u' => {
                         let Some(hi) = hex4(i) else {
-                            return Err(failure(esc, "\\u followed by 4 hex digits", "invalid \\u escape: expected 4 hex digits"));
+                            return Err(failure(
+                                esc,
+                                "\\u followed by 4 hex digits",
+                                "invalid \\u escape: expected 4 hex digits",
+                            ));
                         };
                         i = &i[4..];
                         let code = if (0xD800..0xDC00).contains(&hi) {
                             // A surrogate pair: \uD83D\uDE00.
-                            let lo = i.strip_prefix("\\u").and_then(hex4).filter(|lo| (0xDC00..0xE000).contains(lo));
+                            let lo = i
+                                .strip_prefix("\\u")
+                                .and_then(hex4)
+                                .filter(|lo| (0xDC00..0xE000).contains(lo));
                             let Some(lo) = lo else {
-                                return Err(failure(esc, "a low surrogate \\uDC00-\\uDFFF", "invalid \\u escape: unpaired surrogate"));
+                                return Err(failure(
+                                    esc,
+                                    "a low surrogate \\uDC00-\\uDFFF",
+                                    "invalid \\u escape: unpaired surrogate",
+                                ));
                             };
                             i = &i[6..];
                             0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
@@ -205,11 +236,19 @@ fn quoted(i: &str) -> Res<'_, Val<'_>> {
                         };
                         match char::from_u32(code) {
                             Some('\0') => {
-                                return Err(failure(esc, "a character other than U+0000", "strings cannot contain U+0000"));
+                                return Err(failure(
+                                    esc,
+                                    "a character other than U+0000",
+                                    "strings cannot contain U+0000",
+                                ));
                             }
                             Some(c) => c,
                             None => {
-                                return Err(failure(esc, "a Unicode scalar value", "invalid \\u escape: unpaired surrogate"));
+                                return Err(failure(
+                                    esc,
+                                    "a Unicode scalar value",
+                                    "invalid \\u escape: unpaired surrogate",
+                                ));
                             }
                         }
                     }
@@ -229,11 +268,19 @@ fn quoted(i: &str) -> Res<'_, Val<'_>> {
             }
         }
         if chars > MAX_STRING {
-            return Err(failure(start, "a shorter string", format!("string longer than {MAX_STRING} characters")));
+            return Err(failure(
+                start,
+                "a shorter string",
+                format!("string longer than {MAX_STRING} characters"),
+            ));
         }
     }
     if chars > MAX_STRING {
-        return Err(failure(start, "a shorter string", format!("string longer than {MAX_STRING} characters")));
+        return Err(failure(
+            start,
+            "a shorter string",
+            format!("string longer than {MAX_STRING} characters"),
+        ));
     }
     Ok((i, Val::Quoted(out)))
 }
@@ -241,7 +288,11 @@ fn quoted(i: &str) -> Res<'_, Val<'_>> {
 fn bare(i: &str) -> Res<'_, Val<'_>> {
     let (r, w) = take_while1(is_bare_char).parse(i)?;
     if w.chars().count() > MAX_STRING {
-        return Err(failure(i, "a shorter word", format!("word longer than {MAX_STRING} characters")));
+        return Err(failure(
+            i,
+            "a shorter word",
+            format!("word longer than {MAX_STRING} characters"),
+        ));
     }
     Ok((r, Val::Bare(w)))
 }
@@ -381,7 +432,11 @@ impl Ctx {
     fn node<'a>(&self, at: &'a str) -> Result<(), NomErr<'a>> {
         let n = self.nodes.get() + 1;
         if n > MAX_NODES {
-            return Err(failure(at, "a smaller condition", format!("condition has more than {MAX_NODES} functions")));
+            return Err(failure(
+                at,
+                "a smaller condition",
+                format!("condition has more than {MAX_NODES} functions"),
+            ));
         }
         self.nodes.set(n);
         Ok(())
@@ -391,7 +446,11 @@ impl Ctx {
 /// Opening a parenthesis at `at` when `depth` are already open.
 fn open(at: &str, depth: usize) -> Result<(), NomErr<'_>> {
     if depth >= MAX_DEPTH {
-        return Err(failure(at, "a shallower condition", format!("condition nested deeper than {MAX_DEPTH} levels")));
+        return Err(failure(
+            at,
+            "a shallower condition",
+            format!("condition nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
     Ok(())
 }
@@ -408,12 +467,21 @@ fn chain<'a>(
     make: fn(Vec<Expr>) -> Expr,
 ) -> Res<'a, Expr> {
     let (i, first) = operand(i, cx, depth)?;
-    let (i, rest) = many_m_n(0, MAX_ARGS - 1, preceded(keyword(kw), cut(|j| operand(j, cx, depth)))).parse(i)?;
+    let (i, rest) = many_m_n(
+        0,
+        MAX_ARGS - 1,
+        preceded(keyword(kw), cut(|j| operand(j, cx, depth))),
+    )
+    .parse(i)?;
     if rest.is_empty() {
         return Ok((i, first));
     }
     if let Ok((_, at)) = keyword(kw)(i) {
-        return Err(failure(at, "fewer operands", format!("more than {MAX_ARGS} operands joined by '{kw}'")));
+        return Err(failure(
+            at,
+            "fewer operands",
+            format!("more than {MAX_ARGS} operands joined by '{kw}'"),
+        ));
     }
     cx.node(i)?;
     let mut all = Vec::with_capacity(rest.len() + 1);
@@ -455,7 +523,11 @@ fn call<'a>(i: &'a str, cx: &Ctx, depth: usize) -> Res<'a, Expr> {
             Func::True | Func::False => format!(" (write {name}())"),
             _ => format!(" (write {})", f.signature()),
         };
-        return Err(failure(i, "'('", format!("expected '(' after '{name}'{hint}")));
+        return Err(failure(
+            i,
+            "'('",
+            format!("expected '(' after '{name}'{hint}"),
+        ));
     }
     open(i, depth)?;
     cx.node(start)?;
@@ -468,24 +540,44 @@ fn call<'a>(i: &'a str, cx: &Ctx, depth: usize) -> Res<'a, Expr> {
             Func::False => Ok((r, Expr::False)),
             _ => Err(failure(
                 inner,
-                if f.is_logical() { A_CONDITION } else { "an argument" },
+                if f.is_logical() {
+                    A_CONDITION
+                } else {
+                    "an argument"
+                },
                 format!("{name} takes {}: {}", f.arity_text(), f.signature()),
             )),
         };
     }
     if max == 0 {
-        return Err(failure(inner, "')'", format!("{name}() takes no arguments")));
+        return Err(failure(
+            inner,
+            "')'",
+            format!("{name}() takes no arguments"),
+        ));
     }
 
     let too_many = |at: &'a str| -> NomErr<'a> {
         if max == MAX_ARGS {
-            failure(at, "')'", format!("too many arguments: {name} takes at most {MAX_ARGS}"))
+            failure(
+                at,
+                "')'",
+                format!("too many arguments: {name} takes at most {MAX_ARGS}"),
+            )
         } else {
-            failure(at, "')'", format!("{name} takes {}: {}", f.arity_text(), f.signature()))
+            failure(
+                at,
+                "')'",
+                format!("{name} takes {}: {}", f.arity_text(), f.signature()),
+            )
         }
     };
     let too_few = |at: &'a str| -> NomErr<'a> {
-        failure(at, "','", format!("{name} takes {}: {}", f.arity_text(), f.signature()))
+        failure(
+            at,
+            "','",
+            format!("{name} takes {}: {}", f.arity_text(), f.signature()),
+        )
     };
 
     if f.is_logical() {
@@ -525,7 +617,13 @@ fn call<'a>(i: &'a str, cx: &Ctx, depth: usize) -> Res<'a, Expr> {
     let e = match f {
         Func::MatchUser => Expr::MatchUser(args.into_iter().map(|a| a.1.into_string()).collect()),
         Func::BelongTo => Expr::BelongTo(args.into_iter().map(|a| a.1.into_string()).collect()),
-        Func::GithubStar => Expr::GithubStar(args.into_iter().next().expect("one argument").1.into_string()),
+        Func::GithubStar => Expr::GithubStar(
+            args.into_iter()
+                .next()
+                .expect("one argument")
+                .1
+                .into_string(),
+        ),
         Func::RegisterBefore | Func::AccessAfter => {
             let (at, v) = &args[0];
             let ts = timestamp(name, at, v)?;
@@ -545,20 +643,39 @@ fn call<'a>(i: &'a str, cx: &Ctx, depth: usize) -> Res<'a, Expr> {
             let (_, model) = it.next().expect("two arguments");
             let (at, amount) = it.next().expect("two arguments");
             let amount = integer::<i64>(at, &amount, "quota-le amount")?;
-            Expr::QuotaLe { model: model.into_string(), amount }
+            Expr::QuotaLe {
+                model: model.into_string(),
+                amount,
+            }
         }
-        Func::True | Func::False | Func::And | Func::Or | Func::Not => unreachable!("handled above"),
+        Func::True | Func::False | Func::And | Func::Or | Func::Not => {
+            unreachable!("handled above")
+        }
     };
     Ok((r, e))
 }
 
-fn integer<'a, T: std::str::FromStr>(at: &'a str, v: &Val<'_>, what: &str) -> Result<T, NomErr<'a>> {
+fn integer<'a, T: std::str::FromStr>(
+    at: &'a str,
+    v: &Val<'_>,
+    what: &str,
+) -> Result<T, NomErr<'a>> {
     let t = v.text();
     let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(failure(at, "an integer", format!("{what} must be an integer, found {}", shown(t))));
+        return Err(failure(
+            at,
+            "an integer",
+            format!("{what} must be an integer, found {}", shown(t)),
+        ));
     }
-    t.parse::<T>().map_err(|_| failure(at, "an integer in range", format!("{what} {t} is out of range")))
+    t.parse::<T>().map_err(|_| {
+        failure(
+            at,
+            "an integer in range",
+            format!("{what} {t} is out of range"),
+        )
+    })
 }
 
 /// A timestamp argument: `YYYY-MM-DD HH:MM:SS` (UTC), `YYYY-MM-DD` or RFC 3339, years 1 to 9999,
@@ -576,11 +693,17 @@ fn timestamp<'a>(name: &str, at: &'a str, v: &Val<'_>) -> Result<DateTime<Utc>, 
         return Err(bad());
     }
     let ts = crate::time::parse_timestamp(name, t).map_err(|_| bad())?;
+    // Through microseconds since the epoch: truncates to timestamptz precision, and a leap
+    // second (23:59:60) becomes the next second's start, as PostgreSQL reads it.
+    let ts = DateTime::<Utc>::from_timestamp_micros(ts.timestamp_micros()).ok_or_else(bad)?;
     if !(1..=9999).contains(&ts.year()) {
-        return Err(failure(at, "a year between 1 and 9999", format!("{name}: timestamp {} is out of range", shown(t))));
+        return Err(failure(
+            at,
+            "a year between 1 and 9999",
+            format!("{name}: timestamp {} is out of range", shown(t)),
+        ));
     }
-    let micros = ts.nanosecond() / 1000 * 1000;
-    Ok(ts.with_nanosecond(micros).expect("truncating nanoseconds stays valid"))
+    Ok(ts)
 }
 
 fn shown(t: &str) -> String {
@@ -599,17 +722,43 @@ fn found(at: &str) -> String {
     }
     let first = at.chars().next().expect("non-empty");
     let snippet: String = if is_name_char(first) || is_bare_char(first) {
-        at.chars().take_while(|c| is_bare_char(*c)).take(24).collect()
+        at.chars()
+            .take_while(|c| is_bare_char(*c))
+            .take(24)
+            .collect()
     } else {
         first.to_string()
     };
     format!("'{}'", snippet.escape_debug())
 }
 
+/// A hint for `AND` / `Or` where a lowercase keyword was expected.
+fn keyword_hint(at: &str) -> &'static str {
+    let word: String = at.chars().take_while(|c| is_name_char(*c)).collect();
+    if (word.eq_ignore_ascii_case("and") || word.eq_ignore_ascii_case("or"))
+        && word != "and"
+        && word != "or"
+    {
+        " (the infix keywords are lowercase: and, or)"
+    } else {
+        ""
+    }
+}
+
 fn to_error(src: &str, e: PErr<'_>) -> ConditionError {
     let position = src.len() - e.at.len();
-    let expected = if e.expected.is_empty() { A_CONDITION } else { e.expected };
-    let message = e.message.unwrap_or_else(|| format!("expected {expected}, found {}", found(e.at)));
+    let expected = if e.expected.is_empty() {
+        A_CONDITION
+    } else {
+        e.expected
+    };
+    let message = e.message.unwrap_or_else(|| {
+        format!(
+            "expected {expected}, found {}{}",
+            found(e.at),
+            keyword_hint(e.at)
+        )
+    });
     ConditionError::new(src, position, expected, message)
 }
 
@@ -635,12 +784,19 @@ pub fn parse(src: &str) -> Result<Expr, ConditionError> {
             "empty condition: write true() to match every user (or false() to match none)",
         ));
     }
-    let cx = Ctx { nodes: Cell::new(0) };
+    let cx = Ctx {
+        nodes: Cell::new(0),
+    };
     let (rest, expr) = match or_expr(src, &cx, 0) {
         Ok(ok) => ok,
         Err(nom::Err::Error(e)) | Err(nom::Err::Failure(e)) => return Err(to_error(src, e)),
         Err(nom::Err::Incomplete(_)) => {
-            return Err(ConditionError::new(src, src.len(), A_CONDITION, "unexpected end of input"))
+            return Err(ConditionError::new(
+                src,
+                src.len(),
+                A_CONDITION,
+                "unexpected end of input",
+            ))
         }
     };
     let rest = rest.trim_start();
@@ -648,9 +804,18 @@ pub fn parse(src: &str) -> Result<Expr, ConditionError> {
         let message = if rest.starts_with(')') {
             "unbalanced ')': expected 'and', 'or' or end of input".to_string()
         } else {
-            format!("expected 'and', 'or' or end of input, found {}", found(rest))
+            format!(
+                "expected 'and', 'or' or end of input, found {}{}",
+                found(rest),
+                keyword_hint(rest)
+            )
         };
-        return Err(ConditionError::new(src, src.len() - rest.len(), "'and', 'or' or end of input", message));
+        return Err(ConditionError::new(
+            src,
+            src.len() - rest.len(),
+            "'and', 'or' or end of input",
+            message,
+        ));
     }
     let canonical_len = expr.to_string().len();
     if canonical_len > MAX_LEN {
@@ -670,13 +835,20 @@ mod tests {
 
     #[test]
     fn the_node_counter_stops_at_the_bound() {
-        let cx = Ctx { nodes: Cell::new(0) };
+        let cx = Ctx {
+            nodes: Cell::new(0),
+        };
         let src = "true()";
         for _ in 0..MAX_NODES {
             assert!(cx.node(src).is_ok());
         }
-        let Err(nom::Err::Failure(e)) = cx.node(src) else { panic!("node {} accepted", MAX_NODES + 1) };
+        let Err(nom::Err::Failure(e)) = cx.node(src) else {
+            panic!("node {} accepted", MAX_NODES + 1)
+        };
         let e = to_error(src, e);
-        assert_eq!(e.message, format!("condition has more than {MAX_NODES} functions"));
+        assert_eq!(
+            e.message,
+            format!("condition has more than {MAX_NODES} functions")
+        );
     }
 }

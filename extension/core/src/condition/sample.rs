@@ -52,7 +52,14 @@ pub fn sample_user_id(k: usize) -> String {
 }
 
 const ORGS: [&str; 5] = ["org-a", "org-b", "Org-A", "zgsm.ai", "o'rg \"x\"\\"];
-const STARS: [&str; 6] = ["zgsm", "ZGSM", "costrict", "zgsm-ai/costrict", "st'ar\"\\;--", "ünï"];
+const STARS: [&str; 6] = [
+    "zgsm",
+    "ZGSM",
+    "costrict",
+    "zgsm-ai/costrict",
+    "st'ar\"\\;--",
+    "ünï",
+];
 const MODELS: [&str; 3] = ["gpt-4", "deepseek-v3", "m\"o'del"];
 const VIPS: [i32; 5] = [0, 1, 2, 3, 4];
 const LEVELS: [i32; 6] = [0, 1, 2, 3, 4, 5];
@@ -80,16 +87,31 @@ pub fn sample_users(seed: u64, n: usize) -> Vec<UserFacts> {
     let ts = times();
     (0..n)
         .map(|k| {
-            let mut github_star: Vec<String> =
-                STARS.iter().filter(|_| r.chance(30)).map(|s| s.to_string()).collect();
+            let mut github_star: Vec<String> = STARS
+                .iter()
+                .filter(|_| r.chance(30))
+                .map(|s| s.to_string())
+                .collect();
             github_star.sort();
             UserFacts {
                 id: sample_user_id(k),
                 vip: *r.pick(&VIPS),
-                org: if r.chance(25) { None } else { Some(r.pick(&ORGS).to_string()) },
+                org: if r.chance(25) {
+                    None
+                } else {
+                    Some(r.pick(&ORGS).to_string())
+                },
                 github_star,
-                register_time: if r.chance(20) { None } else { Some(*r.pick(&ts)) },
-                access_time: if r.chance(20) { None } else { Some(*r.pick(&ts)) },
+                register_time: if r.chance(20) {
+                    None
+                } else {
+                    Some(*r.pick(&ts))
+                },
+                access_time: if r.chance(20) {
+                    None
+                } else {
+                    Some(*r.pick(&ts))
+                },
                 balance: *r.pick(&BALANCES),
             }
         })
@@ -119,7 +141,9 @@ impl Gen<'_> {
     /// A string argument: bare when it can be and the dice say so, else quoted.
     fn text(&mut self, s: &str) -> String {
         let bare_ok = !s.is_empty()
-            && s.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/' | '@' | '+'));
+            && s.chars().all(|c| {
+                c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/' | '@' | '+')
+            });
         if bare_ok && self.r.chance(40) {
             s.to_string()
         } else {
@@ -136,7 +160,9 @@ impl Gen<'_> {
                 let off = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
                 quote(&ts.with_timezone(&off).to_rfc3339())
             }
-            2 if ts.format("%H:%M:%S").to_string() == "00:00:00" => ts.format("%Y-%m-%d").to_string(),
+            2 if ts.format("%H:%M:%S").to_string() == "00:00:00" => {
+                ts.format("%Y-%m-%d").to_string()
+            }
             _ => quote(&ts.format("%Y-%m-%d %H:%M:%S").to_string()),
         }
     }
@@ -186,7 +212,11 @@ impl Gen<'_> {
                 let m = self.r.pick(&MODELS).to_string();
                 let m = self.text(&m);
                 let a = *self.r.pick(&AMOUNTS);
-                let a = if self.r.chance(20) { quote(&a.to_string()) } else { a.to_string() };
+                let a = if self.r.chance(20) {
+                    quote(&a.to_string())
+                } else {
+                    a.to_string()
+                };
                 self.call("quota-le", &[m, a])
             }
             6 | 7 => {
@@ -212,7 +242,11 @@ impl Gen<'_> {
     fn expr(&mut self, depth: usize) -> (String, bool) {
         if depth == 0 || self.r.chance(35) {
             let leaf = self.leaf();
-            return if self.r.chance(5) { (format!("({leaf})"), false) } else { (leaf, false) };
+            return if self.r.chance(5) {
+                (format!("({leaf})"), false)
+            } else {
+                (leaf, false)
+            };
         }
         match self.r.below(5) {
             0 => {

@@ -45,10 +45,27 @@ pub enum SqlParam {
     Timestamp(DateTime<Utc>),
 }
 
+impl SqlParam {
+    /// The PostgreSQL type to bind the parameter as (the SQL text casts it to the same type,
+    /// except `is-vip`'s `$n::integer`, an exact cast from bigint).
+    pub fn pg_type(&self) -> &'static str {
+        match self {
+            SqlParam::Text(_) => "text",
+            SqlParam::TextArray(_) => "text[]",
+            SqlParam::Int(_) => "bigint",
+            SqlParam::Timestamp(_) => "timestamptz",
+        }
+    }
+}
+
 /// The predicate text and its parameters; placeholders start at `$first_param` (1-based) and
 /// are numbered in order, one per parameter.
 pub fn to_sql(expr: &Expr, first_param: usize) -> (String, Vec<SqlParam>) {
-    let mut c = Compiler { sql: String::new(), params: Vec::new(), first: first_param };
+    let mut c = Compiler {
+        sql: String::new(),
+        params: Vec::new(),
+        first: first_param,
+    };
     c.expr(expr);
     (c.sql, c.params)
 }
@@ -105,7 +122,11 @@ impl Compiler {
                 let wrap = !matches!(**x, Expr::And(_) | Expr::Or(_));
                 self.sql.push_str(if wrap { "((" } else { "(" });
                 self.expr(x);
-                self.sql.push_str(if wrap { ") IS NOT TRUE)" } else { " IS NOT TRUE)" });
+                self.sql.push_str(if wrap {
+                    ") IS NOT TRUE)"
+                } else {
+                    " IS NOT TRUE)"
+                });
             }
         }
     }

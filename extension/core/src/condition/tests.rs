@@ -8,7 +8,10 @@ fn ts(s: &str) -> chrono::DateTime<Utc> {
 }
 
 fn user(id: &str) -> UserFacts {
-    UserFacts { id: id.into(), ..Default::default() }
+    UserFacts {
+        id: id.into(),
+        ..Default::default()
+    }
 }
 
 fn check(cond: &str, u: &UserFacts) -> bool {
@@ -45,7 +48,8 @@ fn seed_github_star_zgsm() {
 fn seed_the_create_example_as_json_text() {
     // The seed's curl body: "condition": "github-star(\"zgsm\")" -- the JSON string decodes to
     // github-star("zgsm").
-    let v: serde_json::Value = serde_json::from_str(r#"{"condition": "github-star(\"zgsm\")"}"#).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(r#"{"condition": "github-star(\"zgsm\")"}"#).unwrap();
     let cond = v["condition"].as_str().unwrap();
     assert_eq!(parse(cond).unwrap(), Expr::GithubStar("zgsm".into()));
 }
@@ -66,7 +70,10 @@ fn seed_vip_and_recently_active() {
     u.vip = 3;
     u.access_time = None;
     assert!(!check(cond, &u));
-    assert_eq!(parse(cond).unwrap().to_string(), "and(is-vip(1), access-after(\"2024-05-01 00:00:00\"))");
+    assert_eq!(
+        parse(cond).unwrap().to_string(),
+        "and(is-vip(1), access-after(\"2024-05-01 00:00:00\"))"
+    );
 }
 
 #[test]
@@ -115,7 +122,7 @@ fn seed_function_list_each_function() {
     assert!(check("quota-le(gpt-4, 51)", &u));
     assert!(!check("quota-le(\"gpt-3.5-turbo\", 49)", &u));
     assert!(check("quota-le(\"any\", \"50\")", &u)); // a quoted integer is accepted
-    // is-vip(level)
+                                                     // is-vip(level)
     assert!(check("is-vip(2)", &u));
     assert!(check("is-vip(0)", &u));
     assert!(!check("is-vip(3)", &u));
@@ -151,29 +158,47 @@ fn nested_logic() {
 #[test]
 fn infix_and_binds_tighter_than_or() {
     let e = parse("true() or false() and false()").unwrap();
-    assert_eq!(e, Expr::Or(vec![Expr::True, Expr::And(vec![Expr::False, Expr::False])]));
+    assert_eq!(
+        e,
+        Expr::Or(vec![Expr::True, Expr::And(vec![Expr::False, Expr::False])])
+    );
     assert!(eval(&e, &user("x")));
     let e = parse("(true() or false()) and false()").unwrap();
-    assert_eq!(e, Expr::And(vec![Expr::Or(vec![Expr::True, Expr::False]), Expr::False]));
+    assert_eq!(
+        e,
+        Expr::And(vec![Expr::Or(vec![Expr::True, Expr::False]), Expr::False])
+    );
     assert!(!eval(&e, &user("x")));
 }
 
 #[test]
 fn infix_chains_flatten_and_mix_with_functions() {
     assert_eq!(
-        parse("is-vip(1) and github-star(zgsm) and is-vip(2)").unwrap().to_string(),
+        parse("is-vip(1) and github-star(zgsm) and is-vip(2)")
+            .unwrap()
+            .to_string(),
         "and(is-vip(1), github-star(\"zgsm\"), is-vip(2))"
     );
     assert_eq!(
-        parse("and(is-vip(1) or is-vip(2), not (true()) )").unwrap().to_string(),
+        parse("and(is-vip(1) or is-vip(2), not (true()) )")
+            .unwrap()
+            .to_string(),
         "and(or(is-vip(1), is-vip(2)), not(true()))"
     );
-    assert_eq!(parse("a() or b()").unwrap_err().message, "unknown function 'a'");
     assert_eq!(
-        parse("not(true()) and or(false(), true())").unwrap().to_string(),
+        parse("a() or b()").unwrap_err().message,
+        "unknown function 'a'"
+    );
+    assert_eq!(
+        parse("not(true()) and or(false(), true())")
+            .unwrap()
+            .to_string(),
         "and(not(true()), or(false(), true()))"
     );
-    assert_eq!(parse("true()and(false())").unwrap().to_string(), "and(true(), false())");
+    assert_eq!(
+        parse("true()and(false())").unwrap().to_string(),
+        "and(true(), false())"
+    );
     assert_eq!(parse("(((true())))").unwrap(), Expr::True);
 }
 
@@ -182,18 +207,36 @@ fn whitespace_is_insignificant_outside_strings() {
     let a = parse("and(is-vip(1),github-star(\"zgsm\"))").unwrap();
     let b = parse(" \n and ( is-vip ( 1 ) ,\n\t github-star ( \"zgsm\" ) ) \r\n").unwrap();
     assert_eq!(a, b);
-    assert_eq!(parse("github-star(\" zgsm\")").unwrap(), Expr::GithubStar(" zgsm".into()));
+    assert_eq!(
+        parse("github-star(\" zgsm\")").unwrap(),
+        Expr::GithubStar(" zgsm".into())
+    );
 }
 
 #[test]
 fn strings_escapes_and_bare_words() {
-    assert_eq!(parse(r#"github-star("a\"b\\c\nd\te\u00e9\/")"#).unwrap(), Expr::GithubStar("a\"b\\c\nd\te\u{e9}/".into()));
-    assert_eq!(parse(r#"github-star("\ud83d\ude00")"#).unwrap(), Expr::GithubStar("\u{1f600}".into()));
-    assert_eq!(parse("github-star(zgsm-ai/costrict)").unwrap(), Expr::GithubStar("zgsm-ai/costrict".into()));
-    assert_eq!(parse("github-star(\"\")").unwrap(), Expr::GithubStar(String::new()));
+    assert_eq!(
+        parse(r#"github-star("a\"b\\c\nd\te\u00e9\/")"#).unwrap(),
+        Expr::GithubStar("a\"b\\c\nd\te\u{e9}/".into())
+    );
+    assert_eq!(
+        parse(r#"github-star("\ud83d\ude00")"#).unwrap(),
+        Expr::GithubStar("\u{1f600}".into())
+    );
+    assert_eq!(
+        parse("github-star(zgsm-ai/costrict)").unwrap(),
+        Expr::GithubStar("zgsm-ai/costrict".into())
+    );
+    assert_eq!(
+        parse("github-star(\"\")").unwrap(),
+        Expr::GithubStar(String::new())
+    );
     let e = parse(r#"github-star("q\"\\\n\t\u0001é")"#).unwrap();
     assert_eq!(e.to_string(), r#"github-star("q\"\\\n\t\u0001é")"#);
-    assert_eq!(parse(r#"match-user("a,b", "c)")"#).unwrap(), Expr::MatchUser(vec!["a,b".into(), "c)".into()]));
+    assert_eq!(
+        parse(r#"match-user("a,b", "c)")"#).unwrap(),
+        Expr::MatchUser(vec!["a,b".into(), "c)".into()])
+    );
 }
 
 #[test]
@@ -201,23 +244,51 @@ fn timestamps_in_three_formats() {
     let a = parse("register-before(\"2024-05-01 00:00:00\")").unwrap();
     assert_eq!(parse("register-before(\"2024-05-01\")").unwrap(), a);
     assert_eq!(parse("register-before(2024-05-01)").unwrap(), a);
-    assert_eq!(parse("register-before(\"2024-05-01T02:00:00+02:00\")").unwrap(), a);
+    assert_eq!(
+        parse("register-before(\"2024-05-01T02:00:00+02:00\")").unwrap(),
+        a
+    );
     assert_eq!(parse("register-before(2024-05-01T00:00:00Z)").unwrap(), a);
-    assert_eq!(a, Expr::RegisterBefore(Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap()));
+    assert_eq!(
+        a,
+        Expr::RegisterBefore(Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap())
+    );
     // Fractions are kept to the microsecond (timestamptz precision) and printed in RFC 3339.
     let f = parse("access-after(\"2024-05-01T00:00:00.1234567Z\")").unwrap();
-    assert_eq!(f.to_string(), "access-after(\"2024-05-01T00:00:00.123456Z\")");
+    assert_eq!(
+        f.to_string(),
+        "access-after(\"2024-05-01T00:00:00.123456Z\")"
+    );
     assert_eq!(parse(&f.to_string()).unwrap(), f);
+    // A leap second is the start of the next second, as in PostgreSQL.
+    assert_eq!(
+        parse("register-before(\"2016-12-31T23:59:60Z\")").unwrap(),
+        parse("register-before(\"2017-01-01 00:00:00\")").unwrap()
+    );
+    assert_eq!(
+        parse("register-before(\"2016-12-31T23:59:60.5Z\")")
+            .unwrap()
+            .to_string(),
+        "register-before(\"2017-01-01T00:00:00.500000Z\")"
+    );
 }
 
 #[test]
 fn canonical_form() {
     assert_eq!(
-        parse("is-vip(1) and github-star(zgsm)").unwrap().normalize(),
+        parse("is-vip(1) and github-star(zgsm)")
+            .unwrap()
+            .normalize(),
         "and(is-vip(1), github-star(\"zgsm\"))"
     );
-    assert_eq!(normalize("quota-le(gpt-4,  \"10\")").unwrap(), "quota-le(\"gpt-4\", 10)");
-    assert_eq!(normalize("belong-to(a,b)").unwrap(), "belong-to(\"a\", \"b\")");
+    assert_eq!(
+        normalize("quota-le(gpt-4,  \"10\")").unwrap(),
+        "quota-le(\"gpt-4\", 10)"
+    );
+    assert_eq!(
+        normalize("belong-to(a,b)").unwrap(),
+        "belong-to(\"a\", \"b\")"
+    );
     assert_eq!(normalize("is-vip(+3)").unwrap(), "is-vip(3)");
     assert_eq!(normalize("quota-le(m, -5)").unwrap(), "quota-le(\"m\", -5)");
 }
@@ -237,7 +308,10 @@ fn errors_name_position_and_expectation() {
     let e = err("and(is-vip(1) github-star(\"zgsm\"))");
     assert_eq!(e.position, 14);
     assert_eq!(e.expected, "'and', 'or', ',' or ')'");
-    assert_eq!(e.to_string(), "at 14: expected 'and', 'or', ',' or ')', found 'github-star'");
+    assert_eq!(
+        e.to_string(),
+        "at 14: expected 'and', 'or', ',' or ')', found 'github-star'"
+    );
 
     let e = err("is-vip(1");
     assert_eq!((e.position, e.expected.as_str()), (8, "',' or ')'"));
@@ -245,14 +319,20 @@ fn errors_name_position_and_expectation() {
 
     let e = err("is-vip(1) xyz");
     assert_eq!(e.position, 10);
-    assert_eq!(e.to_string(), "at 10: expected 'and', 'or' or end of input, found 'xyz'");
+    assert_eq!(
+        e.to_string(),
+        "at 10: expected 'and', 'or' or end of input, found 'xyz'"
+    );
 
     let e = err("is-vip(1))");
     assert_eq!(e.position, 9);
     assert!(e.message.contains("unbalanced ')'"));
 
     let e = err("(is-vip(1)");
-    assert_eq!((e.position, e.expected.as_str()), (10, "'and', 'or' or ')'"));
+    assert_eq!(
+        (e.position, e.expected.as_str()),
+        (10, "'and', 'or' or ')'")
+    );
 
     let e = err("github-star(\"zgsm)");
     assert_eq!(e.position, 12);
@@ -266,11 +346,18 @@ fn errors_name_position_and_expectation() {
     assert_eq!((e.line, e.column), (1, 1));
     // After an infix keyword, `(` opens a group: `true() and (a,, b)` fails at the first ','.
     let e = err("true()\n  and(true(),, false())");
-    assert_eq!((e.position, e.line, e.column, e.expected.as_str()), (19, 2, 13, "'and', 'or' or ')'"));
+    assert_eq!(
+        (e.position, e.line, e.column, e.expected.as_str()),
+        (19, 2, 13, "'and', 'or' or ')'")
+    );
     // In operand position, `and(` is the function.
     let e = err("true() or\n and(true(),, false())");
     assert_eq!((e.position, e.line, e.column), (22, 2, 13));
-    assert!(e.to_string().starts_with("at 22 (line 2, column 13): expected a condition"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("at 22 (line 2, column 13): expected a condition"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -283,12 +370,22 @@ fn unknown_and_miscased_functions() {
     assert_eq!(e.position, 11);
     assert!(e.message.contains("did you mean 'is-vip'"), "{e}");
     assert!(err("is_vip(1)").message.contains("did you mean 'is-vip'"));
-    assert!(err("AND(true(), true())").message.contains("did you mean 'and'"));
+    assert!(err("AND(true(), true())")
+        .message
+        .contains("did you mean 'and'"));
     let e = err("true");
     assert_eq!(e.position, 4);
     assert!(e.message.contains("write true()"), "{e}");
     let e = err("true() AND false()");
     assert_eq!(e.position, 7);
+    assert!(
+        e.message
+            .ends_with("found 'AND' (the infix keywords are lowercase: and, or)"),
+        "{e}"
+    );
+    let e = err("(true() Or false())");
+    assert_eq!(e.position, 8);
+    assert!(e.message.contains("keywords are lowercase"), "{e}");
 }
 
 #[test]
@@ -304,7 +401,10 @@ fn arity_and_argument_types() {
     assert_eq!((e.position, e.expected.as_str()), (16, "an integer"));
     let e = err("quota-le(100)");
     assert_eq!(e.position, 12);
-    assert!(e.message.contains("quota-le takes exactly 2 arguments"), "{e}");
+    assert!(
+        e.message.contains("quota-le takes exactly 2 arguments"),
+        "{e}"
+    );
     let e = err("is-vip(1, 2)");
     assert_eq!(e.position, 10);
     assert!(e.message.contains("is-vip takes exactly 1 argument"), "{e}");
@@ -319,7 +419,10 @@ fn arity_and_argument_types() {
     let e = err("not(true(), false())");
     assert_eq!(e.position, 12);
     let e = err("register-before(\"yesterday\")");
-    assert_eq!((e.position, e.expected.as_str()), (16, "a timestamp \"YYYY-MM-DD HH:MM:SS\""));
+    assert_eq!(
+        (e.position, e.expected.as_str()),
+        (16, "a timestamp \"YYYY-MM-DD HH:MM:SS\"")
+    );
     let e = err("register-before(\"2024-13-01 00:00:00\")");
     assert_eq!(e.position, 16);
     let e = err("access-after(\"12024-01-01 00:00:00\")");
@@ -331,7 +434,10 @@ fn arity_and_argument_types() {
     let e = err("github-star(is-vip(1))");
     assert_eq!(e.position, 18);
     let e = err("github-star('zgsm')");
-    assert_eq!((e.position, e.expected.as_str()), (12, "a quoted string or a bare word"));
+    assert_eq!(
+        (e.position, e.expected.as_str()),
+        (12, "a quoted string or a bare word")
+    );
     let e = err("is-vip(1) and");
     assert_eq!(e.position, 13);
     let e = err("and(is-vip(1), not())");
@@ -343,9 +449,15 @@ fn bad_strings() {
     let e = err(r#"github-star("a\qb")"#);
     assert_eq!(e.position, 14);
     assert!(e.message.contains("invalid escape '\\q'"), "{e}");
-    assert!(err(r#"github-star("\u00")"#).message.contains("4 hex digits"));
-    assert!(err(r#"github-star("\ud800")"#).message.contains("surrogate"));
-    assert!(err(r#"github-star("\udc00")"#).message.contains("surrogate"));
+    assert!(err(r#"github-star("\u00")"#)
+        .message
+        .contains("4 hex digits"));
+    assert!(err(r#"github-star("\ud800")"#)
+        .message
+        .contains("surrogate"));
+    assert!(err(r#"github-star("\udc00")"#)
+        .message
+        .contains("surrogate"));
     assert!(err(r#"github-star("\u0000")"#).message.contains("U+0000"));
     let e = err("github-star(\"a\nb\")");
     assert_eq!(e.position, 14);
@@ -365,7 +477,9 @@ fn bounds_are_errors_not_crashes() {
     let e = err(&format!("github-star(\"{}\")", "é".repeat(MAX_STRING + 1)));
     assert!(e.message.contains("longer than 256"), "{e}");
     assert_eq!(e.position, 12);
-    assert!(err(&format!("github-star({})", "a".repeat(MAX_STRING + 1))).message.contains("longer than 256"));
+    assert!(err(&format!("github-star({})", "a".repeat(MAX_STRING + 1)))
+        .message
+        .contains("longer than 256"));
     // Depth: 32 levels parse, 33 do not.
     let nest = |n: usize| format!("{}true(){}", "not(".repeat(n - 1), ")".repeat(n - 1));
     assert_eq!(parse(&nest(MAX_DEPTH)).unwrap().depth(), MAX_DEPTH);
@@ -411,7 +525,10 @@ fn normalized_form_is_held_to_the_length_bound() {
 fn into_quota_error() {
     let e: crate::QuotaError = err("is-vip(x)").into();
     assert_eq!(e.kind.sqlstate(), "22023");
-    assert_eq!(e.message, "invalid condition at 7: is-vip level must be an integer, found \"x\"");
+    assert_eq!(
+        e.message,
+        "invalid condition at 7: is-vip level must be an integer, found \"x\""
+    );
     let d: serde_json::Value = serde_json::from_str(&e.detail_json()).unwrap();
     assert_eq!(d["position"], 7);
     assert_eq!(d["expected"], "an integer");
@@ -424,7 +541,11 @@ fn into_quota_error() {
 #[test]
 fn missing_facts_never_match_and_not_is_plain_negation() {
     let u = user("x");
-    for c in ["register-before(\"2099-01-01\")", "access-after(\"1970-01-01\")", "belong-to(a)"] {
+    for c in [
+        "register-before(\"2099-01-01\")",
+        "access-after(\"1970-01-01\")",
+        "belong-to(a)",
+    ] {
         assert!(!check(c, &u), "{c}");
         assert!(check(&format!("not({c})"), &u), "{c}");
     }
@@ -436,16 +557,44 @@ fn missing_facts_never_match_and_not_is_plain_negation() {
 #[test]
 fn sql_of_each_function() {
     let cases: &[(&str, &str, Vec<SqlParam>)] = &[
-        ("match-user(a, \"b\")", "u.id = ANY($1::text[])", vec![SqlParam::TextArray(vec!["a".into(), "b".into()])]),
-        ("register-before(\"2023-01-01 00:00:00\")", "u.register_time <= $1::timestamptz", vec![SqlParam::Timestamp(ts("2023-01-01"))]),
-        ("access-after(\"2024-05-01 00:00:00\")", "u.access_time > $1::timestamptz", vec![SqlParam::Timestamp(ts("2024-05-01"))]),
-        ("github-star(\"zgsm\")", "u.github_star @> ARRAY[$1::text]", vec![SqlParam::Text("zgsm".into())]),
-        ("quota-le(\"gpt-4\", 10)", "coalesce(w.balance, 0) <= $1::bigint", vec![SqlParam::Int(10)]),
+        (
+            "match-user(a, \"b\")",
+            "u.id = ANY($1::text[])",
+            vec![SqlParam::TextArray(vec!["a".into(), "b".into()])],
+        ),
+        (
+            "register-before(\"2023-01-01 00:00:00\")",
+            "u.register_time <= $1::timestamptz",
+            vec![SqlParam::Timestamp(ts("2023-01-01"))],
+        ),
+        (
+            "access-after(\"2024-05-01 00:00:00\")",
+            "u.access_time > $1::timestamptz",
+            vec![SqlParam::Timestamp(ts("2024-05-01"))],
+        ),
+        (
+            "github-star(\"zgsm\")",
+            "u.github_star @> ARRAY[$1::text]",
+            vec![SqlParam::Text("zgsm".into())],
+        ),
+        (
+            "quota-le(\"gpt-4\", 10)",
+            "coalesce(w.balance, 0) <= $1::bigint",
+            vec![SqlParam::Int(10)],
+        ),
         ("is-vip(1)", "u.vip >= $1::integer", vec![SqlParam::Int(1)]),
-        ("belong-to(o1, o2)", "u.org = ANY($1::text[])", vec![SqlParam::TextArray(vec!["o1".into(), "o2".into()])]),
+        (
+            "belong-to(o1, o2)",
+            "u.org = ANY($1::text[])",
+            vec![SqlParam::TextArray(vec!["o1".into(), "o2".into()])],
+        ),
         ("true()", "true", vec![]),
         ("false()", "false", vec![]),
-        ("not(is-vip(2))", "((u.vip >= $1::integer) IS NOT TRUE)", vec![SqlParam::Int(2)]),
+        (
+            "not(is-vip(2))",
+            "((u.vip >= $1::integer) IS NOT TRUE)",
+            vec![SqlParam::Int(2)],
+        ),
     ];
     for (c, sql, params) in cases {
         let (s, p) = to_sql(&parse(c).unwrap(), 1);
@@ -458,13 +607,22 @@ fn sql_of_each_function() {
 fn sql_of_seed_examples_and_numbering() {
     let e = parse("and(is-vip(1), github-star(\"zgsm\"))").unwrap();
     let (s, p) = to_sql(&e, 3);
-    assert_eq!(s, "(u.vip >= $3::integer AND u.github_star @> ARRAY[$4::text])");
+    assert_eq!(
+        s,
+        "(u.vip >= $3::integer AND u.github_star @> ARRAY[$4::text])"
+    );
     assert_eq!(p, vec![SqlParam::Int(1), SqlParam::Text("zgsm".into())]);
     assert!(!e.uses_balance());
     let e = parse("or(register-before(\"2023-01-01 00:00:00\"), is-vip(2))").unwrap();
-    assert_eq!(to_sql(&e, 1).0, "(u.register_time <= $1::timestamptz OR u.vip >= $2::integer)");
+    assert_eq!(
+        to_sql(&e, 1).0,
+        "(u.register_time <= $1::timestamptz OR u.vip >= $2::integer)"
+    );
     let e = parse("not(is-vip(1) or quota-le(m, 5))").unwrap();
-    assert_eq!(to_sql(&e, 1).0, "((u.vip >= $1::integer OR coalesce(w.balance, 0) <= $2::bigint) IS NOT TRUE)");
+    assert_eq!(
+        to_sql(&e, 1).0,
+        "((u.vip >= $1::integer OR coalesce(w.balance, 0) <= $2::bigint) IS NOT TRUE)"
+    );
     assert!(e.uses_balance());
 }
 
@@ -495,5 +653,8 @@ fn parsing_the_seed_examples_is_fast() {
     }
     let per = start.elapsed() / n as u32;
     // Microseconds even in a debug build; a generous bound so a busy machine does not flake.
-    assert!(per < std::time::Duration::from_millis(1), "{per:?} per parse");
+    assert!(
+        per < std::time::Duration::from_millis(1),
+        "{per:?} per parse"
+    );
 }
