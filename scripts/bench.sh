@@ -16,6 +16,7 @@
 #     on random users of 10k and on one hot user (all clients on user_1);
 #   - HTTP: the sidecar on a free port, wrk -t2 -c16 --latency -s sql/bench/charge.lua against
 #     POST /api/internal/credits/charge (random users), compared with (a) at 16 clients;
+#   - the condition language's parse and evaluation rates (extension/core/examples/condition_bench.rs);
 #   - prints a Markdown table (also saved to .test-run/bench.md), checks quota.verify(), and stops
 #     everything it started.
 set -euo pipefail
@@ -40,6 +41,10 @@ command -v wrk >/dev/null 2>&1 || die "wrk not found (apt-get install -y wrk)"
 install_extension release
 build_sidecar release
 SIDECAR_BIN="$(bin_path release quota-sidecar)"
+
+header "condition language throughput"
+COND_OUT="$(cd "$REPO" && cargo run --release -q -p pg_quota_core --example condition_bench)"
+echo "$COND_OUT"
 
 header "cluster (port $PORT)"
 EXTRA_CONF=()
@@ -179,6 +184,8 @@ REPORT="$(
     echo "| random user of $NUSERS | $(fmt "$RPS") | $P50 | $P99 | $(if [ -n "$A16" ]; then ratio "$RPS" "$A16"; else echo n/a; fi) |"
     echo
     echo "HTTP: $TOTAL requests, $NON2XX non-2xx, $RECORDED charges recorded${ERRS:+; $ERRS}. quota.verify(): $PROBLEMS problem(s)."
+    echo
+    echo "$COND_OUT"
 )"
 header "results"
 echo "$REPORT"
