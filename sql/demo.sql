@@ -73,6 +73,44 @@ SELECT * FROM quota.charge('user_222', 0.0042, 'demo-charge-user_222-1', 'embedd
 SELECT * FROM quota.refund('user_111', 'demo-charge-user_111-2', 'demo-refund-user_111-1', 500,
                            'partial refund');
 
+-- Recharge strategies (seed 000): 20 users with the seed's profile fields, and 7 strategies built
+-- from the seed's condition examples, some enabled and some disabled. The worker (or
+-- SELECT * FROM quota.scan()) recharges the matching users; quota.match_users() previews them.
+SELECT quota.import_users(jsonb_agg(u), 'demo')
+FROM (
+    SELECT jsonb_build_object(
+        'id', format('user_%s', lpad(i::text, 3, '0')),
+        'name', format('Demo user %s', i),
+        'github_username', format('dev%s', i),
+        'email', format('user%s@example.com', i),
+        'phone', format('+86-138-0000-%s', lpad(i::text, 4, '0')),
+        'github_star', CASE i % 4 WHEN 0 THEN 'zgsm,costrict' WHEN 1 THEN 'zgsm' WHEN 2 THEN 'costrict' ELSE 'costrict' END,
+        'vip', i % 4,
+        'org', CASE WHEN i % 3 = 0 THEN 'org001' WHEN i % 3 = 1 THEN 'org002' ELSE NULL END,
+        'register_time', (timestamptz '2022-06-01 00:00:00+00' + (i * interval '40 days'))::text,
+        'access_time', (timestamptz '2024-03-01 00:00:00+00' + (i * interval '7 days'))::text) AS u
+    FROM generate_series(1, 20) AS i
+) users;
+
+SELECT quota.create_strategy(s) ->> 'name' AS strategy
+FROM jsonb_array_elements('[
+  {"name": "star-zgsm-welcome", "title": "Thanks for starring zgsm", "type": "single", "amount": 100,
+   "model": "gpt-3.5-turbo", "condition": "github-star(\"zgsm\")"},
+  {"name": "active-vip-monthly", "title": "Monthly credits for active VIPs", "type": "periodic", "amount": 500,
+   "model": "gpt-4", "periodic_expr": "0 0 1 * *", "condition": "and(is-vip(1), access-after(\"2024-05-01 00:00:00\"))"},
+  {"name": "early-or-vip2", "title": "Early users and VIP 2+", "type": "single", "amount": 200,
+   "model": "gpt-3.5-turbo", "condition": "or(register-before(\"2023-01-01 00:00:00\"), is-vip(2))"},
+  {"name": "daily-top-up-low-balance", "title": "Daily top-up below 1000 credits", "type": "periodic", "amount": 50,
+   "model": "gpt-3.5-turbo", "periodic_expr": "0 0 8 * * *", "condition": "quota-le(\"gpt-3.5-turbo\", 1000)",
+   "max_exec_per_user": 30},
+  {"name": "org001-members", "title": "Credits for org001", "type": "single", "amount": 300,
+   "model": "gpt-4", "condition": "belong-to(\"org001\")", "status": false},
+  {"name": "vip3-star-costrict", "title": "VIP 3 who starred costrict", "type": "single", "amount": 1000,
+   "model": "gpt-4", "condition": "is-vip(3) and github-star(\"costrict\")"},
+  {"name": "named-users", "title": "Hand-picked users", "type": "single", "amount": 42,
+   "model": "gpt-3.5-turbo", "condition": "match-user(\"user_001\", \"user_002\")", "status": false}
+]'::jsonb) AS s;
+
 -- The ledger invariant holds: quota.verify() returns no rows.
 DO $$
 BEGIN

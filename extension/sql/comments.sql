@@ -48,3 +48,15 @@ COMMENT ON FUNCTION quota.eval_condition(text, text) IS
     'Whether one user matches a condition (the per-user evaluator).';
 COMMENT ON FUNCTION quota.match_users(text) IS
     'The ids of the users matching a condition, by its compiled SQL predicate over quota.users (a dry run before enabling a strategy).';
+COMMENT ON FUNCTION quota.create_strategy(jsonb) IS
+    'Creates a recharge strategy from JSON (name, title, type single|periodic, amount > 0, model, periodic_expr (cron, periodic only), condition, status, max_exec_per_user). Invalid type, cron or condition: 22023 with the position.';
+COMMENT ON FUNCTION quota.update_strategy(bigint, jsonb) IS 'Partially updates a strategy; unknown fields are 22023.';
+COMMENT ON FUNCTION quota.get_strategy(bigint) IS 'A strategy as JSON.';
+COMMENT ON FUNCTION quota.list_strategies(boolean) IS 'Strategies as JSON {strategies, total}, optionally only enabled (true) or disabled (false).';
+COMMENT ON FUNCTION quota.enable_strategy(bigint) IS 'Enables a strategy.';
+COMMENT ON FUNCTION quota.disable_strategy(bigint) IS 'Disables a strategy; a scan in progress finishes first.';
+COMMENT ON FUNCTION quota.delete_strategy(bigint) IS 'Deletes a strategy; its executions are kept.';
+COMMENT ON FUNCTION quota.strategy_executions(bigint, integer, integer) IS 'A strategy''s executions, newest first, as JSON {executions, total, limit, offset}.';
+COMMENT ON FUNCTION quota.scan(timestamptz, boolean) IS
+    'Runs the enabled strategies due at now (default quota.now()): single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Returns what each recharged.';
+COMMENT ON FUNCTION quota.next_fire(text, timestamptz, text) IS 'The next fire of a cron expression after a time, in quota.timezone or the given zone.';

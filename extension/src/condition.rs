@@ -16,27 +16,27 @@ fn parse(text: &str) -> Expr {
     condition::parse(text).map_err(QuotaError::from).or_raise()
 }
 
-fn to_chrono(ts: TimestampWithTimeZone) -> Option<DateTime<Utc>> {
+pub fn from_pg_timestamp(ts: TimestampWithTimeZone) -> Option<DateTime<Utc>> {
     if !ts.is_finite() {
         return None;
     }
     DateTime::from_timestamp_micros(pg_sys::TimestampTz::from(ts) + PG_EPOCH_OFFSET_US)
 }
 
-fn to_pg(ts: &DateTime<Utc>) -> TimestampWithTimeZone {
+pub fn to_pg_timestamp(ts: &DateTime<Utc>) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(ts.timestamp_micros() - PG_EPOCH_OFFSET_US)
         .unwrap_or_else(|_| raise(QuotaError::invalid(format!("timestamp {ts} is out of range"))))
 }
 
 /// Binds compiled parameters as datums of the types the predicate casts them to.
-fn bind(params: &[SqlParam]) -> Vec<DatumWithOid<'static>> {
+pub fn bind_params(params: &[SqlParam]) -> Vec<DatumWithOid<'static>> {
     params
         .iter()
         .map(|p| match p {
             SqlParam::Text(s) => s.clone().into(),
             SqlParam::TextArray(v) => v.clone().into(),
             SqlParam::Int(i) => (*i).into(),
-            SqlParam::Timestamp(t) => to_pg(t).into(),
+            SqlParam::Timestamp(t) => to_pg_timestamp(t).into(),
         })
         .collect()
 }
@@ -59,8 +59,8 @@ pub fn user_facts(user_id: &str) -> Option<UserFacts> {
             vip: r.get::<i32>(2).or_raise().unwrap_or(0),
             org: r.get::<String>(3).or_raise(),
             github_star: r.get::<Vec<String>>(4).or_raise().unwrap_or_default(),
-            register_time: r.get::<TimestampWithTimeZone>(5).or_raise().and_then(to_chrono),
-            access_time: r.get::<TimestampWithTimeZone>(6).or_raise().and_then(to_chrono),
+            register_time: r.get::<TimestampWithTimeZone>(5).or_raise().and_then(from_pg_timestamp),
+            access_time: r.get::<TimestampWithTimeZone>(6).or_raise().and_then(from_pg_timestamp),
             balance: r.get::<i64>(7).or_raise().unwrap_or(0),
         })
     })
@@ -73,7 +73,7 @@ pub fn matching_user_ids(expr: &Expr) -> Vec<String> {
         "SELECT u.id FROM quota.users u LEFT JOIN quota.wallets w ON w.user_id = u.id
          WHERE {predicate} ORDER BY u.id"
     );
-    let args = bind(&params);
+    let args = bind_params(&params);
     Spi::connect(|client| {
         client
             .select(sql.as_str(), None, &args)

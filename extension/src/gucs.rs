@@ -5,6 +5,9 @@ use std::ffi::CString;
 
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+pub static SCAN_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+pub static SCHEDULER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -25,6 +28,32 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_string_guc(
+        c"quota.timezone",
+        c"Time zone in which cron expressions of periodic strategies are evaluated.",
+        c"An IANA name such as UTC or Asia/Shanghai. Sessions may set it for quota.scan().",
+        &TIMEZONE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"quota.scan_interval",
+        c"How often the worker scans single (one-time) recharge strategies.",
+        c"Periodic strategies follow their cron expressions; single ones are scanned this often.",
+        &SCAN_INTERVAL_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"quota.scheduler_enabled",
+        c"Whether the background worker runs recharge strategies.",
+        c"When off, the worker only keeps its heartbeat; quota.scan() still works by hand.",
+        &SCHEDULER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 pub fn database() -> String {
@@ -36,4 +65,20 @@ pub fn database() -> String {
 
 pub fn worker_naptime_ms() -> u64 {
     WORKER_NAPTIME_MS.get().max(10) as u64
+}
+
+pub fn timezone_name() -> String {
+    TIMEZONE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "UTC".to_string())
+}
+
+pub fn scan_interval_s() -> i64 {
+    SCAN_INTERVAL_S.get().max(1) as i64
+}
+
+pub fn scheduler_enabled() -> bool {
+    SCHEDULER_ENABLED.get()
 }

@@ -11,6 +11,8 @@ mod error;
 mod gucs;
 mod ledger;
 mod plans;
+mod schedule;
+mod strategies;
 mod users;
 mod worker;
 
@@ -20,6 +22,7 @@ mod tests;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/strategies.sql", name = "strategies", requires = ["schema"]);
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]

@@ -335,4 +335,106 @@ mod tests {
         assert_eq!(sqlstate_of("PERFORM quota.eval_condition('true()', 'nobody')").as_deref(), Some("P0002"));
     }
 
+    fn strategy_id(json: &str) -> i64 {
+        one_i64(&format!("SELECT (quota.create_strategy('{json}') ->> 'id')::bigint"))
+    }
+
+    fn executions(strategy: i64) -> i64 {
+        one_i64(&format!("SELECT count(*) FROM quota.executions WHERE strategy_id = {strategy}"))
+    }
+
+    #[pg_test]
+    fn strategies_are_validated_and_managed() {
+        let id = strategy_id(
+            r#"{"name":"test-strategy","title":"Test Strategy","type":"single","amount":10,"model":"gpt-3.5-turbo","condition":"github-star(\"zgsm\")","status":true}"#,
+        );
+        assert_eq!(one_text(&format!("SELECT quota.get_strategy({id}) ->> 'condition'")), r#"github-star("zgsm")"#);
+        for bad in [
+            r#"{"name":"b1","type":"weekly","amount":1,"condition":"true()"}"#,
+            r#"{"name":"b2","type":"single","amount":0,"condition":"true()"}"#,
+            r#"{"name":"b3","type":"single","amount":1,"condition":""}"#,
+            r#"{"name":"b4","type":"single","amount":1,"condition":"is-vip("}"#,
+            r#"{"name":"b5","type":"periodic","amount":1,"condition":"true()","periodic_expr":"61 * * * *"}"#,
+            r#"{"name":"b6","type":"periodic","amount":1,"condition":"true()"}"#,
+        ] {
+            assert_eq!(sqlstate_of(&format!("PERFORM quota.create_strategy('{bad}')")).as_deref(), Some("22023"), "{bad}");
+        }
+        assert_eq!(
+            sqlstate_of(r#"PERFORM quota.create_strategy('{"name":"test-strategy","type":"single","amount":1,"condition":"true()"}')"#).as_deref(),
+            Some("23505")
+        );
+        let off = strategy_id(r#"{"name":"off","type":"single","amount":1,"condition":"true()","status":false}"#);
+        assert_eq!(one_text(&format!("SELECT quota.get_strategy({off}) ->> 'status'")), "false");
+        assert_eq!(one_i64("SELECT (quota.list_strategies(false) ->> 'total')::bigint"), 1);
+        assert_eq!(one_i64("SELECT (quota.list_strategies(true) ->> 'total')::bigint"), 1);
+        assert_eq!(one_text(&format!("SELECT quota.enable_strategy({off}) ->> 'message'")), "strategy enabled successfully");
+        assert_eq!(one_text(&format!("SELECT quota.disable_strategy({off}) ->> 'message'")), "strategy disabled successfully");
+        run(&format!(r#"SELECT quota.update_strategy({id}, '{{"amount": 20, "title": "T2"}}')"#));
+        assert_eq!(one_i64(&format!("SELECT (quota.get_strategy({id}) ->> 'amount')::bigint")), 20);
+        assert_eq!(sqlstate_of(&format!(r#"PERFORM quota.update_strategy({id}, '{{"colour": 1}}')"#)).as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of(r#"PERFORM quota.update_strategy(999999, '{"amount": 2}')"#).as_deref(), Some("P0002"));
+        assert_eq!(sqlstate_of("PERFORM quota.enable_strategy(999999)").as_deref(), Some("P0002"));
+        assert_eq!(one_text(&format!("SELECT quota.delete_strategy({off}) ->> 'message'")), "strategy deleted successfully");
+        assert_eq!(sqlstate_of(&format!("PERFORM quota.get_strategy({off})")).as_deref(), Some("P0002"));
+    }
+
+    #[pg_test]
+    fn single_strategy_recharges_each_matching_user_once() {
+        run(r#"SELECT quota.create_user('s1', '{"vip":1,"github_star":"zgsm"}')"#);
+        run(r#"SELECT quota.create_user('s2', '{"vip":1}')"#);
+        run(r#"SELECT quota.create_user('s3', '{"vip":0,"github_star":"zgsm"}')"#);
+        let id = strategy_id(r#"{"name":"vip-star","type":"single","amount":100,"condition":"and(is-vip(1), github-star(\"zgsm\"))"}"#);
+        assert_eq!(one_i64(&format!("SELECT recharged FROM quota.scan('2030-01-01 00:00:00+00') WHERE strategy_id = {id}")), 1);
+        assert_eq!(one_i64(&format!("SELECT recharged FROM quota.scan('2030-01-01 01:00:00+00') WHERE strategy_id = {id}")), 0);
+        assert_eq!(balance("s1"), 100);
+        assert_eq!(balance("s2") + balance("s3"), 0);
+        // A user who comes to match later is recharged by a later scan, once.
+        run(r#"SELECT quota.update_user('s2', '{"github_star":"zgsm"}')"#);
+        assert_eq!(one_i64(&format!("SELECT recharged FROM quota.scan('2030-01-01 02:00:00+00') WHERE strategy_id = {id}")), 1);
+        assert_eq!(executions(id), 2);
+        assert_eq!(one_i64("SELECT count(*) FROM quota.outbox o JOIN quota.executions e ON e.id = o.execution_id WHERE e.status = 'pending'"), 2);
+        assert_eq!(one_text(&format!("SELECT min(batch_number) FROM quota.executions WHERE strategy_id = {id}")), "20300101000000");
+        // Deleting the strategy keeps its executions.
+        run(&format!("SELECT quota.delete_strategy({id})"));
+        assert_eq!(executions(id), 2);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn periodic_strategy_fires_once_per_cron_time_without_catch_up_bursts() {
+        run(r#"SELECT quota.create_user('p1', '{"vip":2}')"#);
+        // Daily at 08:00:00 (the seed's 6-field form), evaluated in UTC.
+        let id = strategy_id(r#"{"name":"daily","type":"periodic","amount":5,"periodic_expr":"0 0 8 * * *","condition":"is-vip(1)"}"#);
+        let scan = |at: &str| one_i64(&format!("SELECT coalesce(sum(recharged), 0)::bigint FROM quota.scan('{at}') WHERE strategy_id = {id}"));
+        assert_eq!(scan("2030-01-01 09:00:00+00"), 1);
+        assert_eq!(scan("2030-01-01 09:00:00+00"), 0, "a rerun of the same scan");
+        assert_eq!(scan("2030-01-01 20:00:00+00"), 0, "a manual scan between fires");
+        assert_eq!(scan("2030-01-02 08:00:00+00"), 1, "the next fire, exactly on time");
+        assert_eq!(scan("2030-01-06 12:00:00+00"), 1, "four missed fires run once");
+        assert_eq!(balance("p1"), 15);
+        // max_exec_per_user caps the total per user; raising it lets the next fire run.
+        run(&format!(r#"SELECT quota.update_strategy({id}, '{{"max_exec_per_user": 3}}')"#));
+        assert_eq!(scan("2030-01-07 09:00:00+00"), 0);
+        run(&format!(r#"SELECT quota.update_strategy({id}, '{{"max_exec_per_user": 4}}')"#));
+        assert_eq!(scan("2030-01-08 09:00:00+00"), 1);
+        run(&format!(r#"SELECT quota.update_strategy({id}, '{{"max_exec_per_user": 1}}')"#));
+        assert_eq!(scan("2030-01-09 09:00:00+00"), 0);
+        // A disabled strategy does not run.
+        run(&format!(r#"SELECT quota.update_strategy({id}, '{{"max_exec_per_user": 0}}')"#));
+        run(&format!("SELECT quota.disable_strategy({id})"));
+        assert_eq!(scan("2030-01-10 09:00:00+00"), 0);
+        assert_eq!(executions(id), 4);
+        assert_clean();
+    }
+
+    #[pg_test]
+    fn quota_le_reads_the_wallet_balance() {
+        setup_user("q1", 50);
+        setup_user("q2", 500);
+        let id = strategy_id(r#"{"name":"low","type":"single","amount":7,"condition":"quota-le(\"gpt-4\", 100)"}"#);
+        assert_eq!(one_i64(&format!("SELECT recharged FROM quota.scan('2030-01-01') WHERE strategy_id = {id}")), 1);
+        assert_eq!(balance("q1"), 57);
+        assert_eq!(balance("q2"), 500);
+    }
+
 }

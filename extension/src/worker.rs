@@ -91,6 +91,8 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("pg_quota worker started in database \"{database}\"");
 
+    // When single strategies were last scanned (0 = never since start: scan on the first tick).
+    let mut single_scanned_at: pg_sys::TimestampTz = 0;
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -101,6 +103,27 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
                 .flatten()
                 .unwrap_or(false)
         });
+        if installed && gucs::scheduler_enabled() {
+            // Periodic strategies every tick; single ones every quota.scan_interval. An ERROR here
+            // ends the worker, which the postmaster restarts (pg_cron's launcher does the same).
+            let now = now();
+            let single = single_scanned_at == 0 || now - single_scanned_at >= gucs::scan_interval_s() * 1_000_000;
+            let recharged = BackgroundWorker::transaction(move || {
+                Spi::get_one_with_args::<i64>(
+                    "SELECT coalesce(sum(recharged), 0)::bigint FROM quota.scan(NULL, $1)",
+                    &[single.into()],
+                )
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+            });
+            if single {
+                single_scanned_at = now;
+            }
+            if recharged > 0 {
+                log!("pg_quota worker: recharged {recharged} users");
+            }
+        }
         {
             let mut s = WORKER.exclusive();
             s.phase = if installed { WorkerPhase::Running } else { WorkerPhase::WaitingForExtension };

@@ -8,6 +8,8 @@ pub mod error;
 pub mod ids;
 pub mod plan;
 pub mod pricing;
+pub mod schedule;
+pub mod strategy;
 pub mod time;
 pub mod user;
 

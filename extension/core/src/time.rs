@@ -13,6 +13,16 @@ pub fn parse_timestamp(field: &str, text: &str) -> Result<DateTime<Utc>> {
     if let Ok(ndt) = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S") {
         return Ok(ndt.and_utc());
     }
+    // PostgreSQL's own timestamptz output (`2024-05-01 08:00:00+08`, with optional fraction),
+    // so a value read back from the database is accepted as input.
+    for format in ["%Y-%m-%d %H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+        if let Ok(dt) = DateTime::parse_from_str(t, format) {
+            return Ok(dt.with_timezone(&Utc));
+        }
+    }
+    if let Ok(ndt) = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f") {
+        return Ok(ndt.and_utc());
+    }
     if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
@@ -40,6 +50,15 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, c);
         assert_eq!(to_rfc3339(&a), "2024-05-01T00:00:00Z");
+    }
+
+    #[test]
+    fn accepts_postgres_timestamptz_output() {
+        let a = parse_timestamp("t", "2024-05-01 08:00:00+08").unwrap();
+        let b = parse_timestamp("t", "2024-05-01 00:00:00+00").unwrap();
+        let c = parse_timestamp("t", "2024-05-01 05:30:00.25+05:30").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(to_rfc3339(&c), "2024-05-01T00:00:00.250Z");
     }
 
     #[test]
