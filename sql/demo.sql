@@ -84,7 +84,7 @@ FROM (
         'github_username', format('dev%s', i),
         'email', format('user%s@example.com', i),
         'phone', format('+86-138-0000-%s', lpad(i::text, 4, '0')),
-        'github_star', CASE i % 4 WHEN 0 THEN 'zgsm,costrict' WHEN 1 THEN 'zgsm' WHEN 2 THEN 'costrict' ELSE 'costrict' END,
+        'github_star', CASE i % 4 WHEN 0 THEN 'zgsm,costrict' WHEN 1 THEN 'zgsm' ELSE 'costrict' END,
         'vip', i % 4,
         'org', CASE WHEN i % 3 = 0 THEN 'org001' WHEN i % 3 = 1 THEN 'org002' ELSE NULL END,
         'register_time', (timestamptz '2022-06-01 00:00:00+00' + (i * interval '40 days'))::text,

@@ -4,6 +4,7 @@
 //! that SQL callers and HTTP callers get the same behaviour. This crate does authentication,
 //! JSON parsing, the SQL call, the SQLSTATE -> HTTP mapping (error.rs), logging and shutdown.
 
+pub mod aigateway_mock;
 pub mod auth;
 pub mod config;
 pub mod db;
