@@ -5,6 +5,7 @@ pub mod admin;
 pub mod health;
 pub mod internal;
 pub mod public;
+pub mod strategies;
 pub mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -80,6 +81,17 @@ pub fn table() -> Vec<Route> {
         route(users::IMPORT, users::import).body_limit(users::IMPORT_BODY_BYTES_MAX),
         route(users::TOKEN_ISSUE, users::token_issue),
         route(users::TOKEN_REVOKE, users::token_revoke),
+        // Recharge strategies (seed 000, SPEC 6.6).
+        route(strategies::CREATE, strategies::create),
+        route(strategies::LIST, strategies::list),
+        route(strategies::SCAN, strategies::scan),
+        route(strategies::GET, strategies::get),
+        route(strategies::UPDATE, strategies::update),
+        route(strategies::DELETE, strategies::delete),
+        route(strategies::ENABLE, strategies::enable),
+        route(strategies::DISABLE, strategies::disable),
+        route(strategies::EXECUTIONS, strategies::executions),
+        route(strategies::PREVIEW, strategies::preview),
     ]
 }
 

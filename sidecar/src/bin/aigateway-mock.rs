@@ -1,0 +1,86 @@
+//! aigateway-mock binary: an in-memory AiGateway (Higress ai-quota admin API) for development
+//! and tests. Configuration from the environment (see `--help`), serves until SIGTERM/SIGINT.
+//! The endpoints, the fault switch and the test hooks are described in
+//! `quota_sidecar::aigateway_mock`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use quota_sidecar::aigateway_mock::{router, shutdown_signal, MockConfig, MockState, ENV_VARS};
+use quota_sidecar::logging;
+use tokio::net::TcpListener;
+
+/// After the signal, in-flight requests get this long (a stalled one may be waiting 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn usage() -> String {
+    let mut text = String::from(
+        "aigateway-mock: in-memory AiGateway (Higress ai-quota admin API) for pg_quota tests\n\n\
+         Endpoints: POST {admin}/quota/delta, POST {admin}/quota/refresh, GET {admin}/quota,\n\
+         GET /health, GET|DELETE /mock/deltas, GET /mock/quotas, GET|POST /mock/fault\n\nEnvironment:\n",
+    );
+    for (name, default, about) in ENV_VARS {
+        text.push_str(&format!("  {name:<28} {about} (default: {default})\n"));
+    }
+    text
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "--help" || arg == "-h")
+    {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let config = match MockConfig::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("aigateway-mock: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format);
+
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(listen = %config.listen, %err, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %config.listen,
+        admin_path = %config.admin_path,
+        max_deltas = config.max_deltas,
+        "starting aigateway-mock"
+    );
+    let app = router(MockState::from_config(&config));
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let grace = async move {
+        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => match served {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                tracing::error!(%err, "server error");
+                ExitCode::FAILURE
+            }
+        },
+        () = grace => {
+            tracing::warn!("requests still in flight after the grace period; exiting");
+            ExitCode::SUCCESS
+        }
+    }
+}
