@@ -400,6 +400,17 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/admin/users/import"),
     ("post", "/api/admin/users/{user_id}/api-tokens"),
     ("delete", "/api/admin/api-tokens/{token_id}"),
+    // Recharge strategies (SPEC 6.6).
+    ("post", "/api/v1/strategies"),
+    ("get", "/api/v1/strategies"),
+    ("post", "/api/v1/strategies/scan"),
+    ("get", "/api/v1/strategies/{id}"),
+    ("put", "/api/v1/strategies/{id}"),
+    ("delete", "/api/v1/strategies/{id}"),
+    ("post", "/api/v1/strategies/{id}/enable"),
+    ("post", "/api/v1/strategies/{id}/disable"),
+    ("get", "/api/v1/strategies/{id}/executions"),
+    ("post", "/api/v1/conditions/preview"),
 ];
 
 #[tokio::test]
