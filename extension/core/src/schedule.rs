@@ -48,8 +48,8 @@
 
 use crate::error::QuotaError;
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone,
-    Timelike, Utc,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset,
+    TimeZone, Timelike, Utc,
 };
 use chrono_tz::Tz;
 use std::fmt;
@@ -63,8 +63,9 @@ pub const HORIZON_YEARS: i32 = 400;
 
 const FIELD: &str = "periodic_expr";
 
-const MONTH_NAMES: [&str; 12] =
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+const MONTH_NAMES: [&str; 12] = [
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 /// The six cron fields, in 6-field order.
@@ -127,8 +128,14 @@ pub struct Schedule {
 
 impl PartialEq for Schedule {
     fn eq(&self, o: &Self) -> bool {
-        (self.seconds, self.minutes, self.hours, self.dom, self.months, self.dow)
-            == (o.seconds, o.minutes, o.hours, o.dom, o.months, o.dow)
+        (
+            self.seconds,
+            self.minutes,
+            self.hours,
+            self.dom,
+            self.months,
+            self.dow,
+        ) == (o.seconds, o.minutes, o.hours, o.dom, o.months, o.dow)
             && self.dom_star == o.dom_star
             && self.dow_star == o.dow_star
     }
@@ -149,18 +156,18 @@ impl std::str::FromStr for Schedule {
     }
 }
 
-fn err(
-    position: usize,
-    kind: Option<Kind>,
-    value: &str,
-    message: impl Into<String>,
-) -> QuotaError {
+fn err(position: usize, kind: Option<Kind>, value: &str, message: impl Into<String>) -> QuotaError {
     let message = message.into();
     let full = match kind {
-        Some(k) => format!("invalid periodic_expr: {} field: {message} (at {position})", k.name()),
+        Some(k) => format!(
+            "invalid periodic_expr: {} field: {message} (at {position})",
+            k.name()
+        ),
         None => format!("invalid periodic_expr: {message} (at {position})"),
     };
-    let mut e = QuotaError::invalid(full).with("field", FIELD).with("position", position);
+    let mut e = QuotaError::invalid(full)
+        .with("field", FIELD)
+        .with("position", position);
     if let Some(k) = kind {
         e = e.with("cron_field", k.name());
     }
@@ -177,8 +184,16 @@ pub fn parse_schedule(expr: &str) -> Result<Schedule, QuotaError> {
             format!("longer than {MAX_EXPR_LEN} bytes ({} bytes)", expr.len()),
         ));
     }
-    if let Some((pos, c)) = expr.char_indices().find(|&(_, c)| !c.is_ascii() || c.is_ascii_control() && !c.is_ascii_whitespace()) {
-        return Err(err(pos, None, &c.to_string(), format!("unexpected character {c:?}")));
+    if let Some((pos, c)) = expr
+        .char_indices()
+        .find(|&(_, c)| !c.is_ascii() || (c.is_ascii_control() && !c.is_ascii_whitespace()))
+    {
+        return Err(err(
+            pos,
+            None,
+            &c.to_string(),
+            format!("unexpected character {c:?}"),
+        ));
     }
     // Tokens with their byte offsets.
     let mut tokens: Vec<(usize, &str)> = Vec::new();
@@ -197,14 +212,24 @@ pub fn parse_schedule(expr: &str) -> Result<Schedule, QuotaError> {
         tokens.push((s, &expr[s..]));
     }
     if tokens.is_empty() {
-        return Err(err(0, None, "", "empty cron expression (expected 5 or 6 fields or a descriptor like @daily)"));
+        return Err(err(
+            0,
+            None,
+            "",
+            "empty cron expression (expected 5 or 6 fields or a descriptor like @daily)",
+        ));
     }
 
     if tokens[0].1.starts_with('@') {
         let (pos, word) = tokens[0];
         if tokens.len() > 1 {
             let (p, extra) = tokens[1];
-            return Err(err(p, None, extra, format!("unexpected text after descriptor {word}")));
+            return Err(err(
+                p,
+                None,
+                extra,
+                format!("unexpected text after descriptor {word}"),
+            ));
         }
         let (canon, six) = match word.to_ascii_lowercase().as_str() {
             "@yearly" | "@annually" => ("@yearly", "0 0 0 1 1 *"),
@@ -231,8 +256,21 @@ pub fn parse_schedule(expr: &str) -> Result<Schedule, QuotaError> {
     }
 
     let kinds: &[Kind] = match tokens.len() {
-        5 => &[Kind::Minute, Kind::Hour, Kind::DayOfMonth, Kind::Month, Kind::DayOfWeek],
-        6 => &[Kind::Second, Kind::Minute, Kind::Hour, Kind::DayOfMonth, Kind::Month, Kind::DayOfWeek],
+        5 => &[
+            Kind::Minute,
+            Kind::Hour,
+            Kind::DayOfMonth,
+            Kind::Month,
+            Kind::DayOfWeek,
+        ],
+        6 => &[
+            Kind::Second,
+            Kind::Minute,
+            Kind::Hour,
+            Kind::DayOfMonth,
+            Kind::Month,
+            Kind::DayOfWeek,
+        ],
         n => {
             let (p, v) = if n > 6 { tokens[6] } else { (expr.len(), "") };
             return Err(err(
@@ -277,7 +315,11 @@ pub fn parse_schedule(expr: &str) -> Result<Schedule, QuotaError> {
             }
         }
     }
-    s.text = tokens.iter().map(|(_, t)| t.to_ascii_uppercase()).collect::<Vec<_>>().join(" ");
+    s.text = tokens
+        .iter()
+        .map(|(_, t)| t.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(" ");
     Ok(s)
 }
 
@@ -289,7 +331,12 @@ fn parse_field(tok: &str, pos: usize, kind: Kind) -> Result<u64, QuotaError> {
         let ipos = pos + off;
         off += item.len() + 1;
         if item.is_empty() {
-            return Err(err(ipos, Some(kind), tok, format!("empty list item in '{tok}'")));
+            return Err(err(
+                ipos,
+                Some(kind),
+                tok,
+                format!("empty list item in '{tok}'"),
+            ));
         }
         bits |= parse_item(item, ipos, kind)?;
     }
@@ -302,10 +349,20 @@ fn parse_item(item: &str, pos: usize, kind: Kind) -> Result<u64, QuotaError> {
         Some((r, st)) => {
             let spos = pos + r.len() + 1;
             if st.is_empty() {
-                return Err(err(spos, Some(kind), item, format!("missing step after '/' in '{item}'")));
+                return Err(err(
+                    spos,
+                    Some(kind),
+                    item,
+                    format!("missing step after '/' in '{item}'"),
+                ));
             }
             if !st.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err(spos, Some(kind), st, format!("step '{st}' is not a number")));
+                return Err(err(
+                    spos,
+                    Some(kind),
+                    st,
+                    format!("step '{st}' is not a number"),
+                ));
             }
             let n = st.parse::<u32>().unwrap_or(u32::MAX);
             if n == 0 || n > hi_b {
@@ -320,28 +377,39 @@ fn parse_item(item: &str, pos: usize, kind: Kind) -> Result<u64, QuotaError> {
         }
         None => (item, None),
     };
-    let (lo, hi) = if range == "*" || (range == "?" && matches!(kind, Kind::DayOfMonth | Kind::DayOfWeek)) {
-        (lo_b, hi_b)
-    } else if range.is_empty() {
-        return Err(err(pos, Some(kind), item, format!("missing value before '/' in '{item}'")));
-    } else {
-        match range.split_once('-') {
-            Some((a, b)) => {
-                let bpos = pos + a.len() + 1;
-                let x = parse_value(a, pos, kind)?;
-                let y = parse_value(b, bpos, kind)?;
-                if x > y {
-                    return Err(err(pos, Some(kind), range, format!("reversed range '{range}' ({x} > {y})")));
+    let (lo, hi) =
+        if range == "*" || (range == "?" && matches!(kind, Kind::DayOfMonth | Kind::DayOfWeek)) {
+            (lo_b, hi_b)
+        } else if range.is_empty() {
+            return Err(err(
+                pos,
+                Some(kind),
+                item,
+                format!("missing value before '/' in '{item}'"),
+            ));
+        } else {
+            match range.split_once('-') {
+                Some((a, b)) => {
+                    let bpos = pos + a.len() + 1;
+                    let x = parse_value(a, pos, kind)?;
+                    let y = parse_value(b, bpos, kind)?;
+                    if x > y {
+                        return Err(err(
+                            pos,
+                            Some(kind),
+                            range,
+                            format!("reversed range '{range}' ({x} > {y})"),
+                        ));
+                    }
+                    (x, y)
                 }
-                (x, y)
+                // `a/n` runs from a to the maximum; a bare `a` is one value.
+                None => {
+                    let x = parse_value(range, pos, kind)?;
+                    (x, if step.is_some() { hi_b } else { x })
+                }
             }
-            // `a/n` runs from a to the maximum; a bare `a` is one value.
-            None => {
-                let x = parse_value(range, pos, kind)?;
-                (x, if step.is_some() { hi_b } else { x })
-            }
-        }
-    };
+        };
     let step = step.unwrap_or(1);
     let mut bits = 0u64;
     let mut v = lo;
@@ -360,7 +428,12 @@ fn parse_value(s: &str, pos: usize, kind: Kind) -> Result<u32, QuotaError> {
     if s.bytes().all(|b| b.is_ascii_digit()) {
         let v = s.parse::<u32>().unwrap_or(u32::MAX);
         if v < lo || v > hi {
-            return Err(err(pos, Some(kind), s, format!("value {s} out of range {lo}-{hi}")));
+            return Err(err(
+                pos,
+                Some(kind),
+                s,
+                format!("value {s} out of range {lo}-{hi}"),
+            ));
         }
         return Ok(v);
     }
@@ -368,10 +441,24 @@ fn parse_value(s: &str, pos: usize, kind: Kind) -> Result<u32, QuotaError> {
         if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
             return Ok(first + i as u32);
         }
-        let expected = if kind == Kind::Month { "a number 1-12 or JAN-DEC" } else { "a number 0-7 or SUN-SAT" };
-        return Err(err(pos, Some(kind), s, format!("unknown value '{s}' (expected {expected})")));
+        let expected = if kind == Kind::Month {
+            "a number 1-12 or JAN-DEC"
+        } else {
+            "a number 0-7 or SUN-SAT"
+        };
+        return Err(err(
+            pos,
+            Some(kind),
+            s,
+            format!("unknown value '{s}' (expected {expected})"),
+        ));
     }
-    Err(err(pos, Some(kind), s, format!("'{s}' is not a number in {lo}-{hi}")))
+    Err(err(
+        pos,
+        Some(kind),
+        s,
+        format!("'{s}' is not a number in {lo}-{hi}"),
+    ))
 }
 
 /// Parses an IANA time zone name (`Asia/Shanghai`, `UTC`); an exact match first, then
@@ -408,8 +495,15 @@ fn next_bit(bits: u64, from: u32) -> Option<u32> {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-    match (NaiveDate::from_ymd_opt(ny, nm, 1), NaiveDate::from_ymd_opt(year, month, 1)) {
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    match (
+        NaiveDate::from_ymd_opt(ny, nm, 1),
+        NaiveDate::from_ymd_opt(year, month, 1),
+    ) {
         (Some(a), Some(b)) => (a - b).num_days() as u32,
         _ => 28,
     }
@@ -520,7 +614,9 @@ impl Schedule {
     /// [`HORIZON_YEARS`] years, which means never.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let utc = after.naive_utc();
-        let local = utc.checked_add_offset(tz.offset_from_utc_datetime(&utc).fix())?.with_nanosecond(0)?;
+        let local = utc
+            .checked_add_offset(tz.offset_from_utc_datetime(&utc).fix())?
+            .with_nanosecond(0)?;
         let last_year = local.year().checked_add(HORIZON_YEARS)?;
         let mut cand = local;
         loop {

@@ -6,7 +6,9 @@ use quota_core::schedule::{parse_schedule, parse_timezone, Schedule, MAX_EXPR_LE
 use std::time::{Duration, Instant};
 
 fn utc(s: &str) -> DateTime<Utc> {
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap().and_utc()
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .unwrap()
+        .and_utc()
 }
 
 fn sched(s: &str) -> Schedule {
@@ -19,7 +21,9 @@ fn fires(expr: &str, from: &str, tz: Tz, n: usize) -> Vec<String> {
     let mut t = utc(from);
     let mut out = Vec::new();
     for _ in 0..n {
-        t = s.next_after(t, tz).unwrap_or_else(|| panic!("{expr} stops after {t}"));
+        t = s
+            .next_after(t, tz)
+            .unwrap_or_else(|| panic!("{expr} stops after {t}"));
         out.push(t.format("%Y-%m-%d %H:%M:%S").to_string());
     }
     out
@@ -30,9 +34,15 @@ const NY: Tz = chrono_tz::America::New_York;
 
 #[test]
 fn every_minute_and_strictly_after() {
-    assert_eq!(fires("* * * * *", "2024-05-01 12:00:30", UTC, 2), ["2024-05-01 12:01:00", "2024-05-01 12:02:00"]);
+    assert_eq!(
+        fires("* * * * *", "2024-05-01 12:00:30", UTC, 2),
+        ["2024-05-01 12:01:00", "2024-05-01 12:02:00"]
+    );
     // Exactly on a fire time: the next one, never the same.
-    assert_eq!(fires("* * * * *", "2024-05-01 12:00:00", UTC, 1), ["2024-05-01 12:01:00"]);
+    assert_eq!(
+        fires("* * * * *", "2024-05-01 12:00:00", UTC, 1),
+        ["2024-05-01 12:01:00"]
+    );
     // Fractions of a second.
     let s = sched("* * * * *");
     let t = utc("2024-05-01 12:00:00") + chrono::Duration::milliseconds(1);
@@ -43,24 +53,49 @@ fn every_minute_and_strictly_after() {
 
 #[test]
 fn numbers_ranges_steps_lists() {
-    assert_eq!(fires("5 4 * * *", "2024-05-01 04:05:00", UTC, 2), ["2024-05-02 04:05:00", "2024-05-03 04:05:00"]);
+    assert_eq!(
+        fires("5 4 * * *", "2024-05-01 04:05:00", UTC, 2),
+        ["2024-05-02 04:05:00", "2024-05-03 04:05:00"]
+    );
     assert_eq!(
         fires("0 22-23,0-1 * * *", "2024-05-01 12:00:00", UTC, 5),
-        ["2024-05-01 22:00:00", "2024-05-01 23:00:00", "2024-05-02 00:00:00", "2024-05-02 01:00:00", "2024-05-02 22:00:00"]
+        [
+            "2024-05-01 22:00:00",
+            "2024-05-01 23:00:00",
+            "2024-05-02 00:00:00",
+            "2024-05-02 01:00:00",
+            "2024-05-02 22:00:00"
+        ]
     );
     assert_eq!(
         fires("*/15 * * * *", "2024-05-01 12:07:00", UTC, 5),
-        ["2024-05-01 12:15:00", "2024-05-01 12:30:00", "2024-05-01 12:45:00", "2024-05-01 13:00:00", "2024-05-01 13:15:00"]
+        [
+            "2024-05-01 12:15:00",
+            "2024-05-01 12:30:00",
+            "2024-05-01 12:45:00",
+            "2024-05-01 13:00:00",
+            "2024-05-01 13:15:00"
+        ]
     );
     assert_eq!(
         fires("0 8-18/4 * * *", "2024-05-01 00:00:00", UTC, 4),
-        ["2024-05-01 08:00:00", "2024-05-01 12:00:00", "2024-05-01 16:00:00", "2024-05-02 08:00:00"]
+        [
+            "2024-05-01 08:00:00",
+            "2024-05-01 12:00:00",
+            "2024-05-01 16:00:00",
+            "2024-05-02 08:00:00"
+        ]
     );
     // `a/n` = `a-max/n`.
     assert_eq!(sched("5/20 * * * *"), sched("5,25,45 * * * *"));
     assert_eq!(
         fires("0 0 1,15,28 * *", "2024-02-10 00:00:00", UTC, 4),
-        ["2024-02-15 00:00:00", "2024-02-28 00:00:00", "2024-03-01 00:00:00", "2024-03-15 00:00:00"]
+        [
+            "2024-02-15 00:00:00",
+            "2024-02-28 00:00:00",
+            "2024-03-01 00:00:00",
+            "2024-03-15 00:00:00"
+        ]
     );
     // Leading zeros, a single-value range, a step larger than the range.
     assert_eq!(sched("05 08 * * *"), sched("5 8 * * *"));
@@ -90,7 +125,10 @@ fn day_of_week_seven_is_sunday() {
     assert_eq!(sched("0 0 * * 5-7"), sched("0 0 * * 0,5,6"));
     assert_eq!(sched("0 0 * * */7"), sched("0 0 * * */7"));
     // 2024-05-05 is a Sunday.
-    assert_eq!(fires("0 0 * * 7", "2024-05-01 00:00:00", UTC, 2), ["2024-05-05 00:00:00", "2024-05-12 00:00:00"]);
+    assert_eq!(
+        fires("0 0 * * 7", "2024-05-01 00:00:00", UTC, 2),
+        ["2024-05-05 00:00:00", "2024-05-12 00:00:00"]
+    );
 }
 
 #[test]
@@ -99,13 +137,27 @@ fn six_fields_with_seconds() {
     let s = sched("0 0 8 * * *");
     assert!(s.has_seconds());
     assert_eq!(s, sched("0 8 * * *"));
-    assert_eq!(fires("0 0 8 * * *", "2024-05-01 08:00:00", UTC, 2), ["2024-05-02 08:00:00", "2024-05-03 08:00:00"]);
+    assert_eq!(
+        fires("0 0 8 * * *", "2024-05-01 08:00:00", UTC, 2),
+        ["2024-05-02 08:00:00", "2024-05-03 08:00:00"]
+    );
     assert_eq!(
         fires("*/20 * * * * *", "2024-05-01 12:00:05", UTC, 4),
-        ["2024-05-01 12:00:20", "2024-05-01 12:00:40", "2024-05-01 12:01:00", "2024-05-01 12:01:20"]
+        [
+            "2024-05-01 12:00:20",
+            "2024-05-01 12:00:40",
+            "2024-05-01 12:01:00",
+            "2024-05-01 12:01:20"
+        ]
     );
-    assert_eq!(fires("30 15 10 * * *", "2024-05-01 10:15:30", UTC, 1), ["2024-05-02 10:15:30"]);
-    assert_eq!(fires("59 59 23 31 12 *", "2024-05-01 00:00:00", UTC, 1), ["2024-12-31 23:59:59"]);
+    assert_eq!(
+        fires("30 15 10 * * *", "2024-05-01 10:15:30", UTC, 1),
+        ["2024-05-02 10:15:30"]
+    );
+    assert_eq!(
+        fires("59 59 23 31 12 *", "2024-05-01 00:00:00", UTC, 1),
+        ["2024-12-31 23:59:59"]
+    );
     assert!(!sched("0 8 * * *").has_seconds());
 }
 
@@ -140,11 +192,30 @@ fn descriptors() {
         assert_eq!(s, sched(eq), "{d}");
         assert!(!s.has_seconds());
     }
-    assert_eq!(fires("@yearly", "2024-05-01 00:00:00", UTC, 2), ["2025-01-01 00:00:00", "2026-01-01 00:00:00"]);
-    assert_eq!(fires("@monthly", "2024-05-01 00:00:00", UTC, 1), ["2024-06-01 00:00:00"]);
-    assert_eq!(fires("@weekly", "2024-05-01 00:00:00", UTC, 1), ["2024-05-05 00:00:00"]);
-    assert_eq!(fires("@hourly", "2024-05-01 00:00:00", UTC, 1), ["2024-05-01 01:00:00"]);
-    for bad in ["@reboot", "@every 1h", "@every", "@fortnightly", "@daily *", "@"] {
+    assert_eq!(
+        fires("@yearly", "2024-05-01 00:00:00", UTC, 2),
+        ["2025-01-01 00:00:00", "2026-01-01 00:00:00"]
+    );
+    assert_eq!(
+        fires("@monthly", "2024-05-01 00:00:00", UTC, 1),
+        ["2024-06-01 00:00:00"]
+    );
+    assert_eq!(
+        fires("@weekly", "2024-05-01 00:00:00", UTC, 1),
+        ["2024-05-05 00:00:00"]
+    );
+    assert_eq!(
+        fires("@hourly", "2024-05-01 00:00:00", UTC, 1),
+        ["2024-05-01 01:00:00"]
+    );
+    for bad in [
+        "@reboot",
+        "@every 1h",
+        "@every",
+        "@fortnightly",
+        "@daily *",
+        "@",
+    ] {
         let e = parse_schedule(bad).unwrap_err();
         assert_eq!(e.kind.sqlstate(), "22023", "{bad}");
     }
@@ -161,8 +232,17 @@ fn question_mark_in_day_fields() {
 fn whitespace_and_canonical_text() {
     let s = sched("  0\t0   8 *  *\t* ");
     assert_eq!(s.to_string(), "0 0 8 * * *");
-    assert_eq!(sched("*/15 9-17 * jan-jun mon-fri").to_string(), "*/15 9-17 * JAN-JUN MON-FRI");
-    for e in ["*/15 9-17 * jan-jun mon-fri", "0 0 8 * * *", "@midnight", "0 0 1,15 * 1-5", "5/20 * ? * *"] {
+    assert_eq!(
+        sched("*/15 9-17 * jan-jun mon-fri").to_string(),
+        "*/15 9-17 * JAN-JUN MON-FRI"
+    );
+    for e in [
+        "*/15 9-17 * jan-jun mon-fri",
+        "0 0 8 * * *",
+        "@midnight",
+        "0 0 1,15 * 1-5",
+        "5/20 * ? * *",
+    ] {
         let s = sched(e);
         assert_eq!(sched(&s.to_string()), s, "{e}");
         assert_eq!(sched(&s.to_string()).to_string(), s.to_string(), "{e}");
@@ -185,19 +265,39 @@ fn vixie_day_of_month_or_day_of_week() {
             "2024-05-06 00:00:00"
         ]
     );
-    assert_eq!(fires("0 0 13 * FRI", "2024-05-01 00:00:00", UTC, 3), ["2024-05-03 00:00:00", "2024-05-10 00:00:00", "2024-05-13 00:00:00"]);
+    assert_eq!(
+        fires("0 0 13 * FRI", "2024-05-01 00:00:00", UTC, 3),
+        [
+            "2024-05-03 00:00:00",
+            "2024-05-10 00:00:00",
+            "2024-05-13 00:00:00"
+        ]
+    );
     // Day-of-month `*`: only the day of week counts.
-    assert_eq!(fires("0 0 * * MON", "2024-05-01 00:00:00", UTC, 2), ["2024-05-06 00:00:00", "2024-05-13 00:00:00"]);
+    assert_eq!(
+        fires("0 0 * * MON", "2024-05-01 00:00:00", UTC, 2),
+        ["2024-05-06 00:00:00", "2024-05-13 00:00:00"]
+    );
     // Day-of-week `*`: only the day of month counts.
-    assert_eq!(fires("0 0 13 * *", "2024-05-01 00:00:00", UTC, 2), ["2024-05-13 00:00:00", "2024-06-13 00:00:00"]);
+    assert_eq!(
+        fires("0 0 13 * *", "2024-05-01 00:00:00", UTC, 2),
+        ["2024-05-13 00:00:00", "2024-06-13 00:00:00"]
+    );
     // A field starting with `*` counts as unrestricted, as in Vixie cron and pg_cron: both must
     // match. Mondays with an odd day of the month: 2024-05-13, 2024-05-27, 2024-06-03.
     assert_eq!(
         fires("0 0 */2 * MON", "2024-05-01 00:00:00", UTC, 3),
-        ["2024-05-13 00:00:00", "2024-05-27 00:00:00", "2024-06-03 00:00:00"]
+        [
+            "2024-05-13 00:00:00",
+            "2024-05-27 00:00:00",
+            "2024-06-03 00:00:00"
+        ]
     );
     // A restricted field that happens to cover everything is still restricted (Vixie): OR.
-    assert_eq!(fires("0 0 1-31 * MON", "2024-05-01 00:00:00", UTC, 2), ["2024-05-02 00:00:00", "2024-05-03 00:00:00"]);
+    assert_eq!(
+        fires("0 0 1-31 * MON", "2024-05-01 00:00:00", UTC, 2),
+        ["2024-05-02 00:00:00", "2024-05-03 00:00:00"]
+    );
 }
 
 #[test]
@@ -205,11 +305,21 @@ fn daily_in_shanghai_fires_at_16_utc() {
     let tz = parse_timezone("Asia/Shanghai").unwrap();
     assert_eq!(
         fires("@daily", "2024-05-01 00:00:00", tz, 3),
-        ["2024-05-01 16:00:00", "2024-05-02 16:00:00", "2024-05-03 16:00:00"]
+        [
+            "2024-05-01 16:00:00",
+            "2024-05-02 16:00:00",
+            "2024-05-03 16:00:00"
+        ]
     );
-    assert_eq!(fires("0 0 8 * * *", "2024-05-01 00:00:00", tz, 1), ["2024-05-02 00:00:00"]);
+    assert_eq!(
+        fires("0 0 8 * * *", "2024-05-01 00:00:00", tz, 1),
+        ["2024-05-02 00:00:00"]
+    );
     // Day fields are read in local time: Monday 00:00 in Shanghai is Sunday 16:00 UTC.
-    assert_eq!(fires("0 0 * * MON", "2024-05-01 00:00:00", tz, 1), ["2024-05-05 16:00:00"]);
+    assert_eq!(
+        fires("0 0 * * MON", "2024-05-01 00:00:00", tz, 1),
+        ["2024-05-05 16:00:00"]
+    );
 }
 
 #[test]
@@ -217,12 +327,20 @@ fn dst_spring_forward_skips_the_missing_time() {
     // 2024-03-10 02:00 EST -> 03:00 EDT: 02:30 does not exist that day.
     assert_eq!(
         fires("30 2 * * *", "2024-03-08 12:00:00", NY, 3),
-        ["2024-03-09 07:30:00", "2024-03-11 06:30:00", "2024-03-12 06:30:00"]
+        [
+            "2024-03-09 07:30:00",
+            "2024-03-11 06:30:00",
+            "2024-03-12 06:30:00"
+        ]
     );
     // Times outside the gap are unaffected; hourly fires keep coming, one per real hour.
     assert_eq!(
         fires("0 * * * *", "2024-03-10 05:30:00", NY, 3),
-        ["2024-03-10 06:00:00", "2024-03-10 07:00:00", "2024-03-10 08:00:00"]
+        [
+            "2024-03-10 06:00:00",
+            "2024-03-10 07:00:00",
+            "2024-03-10 08:00:00"
+        ]
     );
     let s = sched("30 2 * * *");
     let t = s.next_after(utc("2024-03-09 07:30:00"), NY).unwrap();
@@ -234,10 +352,17 @@ fn dst_fall_back_fires_once() {
     // 2024-11-03 02:00 EDT -> 01:00 EST: 01:30 happens twice; the job fires at the first only.
     assert_eq!(
         fires("30 1 * * *", "2024-11-02 12:00:00", NY, 3),
-        ["2024-11-03 05:30:00", "2024-11-04 06:30:00", "2024-11-05 06:30:00"]
+        [
+            "2024-11-03 05:30:00",
+            "2024-11-04 06:30:00",
+            "2024-11-05 06:30:00"
+        ]
     );
     // Asked from inside the repeated hour (01:10 EST, after the first 01:30): tomorrow.
-    assert_eq!(fires("30 1 * * *", "2024-11-03 06:10:00", NY, 1), ["2024-11-04 06:30:00"]);
+    assert_eq!(
+        fires("30 1 * * *", "2024-11-03 06:10:00", NY, 1),
+        ["2024-11-04 06:30:00"]
+    );
     // 02:30 occurs once on that day.
     assert_eq!(
         fires("30 2 * * *", "2024-11-02 12:00:00", NY, 2),
@@ -246,34 +371,68 @@ fn dst_fall_back_fires_once() {
     // Documented consequence: local times of the repeated hour fire on their first pass only.
     assert_eq!(
         fires("0,30 * * * *", "2024-11-03 04:00:00", NY, 4),
-        ["2024-11-03 04:30:00", "2024-11-03 05:00:00", "2024-11-03 05:30:00", "2024-11-03 07:00:00"]
+        [
+            "2024-11-03 04:30:00",
+            "2024-11-03 05:00:00",
+            "2024-11-03 05:30:00",
+            "2024-11-03 07:00:00"
+        ]
     );
     let s = sched("30 1 * * *");
     assert_eq!(
-        s.next_after(utc("2024-11-02 12:00:00"), NY).unwrap().with_timezone(&NY).to_string(),
+        s.next_after(utc("2024-11-02 12:00:00"), NY)
+            .unwrap()
+            .with_timezone(&NY)
+            .to_string(),
         "2024-11-03 01:30:00 EDT"
     );
 }
 
 #[test]
 fn feb_29() {
-    assert_eq!(fires("0 0 29 2 *", "2025-01-01 00:00:00", UTC, 2), ["2028-02-29 00:00:00", "2032-02-29 00:00:00"]);
+    assert_eq!(
+        fires("0 0 29 2 *", "2025-01-01 00:00:00", UTC, 2),
+        ["2028-02-29 00:00:00", "2032-02-29 00:00:00"]
+    );
     // 2100 is not a leap year: eight years between fires.
-    assert_eq!(fires("0 0 29 2 *", "2096-03-01 00:00:00", UTC, 1), ["2104-02-29 00:00:00"]);
+    assert_eq!(
+        fires("0 0 29 2 *", "2096-03-01 00:00:00", UTC, 1),
+        ["2104-02-29 00:00:00"]
+    );
     // Feb 29 on a Sunday (day-of-week `*/7` is unrestricted, so both must match): 2004, 2032.
-    assert_eq!(fires("0 0 29 2 */7", "2004-03-01 00:00:00", UTC, 1), ["2032-02-29 00:00:00"]);
+    assert_eq!(
+        fires("0 0 29 2 */7", "2004-03-01 00:00:00", UTC, 1),
+        ["2032-02-29 00:00:00"]
+    );
     // Both restricted: Feb 29 OR a Sunday in February.
-    assert_eq!(fires("0 0 29 2 0", "2025-01-01 00:00:00", UTC, 1), ["2025-02-02 00:00:00"]);
+    assert_eq!(
+        fires("0 0 29 2 0", "2025-01-01 00:00:00", UTC, 1),
+        ["2025-02-02 00:00:00"]
+    );
 }
 
 #[test]
 fn impossible_schedules_return_none_quickly() {
-    for e in ["0 0 30 2 *", "0 0 31 2 *", "0 0 31 4,6,9,11 *", "59 59 23 31 2,4 */2", "* * 30-31 2 *"] {
+    for e in [
+        "0 0 30 2 *",
+        "0 0 31 2 *",
+        "0 0 31 4,6,9,11 *",
+        "59 59 23 31 2,4 */2",
+        "* * 30-31 2 *",
+    ] {
         let s = sched(e);
         let start = Instant::now();
         assert_eq!(s.next_after(utc("2024-01-01 00:00:00"), NY), None, "{e}");
-        assert_eq!(s.fires_between(utc("2000-01-01 00:00:00"), utc("2100-01-01 00:00:00"), NY), None, "{e}");
-        assert!(start.elapsed() < Duration::from_secs(2), "{e} took {:?}", start.elapsed());
+        assert_eq!(
+            s.fires_between(utc("2000-01-01 00:00:00"), utc("2100-01-01 00:00:00"), NY),
+            None,
+            "{e}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{e} took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -290,9 +449,18 @@ fn fires_between_returns_only_the_latest_missed_fire() {
         s.fires_between(utc("2024-05-01 08:00:00"), utc("2024-05-02 08:00:00"), UTC),
         Some(utc("2024-05-02 08:00:00"))
     );
-    assert_eq!(s.fires_between(utc("2024-05-01 08:00:00"), utc("2024-05-02 07:59:59"), UTC), None);
-    assert_eq!(s.fires_between(utc("2024-05-02 08:00:00"), utc("2024-05-02 08:00:00"), UTC), None);
-    assert_eq!(s.fires_between(utc("2024-05-03 00:00:00"), utc("2024-05-02 00:00:00"), UTC), None);
+    assert_eq!(
+        s.fires_between(utc("2024-05-01 08:00:00"), utc("2024-05-02 07:59:59"), UTC),
+        None
+    );
+    assert_eq!(
+        s.fires_between(utc("2024-05-02 08:00:00"), utc("2024-05-02 08:00:00"), UTC),
+        None
+    );
+    assert_eq!(
+        s.fires_between(utc("2024-05-03 00:00:00"), utc("2024-05-02 00:00:00"), UTC),
+        None
+    );
     // Every 15 minutes, a week of downtime.
     let q = sched("*/15 * * * *");
     assert_eq!(
@@ -328,17 +496,24 @@ fn extreme_instants_do_not_panic() {
     let y = sched("@yearly");
     let _ = y.next_after(DateTime::<Utc>::MAX_UTC - chrono::Duration::days(400), NY);
     let _ = y.fires_between(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, NY);
-    let _ = sched("0 0 30 2 *").fires_between(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, UTC);
+    let _ =
+        sched("0 0 30 2 *").fires_between(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, UTC);
 }
 
 fn rejects(expr: &str, cron_field: Option<&str>, position: usize, words: &[&str]) {
-    let e = parse_schedule(expr).err().unwrap_or_else(|| panic!("{expr:?} was accepted"));
+    let e = parse_schedule(expr)
+        .err()
+        .unwrap_or_else(|| panic!("{expr:?} was accepted"));
     assert_eq!(e.kind.sqlstate(), "22023", "{expr}");
     assert_eq!(e.fields["field"], "periodic_expr", "{expr}");
     assert_eq!(e.fields["position"], position, "{expr}: {}", e.message);
     match cron_field {
         Some(f) => assert_eq!(e.fields["cron_field"], f, "{expr}: {}", e.message),
-        None => assert!(!e.fields.contains_key("cron_field"), "{expr}: {}", e.message),
+        None => assert!(
+            !e.fields.contains_key("cron_field"),
+            "{expr}: {}",
+            e.message
+        ),
     }
     for w in words {
         assert!(e.message.contains(w), "{expr}: '{}' lacks '{w}'", e.message);
@@ -369,7 +544,12 @@ fn rejects_bad_expressions_naming_field_and_value() {
     rejects(",1 * * * *", Some("minute"), 0, &["empty"]);
     rejects("a * * * *", Some("minute"), 0, &["'a'"]);
     rejects("0 0 * FOO *", Some("month"), 6, &["FOO", "JAN-DEC"]);
-    rejects("0 0 * * MONDAY", Some("day-of-week"), 8, &["MONDAY", "SUN-SAT"]);
+    rejects(
+        "0 0 * * MONDAY",
+        Some("day-of-week"),
+        8,
+        &["MONDAY", "SUN-SAT"],
+    );
     rejects("0 0 JAN * *", Some("day-of-month"), 4, &["JAN"]);
     rejects("*/ * * * *", Some("minute"), 2, &["step"]);
     rejects("/5 * * * *", Some("minute"), 0, &["missing value"]);
@@ -379,8 +559,18 @@ fn rejects_bad_expressions_naming_field_and_value() {
     rejects("-1 * * * *", Some("minute"), 0, &["missing value"]);
     rejects("*/5/2 * * * *", Some("minute"), 2, &["5/2"]);
     rejects("*-5 * * * *", Some("minute"), 0, &["'*'"]);
-    rejects("99999999999999999999 * * * *", Some("minute"), 0, &["out of range"]);
-    rejects("*/99999999999999999999 * * * *", Some("minute"), 2, &["out of range"]);
+    rejects(
+        "99999999999999999999 * * * *",
+        Some("minute"),
+        0,
+        &["out of range"],
+    );
+    rejects(
+        "*/99999999999999999999 * * * *",
+        Some("minute"),
+        2,
+        &["out of range"],
+    );
     rejects("0 0 L * *", Some("day-of-month"), 4, &["'L'"]);
     rejects("0 0 * * 1#2", Some("day-of-week"), 8, &["1#2"]);
     rejects("0 0 * * ５", None, 8, &["unexpected character"]);
@@ -403,17 +593,29 @@ fn length_is_bounded() {
 
 #[test]
 fn time_zones() {
-    assert_eq!(parse_timezone("Asia/Shanghai").unwrap(), chrono_tz::Asia::Shanghai);
+    assert_eq!(
+        parse_timezone("Asia/Shanghai").unwrap(),
+        chrono_tz::Asia::Shanghai
+    );
     assert_eq!(parse_timezone("UTC").unwrap(), chrono_tz::UTC);
     assert_eq!(parse_timezone(" utc ").unwrap(), chrono_tz::UTC);
     assert_eq!(parse_timezone("america/new_york").unwrap(), NY);
-    for bad in ["", "Mars/Olympus", "+08:00", "Asia/Shanghai/x", &"A".repeat(1000)] {
+    for bad in [
+        "",
+        "Mars/Olympus",
+        "+08:00",
+        "Asia/Shanghai/x",
+        &"A".repeat(1000),
+    ] {
         let e = parse_timezone(bad).unwrap_err();
         assert_eq!(e.kind.sqlstate(), "22023");
         assert_eq!(e.fields["field"], "timezone");
     }
     // A half-hour zone.
     let tz = parse_timezone("Asia/Kolkata").unwrap();
-    assert_eq!(fires("0 9 * * *", "2024-05-01 00:00:00", tz, 1), ["2024-05-01 03:30:00"]);
+    assert_eq!(
+        fires("0 9 * * *", "2024-05-01 00:00:00", tz, 1),
+        ["2024-05-01 03:30:00"]
+    );
     let _ = UTC.from_utc_datetime(&utc("2024-01-01 00:00:00").naive_utc());
 }
