@@ -8,6 +8,7 @@ pub static WORKER_NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
 pub static SCAN_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static SCHEDULER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static RELAY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -54,6 +55,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"quota.relay",
+        c"Whether recharges are queued for the AiGateway relay (the sidecar).",
+        c"Off: executions complete in the ledger alone and no outbox rows are written.",
+        &RELAY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
 }
 
 pub fn database() -> String {
@@ -81,4 +90,8 @@ pub fn scan_interval_s() -> i64 {
 
 pub fn scheduler_enabled() -> bool {
     SCHEDULER_ENABLED.get()
+}
+
+pub fn relay() -> bool {
+    RELAY.get()
 }

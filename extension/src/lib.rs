@@ -23,6 +23,7 @@ mod tests;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/strategies.sql", name = "strategies", requires = ["schema"]);
+extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["strategies"]);
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[pg_guard]

@@ -6,6 +6,7 @@
 
 use crate::condition::bind_params;
 use crate::error::{raise, OrRaise};
+use crate::gucs;
 use crate::schedule;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -248,8 +249,8 @@ pub fn fire_strategy(
     let expr = condition::parse(&condition_text).map_err(QuotaError::from).or_raise();
     let batch = batch_number(client, batch_at);
 
-    // $1..$7 are the strategy's values; the predicate's parameters follow.
-    let (predicate, params) = condition::to_sql(&expr, 8);
+    // $1..$8 are the strategy's values; the predicate's parameters follow.
+    let (predicate, params) = condition::to_sql(&expr, 9);
     let sql = format!(
         "WITH cand AS (
             SELECT u.id AS user_id
@@ -260,8 +261,9 @@ pub fn fire_strategy(
               AND ($6 = 0 OR (SELECT count(*) FROM quota.executions e
                               WHERE e.strategy_id = $1 AND e.user_id = u.id) < $6)),
          ex AS (
-            INSERT INTO quota.executions (strategy_id, strategy_name, user_id, batch_number, fire_key, amount)
-            SELECT $1, $2, cand.user_id, $4, $5, $3 FROM cand
+            INSERT INTO quota.executions (strategy_id, strategy_name, user_id, batch_number, fire_key, amount, status)
+            SELECT $1, $2, cand.user_id, $4, $5, $3,
+                   CASE WHEN $8 THEN 'pending' ELSE 'completed' END FROM cand
             ON CONFLICT ON CONSTRAINT executions_once_key DO NOTHING
             RETURNING id, user_id),
          wal AS (
@@ -279,11 +281,13 @@ pub fn fire_strategy(
             RETURNING 1),
          ob AS (
             INSERT INTO quota.outbox (execution_id, consumer, value)
-            SELECT ex.id, ex.user_id, $3 FROM ex
+            SELECT ex.id, ex.user_id, $3 FROM ex WHERE $8
             RETURNING 1)
          SELECT (SELECT count(*) FROM ex), (SELECT count(*) FROM led), (SELECT count(*) FROM ob)"
     );
     let description = format!("recharge by strategy '{name}'");
+    // Without the relay (quota.relay = off) executions complete in the ledger alone.
+    let relay = gucs::relay();
     let mut args: Vec<DatumWithOid> = vec![
         id.into(),
         name.as_str().into(),
@@ -292,6 +296,7 @@ pub fn fire_strategy(
         fire_key.into(),
         max_exec.into(),
         description.as_str().into(),
+        relay.into(),
     ];
     args.extend(bind_params(&params));
     let t = client.update(sql.as_str(), Some(1), &args).or_raise();
@@ -300,7 +305,7 @@ pub fn fire_strategy(
     let credits = row.get::<i64>(2).or_raise().unwrap_or(0);
     let outbox = row.get::<i64>(3).or_raise().unwrap_or(0);
     // One statement wrote all three; they can only differ if a user lost its wallet mid-scan.
-    if executions != credits || executions != outbox {
+    if executions != credits || (relay && executions != outbox) {
         pgrx::error!("pg_quota: strategy {id}: {executions} executions, {credits} credits, {outbox} outbox rows");
     }
     client
@@ -310,7 +315,7 @@ pub fn fire_strategy(
             &[id.into(), batch_at.into()],
         )
         .or_raise();
-    if executions > 0 {
+    if executions > 0 && relay {
         client.update("NOTIFY quota_outbox", None, &[]).or_raise();
     }
     executions

@@ -437,4 +437,38 @@ mod tests {
         assert_eq!(balance("q2"), 500);
     }
 
+    #[pg_test]
+    fn outbox_protocol_claims_leases_retries_fails_and_completes() {
+        run(r#"SELECT quota.create_user('o1', '{"vip":1}')"#);
+        let id = strategy_id(r#"{"name":"relay","type":"single","amount":9,"condition":"match-user(o1)"}"#);
+        run(&format!("SELECT * FROM quota.scan('2030-01-01') WHERE strategy_id = {id}"));
+        let exec = one_i64("SELECT id FROM quota.executions WHERE user_id = 'o1'");
+        let (outbox, attempts) = Spi::get_two::<i64, i32>("SELECT outbox_id, attempts FROM quota.outbox_claim(10, 60)").unwrap();
+        let outbox = outbox.unwrap();
+        assert_eq!(attempts, Some(1));
+        // Leased: a second claim (another sidecar) does not see it.
+        assert_eq!(one_i64("SELECT count(*) FROM quota.outbox_claim(10, 60)"), 0);
+        run(&format!("SELECT quota.outbox_retry({outbox}, 'HTTP 500', 0)"));
+        assert_eq!(one_text(&format!("SELECT last_error FROM quota.executions WHERE id = {exec}")), "HTTP 500");
+        assert_eq!(one_i64("SELECT attempts FROM quota.outbox_claim(10, 60)"), 2);
+        run(&format!("SELECT quota.outbox_fail({outbox}, 'gave up')"));
+        assert_eq!(one_text(&format!("SELECT status FROM quota.executions WHERE id = {exec}")), "failed");
+        assert_eq!(balance("o1"), 9, "a failed relay keeps the credit");
+        assert_eq!(sqlstate_of(&format!("PERFORM quota.retry_execution({exec} + 1000)")).as_deref(), Some("P0002"));
+        run(&format!("SELECT quota.retry_execution({exec})"));
+        assert_eq!(sqlstate_of(&format!("PERFORM quota.retry_execution({exec})")).as_deref(), Some("22023"));
+        let outbox = one_i64("SELECT outbox_id FROM quota.outbox_claim(10, 60)");
+        assert!(Spi::get_one::<bool>(&format!("SELECT quota.outbox_complete({outbox})")).unwrap().unwrap());
+        assert_eq!(one_text(&format!("SELECT status FROM quota.executions WHERE id = {exec}")), "completed");
+        assert_eq!(one_i64("SELECT count(*) FROM quota.outbox"), 0);
+        // Without the relay, a scan completes executions at once and queues nothing.
+        run("SET LOCAL quota.relay = off");
+        run(r#"SELECT quota.create_user('o2', '{"vip":1}')"#);
+        let id2 = strategy_id(r#"{"name":"no-relay","type":"single","amount":3,"condition":"match-user(o2)"}"#);
+        run(&format!("SELECT * FROM quota.scan('2030-01-01') WHERE strategy_id = {id2}"));
+        assert_eq!(one_text("SELECT status FROM quota.executions WHERE user_id = 'o2'"), "completed");
+        assert_eq!(one_i64("SELECT count(*) FROM quota.outbox"), 0);
+        assert_clean();
+    }
+
 }
