@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod logging;
 pub mod openapi;
+pub mod relay;
 pub mod request_id;
 pub mod routes;
 

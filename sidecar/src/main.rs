@@ -1,9 +1,10 @@
 //! quota-sidecar binary: configuration from the environment, then serve until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use quota_sidecar::config::{Config, ENV_VARS};
-use quota_sidecar::{app, logging, AppState};
+use quota_sidecar::{app, logging, relay, AppState};
 use tokio::net::TcpListener;
 
 fn usage() -> String {
@@ -46,6 +47,7 @@ async fn main() -> ExitCode {
         db_pool_size = state.config.db_pool_size,
         admin_api = state.config.admin_token.is_some(),
         internal_api = state.config.service_token.is_some(),
+        aigateway = state.config.relay.gateway.as_ref().map_or("(none)", |g| g.url.as_str()),
         "starting quota-sidecar"
     );
     // Not fatal: the database may come up after us; /health says 503 meanwhile.
@@ -61,9 +63,28 @@ async fn main() -> ExitCode {
         }
     };
     let pool = state.pool.clone();
+    // The AiGateway relay runs beside the server and stops with it: the signal stops its
+    // claiming at once; its deliveries in flight finish (bounded) before the pool closes.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let relay_budget = relay::shutdown_budget(&state.config.relay);
+    let relay_task = relay::spawn(state.pool.clone(), state.config.clone(), stop_rx);
+    let signal_stop = stop_tx.clone();
     let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = signal_stop.send(true);
+        })
         .await;
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(relay_budget, relay_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the AiGateway relay did not stop in time; its rows return after their lease"
+        );
+    }
     pool.close();
     match served {
         Ok(()) => {

@@ -411,6 +411,7 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/v1/strategies/{id}/disable"),
     ("get", "/api/v1/strategies/{id}/executions"),
     ("post", "/api/v1/conditions/preview"),
+    ("post", "/api/v1/executions/{id}/retry"),
 ];
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! router from it and `crate::openapi` the document, so the two always agree.
 
 pub mod admin;
+pub mod executions;
 pub mod health;
 pub mod internal;
 pub mod public;
@@ -92,6 +93,7 @@ pub fn table() -> Vec<Route> {
         route(strategies::DISABLE, strategies::disable),
         route(strategies::EXECUTIONS, strategies::executions),
         route(strategies::PREVIEW, strategies::preview),
+        route(executions::RETRY, executions::retry),
     ]
 }
 

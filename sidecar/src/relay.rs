@@ -1,0 +1,970 @@
+//! The AiGateway relay (SPEC 6.5): drains `quota.outbox` and delivers every recharge to the
+//! AiGateway (the Higress ai-quota admin API) as `POST {url}{admin_path}/quota/delta`.
+//!
+//! How it works
+//! - A recharge strategy's scan writes the ledger credit, a `pending` execution and one outbox
+//!   row in one transaction, then `NOTIFY quota_outbox`.
+//! - This task keeps a dedicated connection (not from the pool) in `LISTEN quota_outbox`; a
+//!   notification, the earliest retry falling due, or the fallback poll (`QUOTA_RELAY_POLL_MS`)
+//!   wakes it. The LISTEN connection is re-established when it drops; meanwhile the poll goes on.
+//! - It claims due rows with `quota.outbox_claim(batch, lease_s)` (`FOR UPDATE SKIP LOCKED`; a
+//!   claimed row is leased: its `next_attempt_at` moves `lease_s` ahead). Several sidecars can
+//!   run at once: a row is never held by two of them, and the rows of a relay that died come
+//!   back when their lease ends.
+//! - Each row is delivered (at most [`CONCURRENCY`] at once) with a form body `consumer`,
+//!   `value`, `Authorization: Bearer <credential>` and `Idempotency-Key: execution-<id>`, within
+//!   `QUOTA_RELAY_TIMEOUT_MS`. Then:
+//!   - 200: `quota.outbox_complete` (the execution is `completed`);
+//!   - network error, timeout, 408, 425, 429, 5xx: `quota.outbox_retry` after
+//!     `min(max, base * 2^(attempts-1))` plus 0..50% jitter, and never before a `Retry-After`
+//!     (seconds) of the gateway; after `QUOTA_RELAY_MAX_ATTEMPTS` deliveries, `quota.outbox_fail`;
+//!   - any other status (400, 401, 403, 404, 3xx, other 2xx): the request itself is wrong and
+//!     would be wrong again, so `quota.outbox_fail` at once with the status and the start of the
+//!     body. A failed execution keeps its ledger credit and is queued again by
+//!     `POST /api/v1/executions/{id}/retry` (`quota.retry_execution`).
+//! - A row is only delivered while its lease has at least a delivery timeout left, so a slow
+//!   batch never delivers a row another relay may already have reclaimed.
+//! - With no gateway configured (`QUOTA_AIGATEWAY_URL` unset) claimed rows are completed without
+//!   a delivery: recharges complete in the ledger alone (logged once per batch).
+//! - Database errors are logged and retried with backoff; the task never panics on them. On
+//!   shutdown it stops claiming, lets the deliveries in flight finish (each bounded by the
+//!   timeout), releases the rows it claimed but did not start, and returns.
+//!
+//! The one unavoidable window: the gateway's 200 and `outbox_complete` are two systems, so a
+//! crash (or a lost database connection) after the gateway applied the delta and before the row
+//! is marked leaves the row leased; after the lease it is delivered again. The same holds for a
+//! delivery that times out after the gateway applied it (a stalled gateway). Every delivery of an
+//! execution carries the same `Idempotency-Key`, so a gateway that deduplicates on it applies the
+//! delta once; the mock records such double deliveries in `duplicate_keys`. Higress itself does
+//! not deduplicate, so the window is kept small: the mark is retried a few times before the row
+//! is left to its lease.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::config::{AiGatewayConfig, Config, RelayConfig};
+
+/// Deliveries in flight at once, per sidecar.
+pub const CONCURRENCY: usize = 8;
+/// The channel a scan notifies after writing outbox rows.
+pub const CHANNEL: &str = "quota_outbox";
+const SQL_LISTEN: &str = "LISTEN quota_outbox";
+/// The idempotency header sent with every delivery.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// Longest body excerpt kept in `last_error`.
+pub const BODY_EXCERPT_CHARS: usize = 200;
+/// A `Retry-After` beyond this is read as this (a gateway asking for a day is misconfigured).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
+/// Marking a row after the delivery: attempts before the row is left to its lease.
+pub const MARK_TRIES: u32 = 3;
+/// Reconnect delays of the LISTEN connection and of a failing claim: 1 s doubling to 30 s.
+pub const DB_RETRY_MIN: Duration = Duration::from_secs(1);
+pub const DB_RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub const SQL_CLAIM: &str = "SELECT outbox_id, execution_id, consumer, value, attempts \
+     FROM quota.outbox_claim($1::int4, $2::int4)";
+pub const SQL_COMPLETE: &str = "SELECT quota.outbox_complete($1::int8)";
+pub const SQL_RETRY: &str = "SELECT quota.outbox_retry($1::int8, $2::text, $3::int4)";
+pub const SQL_FAIL: &str = "SELECT quota.outbox_fail($1::int8, $2::text)";
+
+/// One claimed outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub outbox_id: i64,
+    pub execution_id: i64,
+    pub consumer: String,
+    pub value: i64,
+    /// Deliveries including the one about to be made (1 on the first).
+    pub attempts: i32,
+}
+
+impl Claimed {
+    pub fn idempotency_key(&self) -> String {
+        idempotency_key(self.execution_id)
+    }
+}
+
+pub fn idempotency_key(execution_id: i64) -> String {
+    format!("execution-{execution_id}")
+}
+
+/// What one delivery came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Worth another attempt; `retry_after` is the gateway's lower bound, if it gave one.
+    Retryable {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// The same request would fail again.
+    Permanent {
+        error: String,
+    },
+}
+
+/// What to do with the outbox row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Complete,
+    Retry { error: String, delay: Duration },
+    Fail { error: String },
+}
+
+/// The relay's reading of a gateway answer. Only 200 is success (SPEC 6.5).
+pub fn classify_status(status: u16, retry_after: Option<Duration>, body: &str) -> Outcome {
+    let error = || {
+        let excerpt = excerpt(body);
+        if excerpt.is_empty() {
+            format!("AiGateway answered HTTP {status}")
+        } else {
+            format!("AiGateway answered HTTP {status}: {excerpt}")
+        }
+    };
+    match status {
+        200 => Outcome::Delivered,
+        // Timeout, too early, too many requests, and every server-side error: try again.
+        408 | 425 | 429 | 500..=599 => Outcome::Retryable {
+            error: error(),
+            retry_after,
+        },
+        // Bad request, bad credential, wrong path, redirects (not followed), and 2xx other than
+        // 200 (accepted but not confirmed): resending the same request cannot fix them.
+        _ => Outcome::Permanent { error: error() },
+    }
+}
+
+/// The first [`BODY_EXCERPT_CHARS`] characters of a body, on one line.
+pub fn excerpt(body: &str) -> String {
+    let text: String = body
+        .trim()
+        .chars()
+        .take(BODY_EXCERPT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if body.trim().chars().count() > BODY_EXCERPT_CHARS {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
+/// `Retry-After` in seconds (the form gateways use; an HTTP date is ignored), capped at
+/// [`RETRY_AFTER_MAX`].
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(RETRY_AFTER_MAX))
+}
+
+/// Delay before the next delivery after the `attempts`-th failed: `min(max, base * 2^(attempts-1))`
+/// plus `jitter` (0.0..1.0) times half of it. So it lies in [d, 1.5 d] with d capped at max.
+pub fn backoff(attempts: i32, base_ms: u64, max_ms: u64, jitter: f64) -> Duration {
+    let exponent = attempts.saturating_sub(1).clamp(0, 40) as u32;
+    let delay = base_ms.saturating_mul(1u64 << exponent).min(max_ms);
+    let extra = (delay as f64 / 2.0 * jitter.clamp(0.0, 1.0)) as u64;
+    Duration::from_millis(delay + extra)
+}
+
+/// The row's fate after a delivery, given the deliveries so far (this one included).
+pub fn decide(outcome: Outcome, attempts: i32, config: &RelayConfig, jitter: f64) -> Action {
+    match outcome {
+        Outcome::Delivered => Action::Complete,
+        Outcome::Permanent { error } => Action::Fail { error },
+        Outcome::Retryable { error, .. } if attempts >= config.max_attempts as i32 => {
+            Action::Fail {
+                error: format!("gave up after {attempts} attempts: {error}"),
+            }
+        }
+        Outcome::Retryable { error, retry_after } => {
+            let delay = backoff(
+                attempts,
+                config.backoff_base_ms,
+                config.backoff_max_ms,
+                jitter,
+            );
+            Action::Retry {
+                error,
+                delay: retry_after.map_or(delay, |floor| delay.max(floor)),
+            }
+        }
+    }
+}
+
+/// 0.0..1.0 from a xorshift64 seeded by the clock: jitter needs spread, not quality.
+pub fn jitter() -> f64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The task
+
+/// Starts the relay; it runs until `stop` turns true (or its sender is dropped).
+pub fn spawn(pool: Pool, config: Arc<Config>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(run(pool, config, stop))
+}
+
+/// How long the caller should wait for the task after signalling stop.
+pub fn shutdown_budget(config: &RelayConfig) -> Duration {
+    Duration::from_millis(config.timeout_ms) * 2 + Duration::from_secs(5)
+}
+
+struct Relay {
+    pool: Pool,
+    config: RelayConfig,
+    http: Option<(reqwest::Client, AiGatewayConfig)>,
+}
+
+async fn run(pool: Pool, app_config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+    let config = app_config.relay.clone();
+    let http = match &config.gateway {
+        None => {
+            tracing::warn!(
+                "no AiGateway configured (QUOTA_AIGATEWAY_URL unset): recharges complete in the ledger alone"
+            );
+            None
+        }
+        Some(gateway) => {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_millis(config.timeout_ms))
+                .timeout(Duration::from_millis(config.timeout_ms))
+                .pool_max_idle_per_host(CONCURRENCY)
+                .build();
+            match client {
+                Ok(client) => {
+                    tracing::info!(
+                        url = %gateway.url,
+                        admin_path = %gateway.admin_path,
+                        max_attempts = config.max_attempts,
+                        timeout_ms = config.timeout_ms,
+                        "AiGateway relay started"
+                    );
+                    Some((client, gateway.clone()))
+                }
+                Err(err) => {
+                    // Completing without delivering would lose the deltas: leave them queued.
+                    tracing::error!(%err, "cannot build the AiGateway HTTP client; relay not started");
+                    return;
+                }
+            }
+        }
+    };
+    let pg_config = match listen_config(&app_config) {
+        Ok(pg_config) => pg_config,
+        Err(err) => {
+            tracing::error!(%err, "relay not started");
+            return;
+        }
+    };
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen_loop(pg_config, wake.clone(), stop.clone()));
+    let relay = Arc::new(Relay { pool, config, http });
+
+    let poll = Duration::from_millis(relay.config.poll_ms);
+    let mut db_retry = DB_RETRY_MIN;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let rows = match relay.claim().await {
+            Ok(rows) => {
+                db_retry = DB_RETRY_MIN;
+                rows
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = db_retry.as_millis() as u64, "relay: cannot claim outbox rows");
+                tokio::select! {
+                    () = tokio::time::sleep(db_retry) => {}
+                    () = stopped(&mut stop) => break,
+                }
+                db_retry = (db_retry * 2).min(DB_RETRY_MAX);
+                continue;
+            }
+        };
+        let full = rows.len() >= relay.config.batch as usize;
+        let next_due = if rows.is_empty() {
+            None
+        } else {
+            relay.clone().process(rows, stop.clone()).await
+        };
+        if full {
+            continue; // more may be due right now
+        }
+        let wait = next_due.map_or(poll, |due| {
+            due.saturating_duration_since(Instant::now()).min(poll)
+        });
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    listener.abort();
+    tracing::info!("AiGateway relay stopped");
+}
+
+/// Resolves once stop is signalled (or can no longer be).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Relay {
+    async fn claim(&self) -> Result<Vec<Claimed>, String> {
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let statement = client.prepare_cached(SQL_CLAIM).await.map_err(db_text)?;
+        let batch = self.config.batch as i32;
+        let lease = self.config.lease_s as i32;
+        let rows = client
+            .query(&statement, &[&batch, &lease])
+            .await
+            .map_err(db_text)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    outbox_id: row.try_get(0).map_err(db_text)?,
+                    execution_id: row.try_get(1).map_err(db_text)?,
+                    consumer: row.try_get(2).map_err(db_text)?,
+                    value: row.try_get(3).map_err(db_text)?,
+                    attempts: row.try_get(4).map_err(db_text)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Delivers a claimed batch; returns when the earliest retry it scheduled falls due.
+    async fn process(
+        self: Arc<Self>,
+        rows: Vec<Claimed>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<Instant> {
+        let claimed_at = Instant::now();
+        // Deliver a row only while its lease outlasts a whole delivery.
+        let deadline = Duration::from_secs(self.config.lease_s.into())
+            .saturating_sub(Duration::from_millis(self.config.timeout_ms) + Duration::from_secs(1));
+        if self.http.is_none() {
+            tracing::info!(
+                rows = rows.len(),
+                "no AiGateway configured: completing recharges in the ledger alone"
+            );
+        }
+        let permits = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut tasks = JoinSet::new();
+        let mut next_due: Option<Instant> = None;
+        let mut rows = rows.into_iter();
+        while let Some(row) = rows.next() {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                () = stopped(&mut stop) => {
+                    self.release(std::iter::once(row).chain(rows.by_ref())).await;
+                    break;
+                }
+            };
+            if claimed_at.elapsed() > deadline {
+                // Its lease is nearly over: another relay may take it; leave it to the lease.
+                tracing::debug!(
+                    outbox_id = row.outbox_id,
+                    "relay: lease nearly over, row left for later"
+                );
+                continue;
+            }
+            let relay = self.clone();
+            tasks.spawn(async move {
+                let due = relay.handle(row).await;
+                drop(permit);
+                due
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Some(due)) => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                Ok(None) => {}
+                Err(err) => tracing::error!(%err, "relay: delivery task failed"),
+            }
+        }
+        next_due
+    }
+
+    /// One row: deliver, decide, mark. Returns when a scheduled retry falls due.
+    async fn handle(&self, row: Claimed) -> Option<Instant> {
+        let Some((client, gateway)) = &self.http else {
+            self.mark_complete(&row).await;
+            return None;
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let outcome = deliver(client, gateway, &row, timeout).await;
+        match decide(outcome, row.attempts, &self.config, jitter()) {
+            Action::Complete => {
+                tracing::debug!(execution_id = row.execution_id, consumer = %row.consumer, value = row.value, "delta delivered");
+                self.mark_complete(&row).await;
+                None
+            }
+            Action::Retry { error, delay } => {
+                tracing::info!(
+                    execution_id = row.execution_id,
+                    attempts = row.attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    %error,
+                    "delta not delivered, will retry"
+                );
+                let ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
+                self.mark(&row, SQL_RETRY, &[&row.outbox_id, &error, &ms])
+                    .await;
+                Some(Instant::now() + delay)
+            }
+            Action::Fail { error } => {
+                tracing::warn!(
+                    execution_id = row.execution_id,
+                    attempts = row.attempts,
+                    %error,
+                    "delta not delivered, execution failed (its ledger credit stays)"
+                );
+                self.mark(&row, SQL_FAIL, &[&row.outbox_id, &error]).await;
+                None
+            }
+        }
+    }
+
+    async fn mark_complete(&self, row: &Claimed) {
+        if self.mark(row, SQL_COMPLETE, &[&row.outbox_id]).await == Some(false) {
+            tracing::warn!(
+                execution_id = row.execution_id,
+                "outbox row was already gone when marked completed (its lease had run out)"
+            );
+        }
+    }
+
+    /// Runs one of the outbox_* functions, retrying briefly; None when it could not be run
+    /// (the row then comes back after its lease).
+    async fn mark(
+        &self,
+        row: &Claimed,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Option<bool> {
+        let mut last = String::new();
+        for attempt in 0..MARK_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            match self.mark_once(sql, params).await {
+                Ok(done) => return Some(done),
+                Err(err) => last = err,
+            }
+        }
+        tracing::error!(
+            execution_id = row.execution_id,
+            error = %last,
+            "relay: cannot record the delivery outcome; the row is retried after its lease"
+        );
+        None
+    }
+
+    async fn mark_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<bool, String> {
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let statement = client.prepare_cached(sql).await.map_err(db_text)?;
+        let row = client
+            .query_one(&statement, params)
+            .await
+            .map_err(db_text)?;
+        Ok(row
+            .try_get::<_, Option<bool>>(0)
+            .map_err(db_text)?
+            .unwrap_or(false))
+    }
+
+    /// Shutdown: rows claimed but not attempted are made due again at once, so another sidecar
+    /// (or this one after a restart) need not wait for their lease.
+    async fn release(&self, rows: impl Iterator<Item = Claimed>) {
+        let error = "relay stopped before this delivery; queued again".to_owned();
+        let now: i32 = 0;
+        for row in rows {
+            self.mark(&row, SQL_RETRY, &[&row.outbox_id, &error, &now])
+                .await;
+        }
+    }
+}
+
+/// One `POST {admin}/quota/delta`.
+pub async fn deliver(
+    client: &reqwest::Client,
+    gateway: &AiGatewayConfig,
+    row: &Claimed,
+    timeout: Duration,
+) -> Outcome {
+    let value = row.value.to_string();
+    let sent = client
+        .post(gateway.delta_url())
+        .bearer_auth(gateway.credential.expose())
+        .header(IDEMPOTENCY_HEADER, row.idempotency_key())
+        .form(&[
+            ("consumer", row.consumer.as_str()),
+            ("value", value.as_str()),
+        ])
+        .timeout(timeout)
+        .send()
+        .await;
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(err) => return network_outcome(&err, timeout),
+    };
+    let status = response.status().as_u16();
+    if status == 200 {
+        return Outcome::Delivered;
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    // Only the start of the body matters (for last_error); never read an unbounded one.
+    let mut body = Vec::new();
+    while body.len() < 4 * BODY_EXCERPT_CHARS {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    classify_status(status, retry_after, &String::from_utf8_lossy(&body))
+}
+
+fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
+    let error = if err.is_timeout() {
+        format!("AiGateway did not answer within {} ms", timeout.as_millis())
+    } else {
+        // The chain names the cause (connection refused, reset...); no credential is in it.
+        let mut text = String::from("AiGateway unreachable");
+        let mut source: Option<&dyn std::error::Error> = Some(err);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    };
+    Outcome::Retryable {
+        error,
+        retry_after: None,
+    }
+}
+
+fn db_text(err: tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LISTEN
+
+/// The connection settings of the LISTEN session: the pool's, with its own application name.
+fn listen_config(config: &Config) -> Result<tokio_postgres::Config, String> {
+    let mut pg_config: tokio_postgres::Config = config
+        .database_url
+        .expose()
+        .parse()
+        .map_err(|e| format!("QUOTA_DATABASE_URL is not a valid connection string: {e}"))?;
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(Duration::from_secs(crate::db::CONNECT_TIMEOUT_S));
+    }
+    pg_config.application_name("quota-sidecar-relay");
+    Ok(pg_config)
+}
+
+/// Keeps a session in `LISTEN quota_outbox` and turns notifications into wake-ups; reconnects
+/// with backoff when the session drops. Every (re)connection wakes the relay once, for what was
+/// notified while no one listened.
+async fn listen_loop(
+    pg_config: tokio_postgres::Config,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = DB_RETRY_MIN;
+    loop {
+        match pg_config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let driver = async {
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                            Some(Ok(_)) => {}
+                            Some(Err(err)) => return err.to_string(),
+                            None => return "connection closed".to_owned(),
+                        }
+                    }
+                };
+                tokio::pin!(driver);
+                let listen = client.batch_execute(SQL_LISTEN);
+                let listening = tokio::select! {
+                    result = listen => result.map_err(db_text),
+                    error = &mut driver => Err(error),
+                    () = stopped(&mut stop) => return,
+                };
+                match listening {
+                    Ok(()) => {
+                        tracing::debug!("relay: listening on {CHANNEL}");
+                        delay = DB_RETRY_MIN;
+                        wake.notify_one();
+                        tokio::select! {
+                            error = &mut driver => {
+                                tracing::warn!(%error, "relay: LISTEN connection lost; reconnecting (polling meanwhile)");
+                            }
+                            () = stopped(&mut stop) => return,
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "relay: cannot LISTEN {CHANNEL}"),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %db_text(err), "relay: cannot open the LISTEN connection (polling meanwhile)")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stopped(&mut stop) => return,
+        }
+        delay = (delay * 2).min(DB_RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RelayConfig {
+        RelayConfig {
+            max_attempts: 4,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1000,
+            ..RelayConfig::default()
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitter_adds_at_most_half() {
+        let ms = |attempts, jitter| backoff(attempts, 100, 1000, jitter).as_millis() as u64;
+        assert_eq!(
+            (1..=6).map(|a| ms(a, 0.0)).collect::<Vec<_>>(),
+            vec![100, 200, 400, 800, 1000, 1000]
+        );
+        assert_eq!(ms(1, 0.999_999), 149);
+        assert_eq!(ms(3, 0.5), 500);
+        assert_eq!(ms(10, 1.0), 1500);
+        // Out-of-range inputs stay bounded.
+        assert_eq!(ms(0, 0.0), 100);
+        assert_eq!(ms(-3, 0.0), 100);
+        assert_eq!(ms(i32::MAX, 2.0), 1500);
+        assert_eq!(
+            backoff(64, u64::MAX / 2, u64::MAX / 4, 0.0).as_millis() as u64,
+            u64::MAX / 4
+        );
+    }
+
+    #[test]
+    fn jitter_is_in_the_unit_interval_and_varies() {
+        let samples: Vec<f64> = (0..1000).map(|_| jitter()).collect();
+        assert!(samples.iter().all(|j| (0.0..1.0).contains(j)));
+        let low = samples.iter().filter(|j| **j < 0.5).count();
+        assert!((300..=700).contains(&low), "{low} of 1000 below 0.5");
+        for attempts in 1..=8 {
+            for j in &samples[..50] {
+                let d = backoff(attempts, 200, 30_000, *j).as_millis() as u64;
+                let base = (200u64 << (attempts - 1)).min(30_000);
+                assert!(d >= base && d <= base + base / 2, "{attempts}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(classify_status(200, None, "ok"), Outcome::Delivered);
+        for status in [408, 425, 429, 500, 502, 503, 504, 507] {
+            assert!(
+                matches!(classify_status(status, None, ""), Outcome::Retryable { .. }),
+                "{status}"
+            );
+        }
+        for status in [201, 204, 301, 302, 400, 401, 403, 404, 409, 422] {
+            assert!(
+                matches!(classify_status(status, None, ""), Outcome::Permanent { .. }),
+                "{status}"
+            );
+        }
+        let Outcome::Permanent { error } =
+            classify_status(401, None, r#"{"code":401,"message":"missing or wrong"}"#)
+        else {
+            panic!("401 is permanent")
+        };
+        assert!(
+            error.contains("401") && error.contains("missing or wrong"),
+            "{error}"
+        );
+        let long = "x".repeat(1000);
+        let Outcome::Retryable { error, retry_after } =
+            classify_status(503, Some(Duration::from_secs(2)), &long)
+        else {
+            panic!("503 is retryable")
+        };
+        assert!(error.len() < 260, "{error}");
+        assert_eq!(retry_after, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn excerpts_are_short_and_single_line() {
+        assert_eq!(excerpt("  a\nb  "), "a b");
+        let e = excerpt(&"é".repeat(300));
+        assert_eq!(e.chars().count(), BODY_EXCERPT_CHARS + 3);
+        assert!(e.ends_with("..."));
+        assert_eq!(excerpt(""), "");
+    }
+
+    #[test]
+    fn retry_after_is_parsed_in_seconds() {
+        assert_eq!(parse_retry_after("1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after(" 30 "), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("999999999"), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after(""), None);
+    }
+
+    #[test]
+    fn decisions_follow_attempts_and_retry_after() {
+        let config = config();
+        assert_eq!(
+            decide(Outcome::Delivered, 4, &config, 0.0),
+            Action::Complete
+        );
+        let retryable = |retry_after| Outcome::Retryable {
+            error: "AiGateway answered HTTP 500".into(),
+            retry_after,
+        };
+        assert_eq!(
+            decide(retryable(None), 1, &config, 0.0),
+            Action::Retry {
+                error: "AiGateway answered HTTP 500".into(),
+                delay: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            decide(retryable(None), 3, &config, 1.0),
+            Action::Retry {
+                error: "AiGateway answered HTTP 500".into(),
+                delay: Duration::from_millis(600)
+            }
+        );
+        // Retry-After is a lower bound, never a reason to retry sooner.
+        let Action::Retry { delay, .. } =
+            decide(retryable(Some(Duration::from_secs(2))), 1, &config, 0.0)
+        else {
+            panic!()
+        };
+        assert_eq!(delay, Duration::from_secs(2));
+        let Action::Retry { delay, .. } =
+            decide(retryable(Some(Duration::from_millis(10))), 2, &config, 0.0)
+        else {
+            panic!()
+        };
+        assert_eq!(delay, Duration::from_millis(200));
+        // The last attempt fails the execution.
+        let Action::Fail { error } = decide(retryable(None), 4, &config, 0.0) else {
+            panic!("fourth of four attempts must fail")
+        };
+        assert!(
+            error.contains("4 attempts") && error.contains("HTTP 500"),
+            "{error}"
+        );
+        assert!(matches!(
+            decide(retryable(None), 9, &config, 0.0),
+            Action::Fail { .. }
+        ));
+        // A permanent error fails at once, whatever the attempts.
+        assert_eq!(
+            decide(
+                Outcome::Permanent {
+                    error: "HTTP 401".into()
+                },
+                1,
+                &config,
+                0.0
+            ),
+            Action::Fail {
+                error: "HTTP 401".into()
+            }
+        );
+    }
+
+    #[test]
+    fn idempotency_key_names_the_execution() {
+        let row = Claimed {
+            outbox_id: 7,
+            execution_id: 42,
+            consumer: "u1".into(),
+            value: 10,
+            attempts: 1,
+        };
+        assert_eq!(row.idempotency_key(), "execution-42");
+    }
+
+    // --- deliver() against the in-process mock gateway ---
+
+    use crate::aigateway_mock::{router, FaultMode, FaultRequest, MockState};
+    use crate::config::Secret;
+
+    async fn mock_gateway() -> (MockState, AiGatewayConfig) {
+        let state = MockState::new("gw-cred", "/v1/chat/completions");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let gateway = AiGatewayConfig {
+            url: format!("http://{addr}"),
+            admin_path: "/v1/chat/completions".into(),
+            credential: Secret::new("gw-cred"),
+        };
+        (state, gateway)
+    }
+
+    fn fault(
+        mode: FaultMode,
+        status: Option<u16>,
+        count: Option<u64>,
+        stall_ms: Option<u64>,
+    ) -> FaultRequest {
+        FaultRequest {
+            mode,
+            status,
+            count,
+            stall_ms,
+            retry_after_s: None,
+        }
+    }
+
+    fn row(execution_id: i64) -> Claimed {
+        Claimed {
+            outbox_id: execution_id,
+            execution_id,
+            consumer: format!("user-{execution_id}"),
+            value: 25,
+            attempts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn deliver_sends_the_form_bearer_and_idempotency_key() {
+        let (mock, gateway) = mock_gateway().await;
+        let client = reqwest::Client::new();
+        let timeout = Duration::from_secs(5);
+        assert_eq!(
+            deliver(&client, &gateway, &row(1), timeout).await,
+            Outcome::Delivered
+        );
+        let deltas = mock.deltas();
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].consumer, "user-1");
+        assert_eq!(deltas[0].value, 25);
+        assert_eq!(deltas[0].idempotency_key.as_deref(), Some("execution-1"));
+
+        // A wrong credential is permanent, and names the status.
+        let wrong = AiGatewayConfig {
+            credential: Secret::new("nope"),
+            ..gateway.clone()
+        };
+        let Outcome::Permanent { error } = deliver(&client, &wrong, &row(2), timeout).await else {
+            panic!("401 must be permanent")
+        };
+        assert!(error.contains("HTTP 401"), "{error}");
+        // A wrong path too.
+        let lost = AiGatewayConfig {
+            admin_path: "/elsewhere".into(),
+            ..gateway.clone()
+        };
+        assert!(matches!(
+            deliver(&client, &lost, &row(3), timeout).await,
+            Outcome::Permanent { .. }
+        ));
+        assert_eq!(mock.deltas().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deliver_reports_retryable_faults() {
+        let (mock, gateway) = mock_gateway().await;
+        let client = reqwest::Client::new();
+        let timeout = Duration::from_millis(500);
+
+        mock.set_fault(fault(FaultMode::Error, None, Some(1), None))
+            .unwrap();
+        let Outcome::Retryable { error, retry_after } =
+            deliver(&client, &gateway, &row(1), timeout).await
+        else {
+            panic!("500 must be retryable")
+        };
+        assert!(error.contains("HTTP 500"), "{error}");
+        assert_eq!(retry_after, None);
+
+        mock.set_fault(fault(FaultMode::Status, Some(429), Some(1), None))
+            .unwrap();
+        let Outcome::Retryable { retry_after, .. } =
+            deliver(&client, &gateway, &row(1), timeout).await
+        else {
+            panic!("429 must be retryable")
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(1)));
+
+        mock.set_fault(fault(FaultMode::Stall, None, Some(1), Some(1500)))
+            .unwrap();
+        let Outcome::Retryable { error, .. } = deliver(&client, &gateway, &row(1), timeout).await
+        else {
+            panic!("a timeout must be retryable")
+        };
+        assert!(error.contains("500 ms"), "{error}");
+        // Nothing applied yet; the stalled delta lands later (the documented window).
+        assert!(mock.deltas().is_empty());
+        assert_eq!(
+            deliver(&client, &gateway, &row(1), timeout).await,
+            Outcome::Delivered
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let keys: Vec<_> = mock
+            .deltas()
+            .into_iter()
+            .map(|d| d.idempotency_key)
+            .collect();
+        assert_eq!(keys, vec![Some("execution-1".to_owned()); 2]);
+
+        // Nobody listening.
+        let down = AiGatewayConfig {
+            url: "http://127.0.0.1:9".into(),
+            ..gateway.clone()
+        };
+        let Outcome::Retryable { error, .. } = deliver(&client, &down, &row(1), timeout).await
+        else {
+            panic!("a refused connection must be retryable")
+        };
+        assert!(error.starts_with("AiGateway unreachable"), "{error}");
+        assert!(!error.contains("gw-cred"));
+    }
+}
