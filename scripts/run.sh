@@ -286,6 +286,11 @@ Try it (after loading $ENV_FILE as above):
   curl -s "$url/api/v1/transactions?limit=5" -H "Authorization: Bearer \$QUOTA_DEMO_USER_TOKEN"
   curl -s $url/api/admin/statistics -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN"
   curl -s "$url/api/admin/users?limit=10" -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN"
+  curl -s "$url/api/v1/strategies?status=enabled" -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN"
+  curl -s -X POST "$url/api/v1/conditions/preview" -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"condition":"and(is-vip(1), github-star(\\"zgsm\\"))"}'
+  curl -s -X POST "$url/api/v1/strategies/scan" -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN"
+  curl -s "http://127.0.0.1:$MOCK_PORT/mock/deltas"      (what the AiGateway mock received)
   psql -h $PG_SOCK -p $PORT -U postgres $DB -c "SELECT * FROM quota.balance('user_111')"
 
 Stop everything: scripts/run.sh down      What runs: scripts/run.sh status
