@@ -57,6 +57,6 @@ COMMENT ON FUNCTION quota.enable_strategy(bigint) IS 'Enables a strategy.';
 COMMENT ON FUNCTION quota.disable_strategy(bigint) IS 'Disables a strategy; a scan in progress finishes first.';
 COMMENT ON FUNCTION quota.delete_strategy(bigint) IS 'Deletes a strategy; its executions are kept.';
 COMMENT ON FUNCTION quota.strategy_executions(bigint, integer, integer) IS 'A strategy''s executions, newest first, as JSON {executions, total, limit, offset}.';
-COMMENT ON FUNCTION quota.scan(timestamptz, boolean) IS
-    'Runs the enabled strategies due at now (default quota.now()): single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Returns what each recharged.';
+COMMENT ON FUNCTION quota.scan(timestamptz, boolean, bigint) IS
+    'Runs the enabled strategies due at now (default quota.now()): single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Returns what each recharged. strategy_id limits it to one strategy.';
 COMMENT ON FUNCTION quota.next_fire(text, timestamptz, text) IS 'The next fire of a cron expression after a time, in quota.timezone or the given zone.';

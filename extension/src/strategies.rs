@@ -325,12 +325,14 @@ pub fn fire_strategy(
 /// each user at most once, ever), periodic ones when a cron fire fell in (last fire, now] (the
 /// latest such fire only: after downtime a missed fire runs once, without a burst of catch-ups).
 ///
+/// `strategy_id` limits the scan to one strategy (a DBA running it by hand).
 /// `single => false` runs only the periodic ones (the worker does that every tick, and the
 /// single ones every `quota.scan_interval`).
 #[pg_extern(volatile, parallel_unsafe)]
 fn scan(
     now: default!(Option<TimestampWithTimeZone>, "NULL"),
     single: default!(bool, true),
+    strategy_id: default!(Option<i64>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -349,9 +351,9 @@ fn scan(
             client
                 .update(
                     "SELECT id, name, type, periodic_expr, last_fire_time, create_time
-                     FROM quota.strategies WHERE status ORDER BY id",
+                     FROM quota.strategies WHERE status AND ($1::bigint IS NULL OR id = $1) ORDER BY id",
                     None,
-                    &[],
+                    &[strategy_id.into()],
                 )
                 .or_raise()
                 .into_iter()
