@@ -1,0 +1,569 @@
+//! The AiGateway relay when a sidecar dies mid-relay (SPEC 6.5): a claimed outbox row is leased,
+//! so a relay that dies after claiming leaves it untouched until the lease ends, and then another
+//! relay (or the restarted one) delivers it, with the same Idempotency-Key.
+//!
+//! 1. Protocol level: this test claims its rows itself, exactly as a relay does (lease 5 s), and
+//!    never completes them (the relay "died"). While the lease holds nothing is delivered; after it
+//!    the shared e2e sidecar delivers one delta per user.
+//! 2. Process level: a private sidecar (E2E_SIDECAR_BIN) with a short lease is killed with SIGKILL
+//!    while its delivery hangs in the stalled mock, then restarted; the recharge completes, the
+//!    gateway saw one or two deltas (two is the documented window: the stalled one is applied late)
+//!    all under the execution's key, and the ledger holds one credit.
+//!
+//! Like strategies.rs, the test holds `MOCK_LOCK` for its whole life and sets the mock fault to ok
+//! first and last; its strategies match only its own users and are retired at the end.
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pg_quota_e2e::*;
+
+const MOCK_LOCK: i64 = 4242;
+const STRATEGIES: &str = "/api/v1/strategies";
+/// The lease this test's "relays" take (the private sidecar's QUOTA_RELAY_LEASE_S too).
+const LEASE_S: i32 = 5;
+
+// ---------------------------------------------------------------------------------------------
+// The mock gateway
+
+struct Mock {
+    client: reqwest::Client,
+    base: String,
+}
+
+fn mock_url() -> String {
+    std::env::var("E2E_AIGATEWAY_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "E2E_AIGATEWAY_URL is not set: scripts/test.sh e2e starts the aigateway-mock and \
+                 sets it (and passes QUOTA_AIGATEWAY_URL to the sidecar)"
+            )
+        })
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl Mock {
+    fn new() -> Mock {
+        Mock {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("reqwest client"),
+            base: mock_url(),
+        }
+    }
+
+    async fn set_fault(&self, fault: Value) {
+        let resp = self
+            .client
+            .post(format!("{}/mock/fault", self.base))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /mock/fault {fault}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "POST /mock/fault {fault}: {text}");
+    }
+
+    async fn ok(&self) {
+        self.set_fault(json!({"mode": "ok"})).await;
+    }
+
+    async fn faulted(&self) -> i64 {
+        let resp = self
+            .client
+            .get(format!("{}/mock/fault", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /mock/fault: {e}"));
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: Value = resp.json().await.expect("fault JSON");
+        int(&body, "faulted")
+    }
+
+    async fn deltas(&self, consumer: &str) -> Value {
+        let resp = self
+            .client
+            .get(format!("{}/mock/deltas", self.base))
+            .query(&[("consumer", consumer)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /mock/deltas: {e}"));
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.json().await.expect("deltas JSON")
+    }
+}
+
+async fn lock_mock() -> tokio_postgres::Client {
+    let db = connect_db().await;
+    db.execute("SELECT pg_advisory_lock($1)", &[&MOCK_LOCK])
+        .await
+        .expect("mock advisory lock");
+    db
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private sidecar process, killed when dropped (also on panic)
+
+struct Sidecar {
+    child: Option<Child>,
+    listen: String,
+    log: std::path::PathBuf,
+}
+
+impl Sidecar {
+    fn spawn(listen: &str, log: &std::path::Path) -> Child {
+        let bin = std::env::var("E2E_SIDECAR_BIN")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .expect("E2E_SIDECAR_BIN is not set (scripts/test.sh e2e sets it)");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("sidecar log file");
+        let err = out.try_clone().expect("sidecar log file");
+        let e = env();
+        Command::new(bin)
+            .env("QUOTA_LISTEN", listen)
+            .env("QUOTA_DATABASE_URL", &e.database_url)
+            .env("QUOTA_ADMIN_TOKEN", &e.admin_token)
+            .env("QUOTA_SERVICE_TOKEN", &e.service_token)
+            .env("QUOTA_AIGATEWAY_URL", mock_url())
+            .env(
+                "QUOTA_AIGATEWAY_CREDENTIAL",
+                std::env::var("E2E_AIGATEWAY_CREDENTIAL")
+                    .expect("E2E_AIGATEWAY_CREDENTIAL is not set"),
+            )
+            .env("QUOTA_RELAY_TIMEOUT_MS", "2000")
+            .env("QUOTA_RELAY_LEASE_S", LEASE_S.to_string())
+            .env("QUOTA_RELAY_POLL_MS", "100")
+            .env("QUOTA_RELAY_BACKOFF_BASE_MS", "100")
+            .env("QUOTA_RELAY_BACKOFF_MAX_MS", "500")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start the private sidecar")
+    }
+
+    async fn start() -> Sidecar {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind a free port")
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("relay_faults_sidecar_{port}.log"));
+        let mut sidecar = Sidecar {
+            child: Some(Self::spawn(&listen, &log)),
+            listen,
+            log,
+        };
+        sidecar.wait_healthy().await;
+        sidecar
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let url = format!("http://{}/health", self.listen);
+        for _ in 0..300 {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "the private sidecar exited ({status}); log {}:\n{}",
+                        self.log.display(),
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
+            }
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the private sidecar on {} did not become healthy in 30 s; log {}",
+            self.listen,
+            self.log.display()
+        );
+    }
+
+    /// SIGKILL: no graceful shutdown, no release of claimed rows.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 the private sidecar");
+            child.wait().expect("reap the private sidecar");
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill9();
+        self.child = Some(Self::spawn(&self.listen, &self.log));
+        self.wait_healthy().await;
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Keep the log for a failed test only.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("private sidecar log: {}", self.log.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Execution {
+    id: i64,
+    user_id: String,
+    status: String,
+    amount: i64,
+    attempts: i32,
+}
+
+async fn executions(db: &tokio_postgres::Client, strategy_id: i64) -> Vec<Execution> {
+    db.query(
+        "SELECT id, user_id, status, amount, attempts FROM quota.executions
+         WHERE strategy_id = $1 ORDER BY user_id",
+        &[&strategy_id],
+    )
+    .await
+    .expect("executions")
+    .iter()
+    .map(|r| Execution {
+        id: r.get(0),
+        user_id: r.get(1),
+        status: r.get(2),
+        amount: r.get(3),
+        attempts: r.get(4),
+    })
+    .collect()
+}
+
+async fn recharges(db: &tokio_postgres::Client, user_id: &str) -> Vec<(i64, i64)> {
+    db.query(
+        "SELECT credits, (metadata->>'execution_id')::int8 FROM quota.ledger
+         WHERE user_id = $1 AND transaction_type = 'recharge' ORDER BY transaction_id",
+        &[&user_id],
+    )
+    .await
+    .expect("ledger rows")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// A strategy for `users`, created DISABLED so no scan (the worker's or another test's) runs it
+/// before this test enables and scans it in its own transaction.
+async fn create_disabled_strategy(ctx: &Ctx, users: &[&str], amount: i64) -> i64 {
+    let name = ctx.id("s");
+    let quoted: Vec<String> = users.iter().map(|u| format!("\"{u}\"")).collect();
+    let body = ctx
+        .api
+        .admin(Method::POST, STRATEGIES)
+        .json(&json!({
+            "name": name,
+            "title": format!("{name} title"),
+            "type": "single",
+            "amount": amount,
+            "model": "gpt-3.5-turbo",
+            "condition": format!("match-user({})", quoted.join(", ")),
+            "status": false,
+        }))
+        .send()
+        .await
+        .expect(201);
+    assert_eq!(body["status"], false, "created strategy {body}");
+    int(&body, "id")
+}
+
+async fn retire(ctx: &Ctx, id: i64) {
+    ctx.api
+        .admin(Method::POST, &format!("{STRATEGIES}/{id}/disable"))
+        .send()
+        .await
+        .expect(200);
+    ctx.api
+        .admin(Method::DELETE, &format!("{STRATEGIES}/{id}"))
+        .send()
+        .await
+        .expect(200);
+}
+
+/// Enables the strategy and scans it in one transaction; `then` runs SQL on the new outbox rows
+/// (`$1` = strategy id) in the same transaction, before the commit makes them visible to relays.
+/// Returns (users recharged, rows `then` touched).
+async fn enable_and_scan(strategy_id: i64, then: &str) -> (i64, i64) {
+    let mut db = connect_db().await;
+    let tx = db.transaction().await.expect("begin");
+    tx.execute(
+        "UPDATE quota.strategies SET status = true, update_time = now() WHERE id = $1",
+        &[&strategy_id],
+    )
+    .await
+    .expect("enable the strategy");
+    let recharged: i64 = tx
+        .query(
+            "SELECT recharged FROM quota.scan(NULL, true, $1)",
+            &[&strategy_id],
+        )
+        .await
+        .expect("quota.scan")
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .sum();
+    let touched: i64 = tx
+        .query_one(then, &[&strategy_id])
+        .await
+        .unwrap_or_else(|e| panic!("{then}: {e}"))
+        .get(0);
+    tx.commit().await.expect("commit");
+    (recharged, touched)
+}
+
+/// Leases the strategy's outbox rows exactly as `quota.outbox_claim` does (attempts + 1 on the row
+/// and its execution, next_attempt_at = now() + lease), but only this test's rows, so other tests'
+/// deliveries are not held up.
+const CLAIM_OWN_ROWS: &str = "
+    WITH claimed AS (
+        UPDATE quota.outbox o
+           SET attempts = o.attempts + 1,
+               next_attempt_at = now() + make_interval(secs => 5)
+         WHERE o.execution_id IN (SELECT id FROM quota.executions WHERE strategy_id = $1)
+        RETURNING o.execution_id),
+    counted AS (
+        UPDATE quota.executions e SET attempts = e.attempts + 1, update_time = now()
+          FROM claimed WHERE e.id = claimed.execution_id
+        RETURNING e.id)
+    SELECT count(*) FROM counted";
+
+/// Defers the strategy's outbox rows by 1.5 s with `quota.outbox_retry` (a protocol call), so they
+/// fall due between polls: the private sidecar (100 ms poll) most likely claims them before the
+/// shared one (1 s poll).
+const DEFER_OWN_ROWS: &str = "
+    SELECT count(*) FILTER (WHERE quota.outbox_retry(o.id, 'e2e: deferred', 1500))
+    FROM quota.outbox o
+    WHERE o.execution_id IN (SELECT id FROM quota.executions WHERE strategy_id = $1)";
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn relay_killed_mid_delivery_leaves_the_row_to_its_lease_and_delivers_once_after_restart() {
+    let ctx = Ctx::new("relay_kill").await;
+    let _lock = lock_mock().await;
+    let mock = Mock::new();
+    mock.ok().await;
+
+    // ---- 1. A relay dies right after claiming: the lease holds the rows, then they come back.
+    let u1 = ctx.create_user().await;
+    let u2 = ctx.create_user().await;
+    let amount = 7;
+    let sid = create_disabled_strategy(&ctx, &[&u1, &u2], amount).await;
+    // A delivery now would succeed at once: only the lease may hold it back.
+    let (recharged, claimed) = enable_and_scan(sid, CLAIM_OWN_ROWS).await;
+    assert_eq!(recharged, 2, "scan of strategy {sid}");
+    assert_eq!(claimed, 2, "claimed outbox rows of strategy {sid}");
+    let claimed_at = Instant::now();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for user in [&u1, &u2] {
+        let deltas = mock.deltas(user).await;
+        assert_eq!(
+            int(&deltas, "count"),
+            0,
+            "a leased row was delivered: {deltas}"
+        );
+    }
+    let rows = executions(&ctx.db, sid).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for e in &rows {
+        assert_eq!(e.status, "pending", "{e:?}");
+        assert_eq!(e.attempts, 1, "{e:?}");
+    }
+    // The lease still held when the mock was read (so "no delta" proves the lease did its job).
+    let leased: i64 = ctx
+        .db
+        .query_one(
+            "SELECT count(*) FROM quota.outbox WHERE next_attempt_at > now() AND attempts = 1
+               AND execution_id IN (SELECT id FROM quota.executions WHERE strategy_id = $1)",
+            &[&sid],
+        )
+        .await
+        .expect("leased rows")
+        .get(0);
+    assert_eq!(leased, 2, "the rows should still be leased");
+
+    // After the lease the shared sidecar's relay takes them over.
+    let rows = eventually(
+        "the shared relay to deliver the abandoned rows",
+        Duration::from_secs(15 + LEASE_S as u64),
+        || async {
+            let rows = executions(&ctx.db, sid).await;
+            rows.iter().all(|e| e.status == "completed").then_some(rows)
+        },
+    )
+    .await;
+    assert!(
+        claimed_at.elapsed() >= Duration::from_secs(LEASE_S as u64 - 1),
+        "delivered after {:?}, before the {LEASE_S} s lease ended",
+        claimed_at.elapsed()
+    );
+    for e in &rows {
+        assert!(e.attempts >= 2, "{e:?}");
+        assert_eq!(e.amount, amount);
+        let deltas = mock.deltas(&e.user_id).await;
+        assert_eq!(
+            int(&deltas, "count"),
+            1,
+            "deltas of {}: {deltas}",
+            e.user_id
+        );
+        assert_eq!(deltas["deltas"][0]["value"], amount, "{deltas}");
+        assert_eq!(
+            deltas["deltas"][0]["idempotency_key"],
+            format!("execution-{}", e.id),
+            "{deltas}"
+        );
+        assert_eq!(deltas["duplicate_keys"], json!([]), "{deltas}");
+        assert_eq!(recharges(&ctx.db, &e.user_id).await, vec![(amount, e.id)]);
+        assert_eq!(ctx.balance(&e.user_id).await, amount);
+    }
+    let left: i64 = ctx
+        .db
+        .query_one(
+            "SELECT count(*) FROM quota.outbox
+              WHERE execution_id IN (SELECT id FROM quota.executions WHERE strategy_id = $1)",
+            &[&sid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "outbox rows left behind");
+    ctx.assert_verify_clean().await;
+    retire(&ctx, sid).await;
+
+    // ---- 2. A real sidecar killed (SIGKILL) while its delivery hangs, then restarted.
+    let mut sidecar = Sidecar::start().await;
+    let user = ctx.create_user().await;
+    let amount = 11;
+    let stall_ms: u64 = 6000;
+    let sid = create_disabled_strategy(&ctx, &[&user], amount).await;
+    mock.set_fault(json!({"mode": "stall", "count": 1, "stall_ms": stall_ms}))
+        .await;
+    let faulted_before = mock.faulted().await;
+    let (recharged, deferred) = enable_and_scan(sid, DEFER_OWN_ROWS).await;
+    assert_eq!((recharged, deferred), (1, 1), "scan of strategy {sid}");
+    let execution_id = executions(&ctx.db, sid).await[0].id;
+
+    // Wait until a relay's delivery hangs in the mock.
+    eventually(
+        "a delivery to stall in the mock",
+        Duration::from_secs(15),
+        || async { (mock.faulted().await > faulted_before).then_some(()) },
+    )
+    .await;
+    // Whose lease is it? The private sidecar leases for LEASE_S s, the shared one for 60 s.
+    let lease_left: f64 = ctx
+        .db
+        .query_one(
+            "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM quota.outbox
+              WHERE execution_id = $1",
+            &[&execution_id],
+        )
+        .await
+        .expect("the outbox row is still there while its delivery stalls")
+        .get(0);
+    let private_claimed = lease_left <= LEASE_S as f64 + 1.0;
+    eprintln!(
+        "relay_faults: the stalled delivery belongs to the {} sidecar (lease left {lease_left:.1} s)",
+        if private_claimed { "private" } else { "shared" }
+    );
+
+    sidecar.kill9();
+    mock.ok().await;
+    sidecar.restart().await;
+
+    let key = format!("execution-{execution_id}");
+    // Completed, and the stalled request has landed (it lands stall_ms after it was sent).
+    let deltas = eventually(
+        "the execution to complete and the stalled delta to land",
+        Duration::from_secs(25),
+        || async {
+            let rows = executions(&ctx.db, sid).await;
+            if rows.len() != 1 || rows[0].status != "completed" {
+                return None;
+            }
+            let deltas = mock.deltas(&user).await;
+            let stalled_landed = deltas["deltas"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|d| d["stalled"] == true));
+            stalled_landed.then_some(deltas)
+        },
+    )
+    .await;
+    let n = int(&deltas, "count");
+    assert!((1..=2).contains(&n), "deltas of {user}: {deltas}");
+    for d in deltas["deltas"].as_array().unwrap() {
+        assert_eq!(d["idempotency_key"], key.as_str(), "{deltas}");
+        assert_eq!(d["value"], amount, "{deltas}");
+    }
+    let expected_dups = if n == 2 { json!([key]) } else { json!([]) };
+    assert_eq!(deltas["duplicate_keys"], expected_dups, "{deltas}");
+    if private_claimed {
+        // The killed relay never marked its row: it was delivered again after the lease.
+        assert!(
+            executions(&ctx.db, sid).await[0].attempts >= 2,
+            "{:?}",
+            executions(&ctx.db, sid).await
+        );
+    }
+    assert_eq!(
+        recharges(&ctx.db, &user).await,
+        vec![(amount, execution_id)]
+    );
+    assert_eq!(ctx.balance(&user).await, amount);
+    ctx.assert_verify_clean().await;
+
+    retire(&ctx, sid).await;
+    drop(sidecar);
+    mock.ok().await;
+}
