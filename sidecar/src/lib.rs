@@ -13,6 +13,7 @@ pub mod extract;
 pub mod logging;
 pub mod openapi;
 pub mod relay;
+pub mod shutdown;
 pub mod request_id;
 pub mod routes;
 

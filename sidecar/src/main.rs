@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use quota_sidecar::config::{Config, ENV_VARS};
+use quota_sidecar::shutdown::shutdown_signal;
 use quota_sidecar::{app, logging, relay, AppState};
 use tokio::net::TcpListener;
 
@@ -98,28 +99,3 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM; in-flight requests then finish (bounded by the request
-/// timeout) before the process exits.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
-}

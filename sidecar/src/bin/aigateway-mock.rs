@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quota_sidecar::aigateway_mock::{router, shutdown_signal, MockConfig, MockState, ENV_VARS};
+use quota_sidecar::aigateway_mock::{router, MockConfig, MockState, ENV_VARS};
+use quota_sidecar::shutdown::shutdown_signal;
 use quota_sidecar::logging;
 use tokio::net::TcpListener;
 
