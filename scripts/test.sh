@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test. Starts what it needs and leaves nothing running.
 #
-#   scripts/test.sh                  all stages: deps, unit, pgrx, pg_test, e2e
+#   scripts/test.sh                  all stages: deps, unit, pgrx, pg_test, faults, e2e
 #   scripts/test.sh STAGE [STAGE...] only these (deps always runs first)
 #
 # Stages
@@ -9,6 +9,7 @@
 #   unit     cargo test -p pg_quota_core -p quota-sidecar
 #   pgrx     #[pg_test]s: cargo pgrx test pg15 --runas postgres --pgdata /tmp/pg_quota-pgrx-<hash>
 #   pg_test  scripts/pg_test.sh: pg_test/sql/*.sql vs pg_test/expected/*.out, cluster on port 55433
+#   faults   scripts/fault_test.sh: the cluster crashed mid-scan (port 55437)
 #   e2e      cluster on port 55434 (db pg_quota_e2e) + sidecar (debug) on 127.0.0.1:18080 (+ the
 #            AiGateway mock on a free port once it exists), then cargo test -p pg_quota_e2e with
 #            E2E_DATABASE_URL, E2E_SIDECAR_URL, E2E_ADMIN_TOKEN, E2E_SERVICE_TOKEN, E2E_SIDECAR_BIN
@@ -20,13 +21,13 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_STAGES=(unit pgrx pg_test e2e)
+ALL_STAGES=(unit pgrx pg_test faults e2e)
 STAGES=()
 for arg in "$@"; do
     case "$arg" in
         all) STAGES=("${ALL_STAGES[@]}") ;;
         deps) ;;
-        unit | pgrx | pg_test | e2e) STAGES+=("$arg") ;;
+        unit | pgrx | pg_test | faults | e2e) STAGES+=("$arg") ;;
         -h | --help) usage_of "$0"; exit 0 ;;
         *) die "unknown stage '$arg' (stages: deps ${ALL_STAGES[*]})" ;;
     esac
@@ -113,6 +114,13 @@ stage_pg_test() {
     stage_begin pg_test
     ensure_debug_install
     PG_QUOTA_SKIP_INSTALL=1 bash "$REPO/scripts/pg_test.sh"
+    stage_end
+}
+
+stage_faults() {
+    stage_begin faults
+    ensure_debug_install
+    PG_QUOTA_SKIP_INSTALL=1 bash "$REPO/scripts/fault_test.sh"
     stage_end
 }
 
