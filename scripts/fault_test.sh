@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Fault test: the cluster restarted in the middle of a recharge scan (issue 3, SPEC 6.4).
+# Fault tests (issue 3, SPEC 6.4 and 6.5): the cluster restarted in the middle of a recharge scan,
+# and the AiGateway down.
 #
 #   scripts/fault_test.sh        (run by scripts/test.sh as the stage `faults`)
 #
 # A scan is one transaction per strategy, so a crash mid-scan must leave nothing behind: no
 # executions, credits or outbox rows of that scan; the next scan recharges every matching user
-# exactly once. Throwaway cluster on port 55437 with the scheduler off (only this script scans).
+# exactly once. Then a sidecar relays to a gateway that is down: the execution fails after its
+# attempts with the credit kept, and once the gateway (the mock) is up a retry delivers it once.
+# Throwaway cluster on port 55437 with the scheduler off (only this script scans).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -53,6 +56,8 @@ PROBLEMS="$(val "SELECT count(*) FROM quota.verify()")"
     die "after the crash: $EXECS executions, $CREDITS credits, $OUTBOX outbox rows, $PROBLEMS ledger problems (want 0/0/0/0)"
 ok "the crashed scan left nothing behind"
 
+# The rescans queue nothing for a relay, so the gateway part below has only its own row.
+val "ALTER DATABASE $DB SET quota.relay = off" >/dev/null
 FIRST="$(val "SELECT recharged FROM quota.scan(NULL, true, $SID)")"
 SECOND="$(val "SELECT recharged FROM quota.scan(NULL, true, $SID)")"
 EXECS="$(val "SELECT count(*) FROM quota.executions WHERE strategy_id = $SID")"
@@ -61,3 +66,53 @@ PROBLEMS="$(val "SELECT count(*) FROM quota.verify()")"
 [ "$FIRST/$SECOND/$EXECS/$CREDITED/$PROBLEMS" = "$MATCHING/0/$MATCHING/$MATCHING/0" ] ||
     die "after restart: scans recharged $FIRST then $SECOND, $EXECS executions, $CREDITED credited wallets, $PROBLEMS problems (want $MATCHING/0/$MATCHING/$MATCHING/0)"
 ok "the next scan recharged all $MATCHING matching users once, a rerun none; quota.verify() clean"
+
+# ---------------------------------------------------------------------------------------------
+# The AiGateway down: the relay retries, gives up (execution failed, credit kept), and a retry
+# once the gateway is back delivers exactly once.
+build_sidecar debug
+SIDECAR_BIN="$(bin_path debug quota-sidecar)"
+MOCK_BIN="$(bin_path debug aigateway-mock)"
+GW_PORT="$(free_port 23000 23999)"
+CRED="$(random_hex 16)"
+val "ALTER DATABASE $DB RESET quota.relay" >/dev/null
+val "SELECT quota.create_user('gw_down')" >/dev/null
+GW_SID="$(val "SELECT quota.create_strategy('{\"name\":\"gw-down\",\"type\":\"single\",\"amount\":3,\"condition\":\"match-user(gw_down)\"}') ->> 'id'")"
+[ "$(val "SELECT recharged FROM quota.scan(NULL, true, $GW_SID)")" = 1 ] || die "the gw-down strategy did not recharge"
+log "relay against a gateway that is down (127.0.0.1:$GW_PORT)"
+start_bg "$TMP_BASE/sidecar.pid" "$TMP_BASE/sidecar.log" env \
+    QUOTA_LISTEN="127.0.0.1:$(free_port 24000 24999)" \
+    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=postgres dbname=$DB" \
+    QUOTA_AIGATEWAY_URL="http://127.0.0.1:$GW_PORT" QUOTA_AIGATEWAY_CREDENTIAL="$CRED" \
+    QUOTA_RELAY_MAX_ATTEMPTS=3 QUOTA_RELAY_TIMEOUT_MS=500 QUOTA_RELAY_BACKOFF_BASE_MS=50 \
+    QUOTA_RELAY_BACKOFF_MAX_MS=200 QUOTA_RELAY_LEASE_S=2 QUOTA_RELAY_POLL_MS=100 \
+    "$SIDECAR_BIN"
+on_exit "stop_pid '$TMP_BASE/sidecar.pid' quota-sidecar"
+state=""
+for _ in $(seq 1 100); do
+    state="$(val "SELECT status || ' ' || attempts FROM quota.executions WHERE strategy_id = $GW_SID")"
+    case "$state" in failed*) break ;; esac
+    sleep 0.1
+done
+case "$state" in
+    "failed 3") ok "gateway down: the execution failed after 3 attempts" ;;
+    *) tail -n 20 "$TMP_BASE/sidecar.log" >&2; die "gateway down: execution is '$state', want 'failed 3'" ;;
+esac
+[ "$(val "SELECT balance FROM quota.wallets WHERE user_id = 'gw_down'")" = 3 ] || die "the credit did not stay"
+[ "$(val "SELECT count(*) FROM quota.verify()")" = 0 ] || die "quota.verify() is not clean"
+
+log "the gateway comes back; retrying the execution"
+start_bg "$TMP_BASE/mock.pid" "$TMP_BASE/mock.log" env \
+    AIGATEWAY_MOCK_LISTEN="127.0.0.1:$GW_PORT" AIGATEWAY_MOCK_CREDENTIAL="$CRED" "$MOCK_BIN"
+on_exit "stop_pid '$TMP_BASE/mock.pid' aigateway-mock"
+wait_http "http://127.0.0.1:$GW_PORT/health" 30 "$TMP_BASE/mock.pid" aigateway-mock || die "the mock did not start"
+val "SELECT quota.retry_execution(id) FROM quota.executions WHERE strategy_id = $GW_SID" >/dev/null
+for _ in $(seq 1 100); do
+    state="$(val "SELECT status FROM quota.executions WHERE strategy_id = $GW_SID")"
+    [ "$state" = completed ] && break
+    sleep 0.1
+done
+[ "$state" = completed ] || die "after the retry the execution is '$state', want completed"
+DELTAS="$(curl -s "http://127.0.0.1:$GW_PORT/mock/deltas?consumer=gw_down")"
+grep -q '"count":1' <<<"$DELTAS" || die "the gateway received: $DELTAS (want one delta)"
+ok "gateway back: one delta delivered after the retry, execution completed, credit once"
