@@ -13,99 +13,14 @@
 //! Like strategies.rs, the test holds `MOCK_LOCK` for its whole life and sets the mock fault to ok
 //! first and last; its strategies match only its own users and are retired at the end.
 
-use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pg_quota_e2e::relay::*;
 use pg_quota_e2e::*;
 
-const MOCK_LOCK: i64 = 4242;
-const STRATEGIES: &str = "/api/v1/strategies";
 /// The lease this test's "relays" take (the private sidecar's QUOTA_RELAY_LEASE_S too).
 const LEASE_S: i32 = 5;
-
-// ---------------------------------------------------------------------------------------------
-// The mock gateway
-
-struct Mock {
-    client: reqwest::Client,
-    base: String,
-}
-
-fn mock_url() -> String {
-    std::env::var("E2E_AIGATEWAY_URL")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "E2E_AIGATEWAY_URL is not set: scripts/test.sh e2e starts the aigateway-mock and \
-                 sets it (and passes QUOTA_AIGATEWAY_URL to the sidecar)"
-            )
-        })
-        .trim_end_matches('/')
-        .to_string()
-}
-
-impl Mock {
-    fn new() -> Mock {
-        Mock {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("reqwest client"),
-            base: mock_url(),
-        }
-    }
-
-    async fn set_fault(&self, fault: Value) {
-        let resp = self
-            .client
-            .post(format!("{}/mock/fault", self.base))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST /mock/fault {fault}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "POST /mock/fault {fault}: {text}");
-    }
-
-    async fn ok(&self) {
-        self.set_fault(json!({"mode": "ok"})).await;
-    }
-
-    async fn faulted(&self) -> i64 {
-        let resp = self
-            .client
-            .get(format!("{}/mock/fault", self.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /mock/fault: {e}"));
-        assert_eq!(resp.status().as_u16(), 200);
-        let body: Value = resp.json().await.expect("fault JSON");
-        int(&body, "faulted")
-    }
-
-    async fn deltas(&self, consumer: &str) -> Value {
-        let resp = self
-            .client
-            .get(format!("{}/mock/deltas", self.base))
-            .query(&[("consumer", consumer)])
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /mock/deltas: {e}"));
-        assert_eq!(resp.status().as_u16(), 200);
-        resp.json().await.expect("deltas JSON")
-    }
-}
-
-async fn lock_mock() -> tokio_postgres::Client {
-    let db = connect_db().await;
-    db.execute("SELECT pg_advisory_lock($1)", &[&MOCK_LOCK])
-        .await
-        .expect("mock advisory lock");
-    db
-}
 
 // ---------------------------------------------------------------------------------------------
 // A private sidecar process, killed when dropped (also on panic)
@@ -233,64 +148,9 @@ impl Drop for Sidecar {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
-#[derive(Debug, Clone)]
-struct Execution {
-    id: i64,
-    user_id: String,
-    status: String,
-    amount: i64,
-    attempts: i32,
-}
 
-async fn executions(db: &tokio_postgres::Client, strategy_id: i64) -> Vec<Execution> {
-    db.query(
-        "SELECT id, user_id, status, amount, attempts FROM quota.executions
-         WHERE strategy_id = $1 ORDER BY user_id",
-        &[&strategy_id],
-    )
-    .await
-    .expect("executions")
-    .iter()
-    .map(|r| Execution {
-        id: r.get(0),
-        user_id: r.get(1),
-        status: r.get(2),
-        amount: r.get(3),
-        attempts: r.get(4),
-    })
-    .collect()
-}
 
-async fn recharges(db: &tokio_postgres::Client, user_id: &str) -> Vec<(i64, i64)> {
-    db.query(
-        "SELECT credits, (metadata->>'execution_id')::int8 FROM quota.ledger
-         WHERE user_id = $1 AND transaction_type = 'recharge' ORDER BY transaction_id",
-        &[&user_id],
-    )
-    .await
-    .expect("ledger rows")
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
-}
 
 /// A strategy for `users`, created DISABLED so no scan (the worker's or another test's) runs it
 /// before this test enables and scans it in its own transaction.
@@ -316,18 +176,6 @@ async fn create_disabled_strategy(ctx: &Ctx, users: &[&str], amount: i64) -> i64
     int(&body, "id")
 }
 
-async fn retire(ctx: &Ctx, id: i64) {
-    ctx.api
-        .admin(Method::POST, &format!("{STRATEGIES}/{id}/disable"))
-        .send()
-        .await
-        .expect(200);
-    ctx.api
-        .admin(Method::DELETE, &format!("{STRATEGIES}/{id}"))
-        .send()
-        .await
-        .expect(200);
-}
 
 /// Enables the strategy and scans it in one transaction; `then` runs SQL on the new outbox rows
 /// (`$1` = strategy id) in the same transaction, before the commit makes them visible to relays.

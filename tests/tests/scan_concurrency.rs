@@ -1,6 +1,7 @@
 //! Scans racing each other and racing a disable, on real connections (SPEC 6.3, 6.4): two scans
 //! at once never credit twice, and a strategy disabled while a scan waits for it is not run.
 
+use pg_quota_e2e::relay::lock_mock;
 use pg_quota_e2e::{assert_verify_clean, connect_db as connect_shared, unique_id};
 use std::time::Duration;
 
@@ -12,12 +13,6 @@ async fn connect_db() -> tokio_postgres::Client {
     db
 }
 
-/// Holds the lock the relay tests take (their REST scans run every enabled strategy, ours too).
-async fn lock_mock() -> tokio_postgres::Client {
-    let db = connect_shared().await;
-    db.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
-    db
-}
 
 async fn user_and_strategy(db: &tokio_postgres::Client, tag: &str) -> (String, i64) {
     let user = unique_id(tag);

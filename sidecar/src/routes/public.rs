@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 use super::JsonResult;
 use crate::auth::UserAuth;
-use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiQuery};
 use crate::openapi::{
     optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
@@ -21,7 +20,6 @@ pub const SQL_PURCHASE: &str =
 pub const SQL_LIST_PLANS: &str = "SELECT quota.list_plans($1::bool)";
 
 pub const TRANSACTIONS_LIMIT_DEFAULT: i32 = 20;
-pub const TRANSACTIONS_LIMIT_MAX: i32 = 100;
 pub const TRANSACTIONS_OFFSET_DEFAULT: i32 = 0;
 
 const fn public(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
@@ -117,13 +115,8 @@ pub async fn transactions(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<TransactionsQuery>,
 ) -> JsonResult {
+    // quota.transactions validates the limit (1..100), offset and type: one rule, in the extension.
     let limit = query.limit.unwrap_or(TRANSACTIONS_LIMIT_DEFAULT);
-    // The extension checks this too; refusing here saves a round trip for an obvious mistake.
-    if !(1..=TRANSACTIONS_LIMIT_MAX).contains(&limit) {
-        return Err(AppError::InvalidQuery(format!(
-            "limit must be between 1 and {TRANSACTIONS_LIMIT_MAX}, got {limit}"
-        )));
-    }
     let offset = query.offset.unwrap_or(TRANSACTIONS_OFFSET_DEFAULT);
     db::call_json(
         &state.pool,
