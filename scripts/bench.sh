@@ -2,7 +2,7 @@
 # Benchmark of the credit ledger: quota.charge vs the bare SQL doing the same writes, and over HTTP.
 #
 #   scripts/bench.sh                 (BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16" by default)
-#   BENCH_SECONDS=30 scripts/bench.sh
+#   BENCH_SECONDS=30 BENCH_ROUNDS=5 scripts/bench.sh   (each case is the median of BENCH_ROUNDS runs, default 3)
 #   BENCH_PG_CONF="synchronous_commit=off" scripts/bench.sh    extra postgresql.conf lines (';'-separated)
 #
 # What it does (all in one run, on the same data):
@@ -10,7 +10,7 @@
 #   - throwaway cluster in /tmp/pg_quota-bench.XXXXXX on port 55435, db pg_quota_bench;
 #   - sql/bench/setup.sql: 10k users (quota.import_users) with 1e12 credits each (quota.bonus);
 #   - pgbench -M prepared -T $BENCH_SECONDS at 1, 4, 16 clients, for
-#       (a) sql/bench/charge.sql    SELECT * FROM quota.charge(...) on a random user
+#       (a) sql/bench/charge.sql    SELECT quota.charge(...) on a random user
 #       (b) sql/bench/baseline.sql  the same writes in bare SQL, one statement (the floor)
 #       (b2) sql/bench/baseline_txn.sql  the same writes as an explicit transaction, two statements
 #     on random users of 10k and on one hot user (all clients on user_1);
@@ -24,6 +24,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SECS="${BENCH_SECONDS:-15}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 4 16}"
 HTTP_CONNS="${BENCH_HTTP_CONNECTIONS:-16}"
 NUSERS="${BENCH_USERS:-10000}"
@@ -63,7 +64,7 @@ psqlb -v nusers="$NUSERS" -f "$REPO/sql/bench/setup.sql" >/dev/null
 pgbench_run() {
     local script="$1" c="$2" n="$3" secs="$4" tag="$5" j out rc=0
     j=$((c < NCPU ? c : NCPU))
-    psqlb -c CHECKPOINT >/dev/null
+    psqlb -c "VACUUM quota.wallets, quota.ledger" -c CHECKPOINT >/dev/null
     out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" \
         -f "$REPO/sql/bench/$script" -D run="$RUN-$tag" -D seq=0 -D nusers="$n" \
         -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
@@ -100,18 +101,38 @@ pgbench_run charge.sql 4 "$NUSERS" 3 warm >/dev/null
 pgbench_run baseline.sql 4 "$NUSERS" 3 warm >/dev/null
 pgbench_run baseline_txn.sql 4 "$NUSERS" 3 warm >/dev/null
 
-declare -A TPS
+# Every case runs BENCH_ROUNDS times, the three scripts interleaved in a rotating order, and the
+# table reports each case's median: single 10 s runs on a small VM vary by +-15%, mostly with
+# I/O and background work, and (a) and (b) must see the same conditions.
+declare -A TPS RUNS
+SCRIPTS=(a:charge.sql b:baseline.sql c:baseline_txn.sql)
+median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for r in $(seq 1 "$ROUNDS"); do
+    for c in "${CLIENTS[@]}"; do
+        for w in random hot; do
+            n="$NUSERS"
+            [ "$w" = hot ] && n=1
+            header "round $r/$ROUNDS pgbench: $w, $c clients, ${SECS}s"
+            for k in 0 1 2; do
+                i=$(((k + r - 1) % 3))
+                letter="${SCRIPTS[$i]%%:*}"
+                script="${SCRIPTS[$i]#*:}"
+                t="$(pgbench_run "$script" "$c" "$n" "$SECS" "$letter$w$c-$r")"
+                RUNS[$letter-$w-$c]+=" $t"
+                echo "($letter) $script: $t tps"
+            done
+        done
+    done
+done
+for key in "${!RUNS[@]}"; do
+    TPS[$key]="$(median ${RUNS[$key]})"
+done
 for c in "${CLIENTS[@]}"; do
     for w in random hot; do
-        n="$NUSERS"
-        [ "$w" = hot ] && n=1
-        header "pgbench: $w, $c clients, ${SECS}s"
-        TPS[a-$w-$c]="$(pgbench_run charge.sql "$c" "$n" "$SECS" "a$w$c")"
-        TPS[b-$w-$c]="$(pgbench_run baseline.sql "$c" "$n" "$SECS" "b$w$c")"
-        TPS[c-$w-$c]="$(pgbench_run baseline_txn.sql "$c" "$n" "$SECS" "c$w$c")"
-        printf '(a) %s tps   (b) %s tps   (b2) %s tps   a/b %s   a/b2 %s\n' "${TPS[a-$w-$c]}" \
-            "${TPS[b-$w-$c]}" "${TPS[c-$w-$c]}" "$(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}")" \
-            "$(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}")"
+        printf '%s %s clients: (a) %s tps   (b) %s tps   (b2) %s tps   a/b %s   a/b2 %s   runs a [%s ] b [%s ]\n' \
+            "$w" "$c" "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}" "${TPS[c-$w-$c]}" \
+            "$(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}")" "$(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}")" \
+            "${RUNS[a-$w-$c]}" "${RUNS[b-$w-$c]}"
     done
 done
 
@@ -167,7 +188,7 @@ SYNC="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW synchronous_commit")"
 SB="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW shared_buffers")"
 REPORT="$(
     echo "Benchmark: \`scripts/bench.sh\` ($(date -u '+%Y-%m-%d'), $NCPU CPU cores, PostgreSQL $PGV,"
-    echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, ${SECS} s per case, pgbench -M prepared)."
+    echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, pgbench -M prepared; each figure is the median of\n$ROUNDS runs of ${SECS} s, the three scripts interleaved)."
     echo
     echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL, one statement | (b2) bare SQL, explicit transaction | a/b | a/b2 |"
     echo "|---|---:|---:|---:|---:|---:|---:|"

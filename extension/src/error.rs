@@ -43,3 +43,9 @@ impl<T> OrRaise<T> for Result<T, pgrx::spi::SpiError> {
         self.unwrap_or_else(|e| pgrx::error!("pg_quota: SPI failure: {e}"))
     }
 }
+
+/// A required argument of a function that also has optional ones (so it cannot be STRICT):
+/// SQL NULL is 22023 naming the argument, not an internal error.
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    value.unwrap_or_else(|| raise(QuotaError::invalid(format!("{name} must not be null")).with("field", name)))
+}

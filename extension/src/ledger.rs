@@ -3,13 +3,15 @@
 //!
 //! Idempotency (SPEC 1.1): the ledger row is the idempotency record. Its `operation_id` is
 //! unique and its `request` column holds the canonical parameters of the first call, so
-//! - same id, same kind and parameters: the stored row is returned (a replay writes nothing);
+//! - same id, same kind and parameters: the stored row is returned (a replay leaves balances and
+//!   the ledger as they were);
 //! - same id, other kind or parameters: 23505 `idempotency_conflict`;
-//! - same id racing on two connections: one applies; the other either replays (it waited on the
-//!   wallet lock) or gets 40001 `in_progress`, and its own writes are rolled back; retrying replays.
+//! - same id racing on two connections: one applies; the other waits for it and then replays
+//!   (a charge waits on the unique index, credit operations on the wallet lock) or, when it
+//!   cannot tell yet, gets 40001 `in_progress` with its own writes rolled back; retrying replays.
 //! A rejected call (validation, insufficient credits) raises before or instead of writing.
 
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, required, OrRaise};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
@@ -18,7 +20,6 @@ use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
 use serde_json::{json, Value};
 use std::cell::OnceCell;
-use std::panic::AssertUnwindSafe;
 
 /// One ledger row, as read back for responses and replays.
 #[derive(Debug, Clone)]
@@ -114,10 +115,15 @@ fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>)
 // one write (conditional wallet UPDATE + ledger INSERT in one statement).
 
 /// The charge, in one statement on the common path: a conditional wallet UPDATE priced from the
-/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula), which
-/// also requires the operation_id to be unused, and the ledger INSERT. No row back means nothing
-/// was written. A concurrent call that took the operation_id in between makes the INSERT fail on
-/// the unique index, which rolls the wallet update back; that error becomes 40001 `in_progress`.
+/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula) and
+/// the ledger INSERT, whose unique operation_id is the idempotency check (ON CONFLICT DO NOTHING:
+/// a concurrent call with the same id waits for the other transaction, then finds it taken).
+/// The result row says what happened: no row, the wallet did not move (unknown user, short
+/// balance); `moved` without a transaction_id, the id was taken, so the wallet is put back
+/// (CHARGE_UNDO_SQL, same transaction) before the slow path replays or reports the conflict.
+/// The request record (the idempotency key's parameters) is built here, not in Rust: `$6` is the
+/// cost in its shortest round-trip decimal form, so the stored number is exactly `$2` whatever the
+/// session's extra_float_digits.
 const CHARGE_SQL: &str = "
 WITH w AS (
     UPDATE quota.wallets
@@ -126,12 +132,21 @@ WITH w AS (
            updated_at = now()
       FROM quota.settings st
      WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, st.base_rate)
-       AND NOT EXISTS (SELECT 1 FROM quota.ledger WHERE operation_id = $3)
-    RETURNING balance, quota.price_credits($2, multiplier, st.base_rate) AS credits)
-INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
-                          balance_after, cost_usd, description, metadata, request)
-SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5, $6 FROM w
-RETURNING transaction_id, credits, balance_before, balance_after";
+    RETURNING balance, quota.price_credits($2, multiplier, st.base_rate) AS credits),
+l AS (
+    INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                              balance_after, cost_usd, description, metadata, request)
+    SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5,
+           jsonb_build_object('user_id', $1, 'cost_usd', $6::numeric)
+    FROM w
+    ON CONFLICT (operation_id) DO NOTHING
+    RETURNING transaction_id, balance_before, balance_after)
+SELECT w.credits AS moved, l.transaction_id, l.balance_before, l.balance_after
+FROM w LEFT JOIN l ON true";
+
+/// Puts back what CHARGE_SQL took when its operation_id turned out to be taken.
+const CHARGE_UNDO_SQL: &str = "
+UPDATE quota.wallets SET balance = balance + $2, total_spent = total_spent - $2 WHERE user_id = $1";
 
 /// The slow path after a charge wrote nothing: why (replay, unknown user, short balance)?
 const CHARGE_READ_SQL: &str = "
@@ -161,16 +176,29 @@ fn statement(
     cell.with(|c| *c.get_or_init(|| Box::leak(Box::new(client.prepare_mut(sql, types).or_raise().keep()))))
 }
 
+/// What a charge returns: the row it wrote, or the one an identical earlier call wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Charged {
+    pub transaction_id: i64,
+    pub cost_usd: f64,
+    /// Credits taken (positive).
+    pub credits_charged: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+}
+
+/// The charge. `metadata` is a jsonb datum passed through untouched (or NULL).
 pub fn charge_impl(
     user_id: &str,
     cost_usd: f64,
     operation_id: &str,
     description: Option<&str>,
-    metadata: Option<Value>,
-) -> LedgerRow {
+    metadata: Option<pg_sys::Datum>,
+) -> Charged {
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
-    let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
+    // Shortest decimal that reads back as exactly this f64 (the form serde_json writes).
+    let cost_text = serde_json::Number::from_f64(cost_usd).expect("validated finite").to_string();
 
     Spi::connect_mut(|client| {
         let types = [
@@ -179,52 +207,43 @@ pub fn charge_impl(
             oid(pg_sys::TEXTOID),
             oid(pg_sys::TEXTOID),
             oid(pg_sys::JSONBOID),
-            oid(pg_sys::JSONBOID),
+            oid(pg_sys::TEXTOID),
         ];
         let stmt = statement(&CHARGE, client, CHARGE_SQL, &types);
+        let metadata_arg = match metadata {
+            // SAFETY: the datum is the caller's jsonb argument, valid for this call.
+            Some(d) => unsafe { pgrx::datum::DatumWithOid::new(d, pg_sys::JSONBOID) },
+            None => pgrx::datum::DatumWithOid::null_oid(pg_sys::JSONBOID),
+        };
         let args = [
             user_id.into(),
             cost_usd.into(),
             operation_id.into(),
             description.into(),
-            metadata.clone().map(JsonB).into(),
-            JsonB(request.clone()).into(),
+            metadata_arg,
+            cost_text.as_str().into(),
         ];
-        let written = PgTryBuilder::new(AssertUnwindSafe(|| {
-            let t = client.update(stmt, Some(1), &args).or_raise();
-            t.into_iter().next().map(|row| {
-                (
-                    row.get::<i64>(1).or_raise().unwrap_or_default(),
-                    row.get::<i64>(2).or_raise().unwrap_or_default(),
-                    row.get::<i64>(3).or_raise().unwrap_or_default(),
-                    row.get::<i64>(4).or_raise().unwrap_or_default(),
-                )
-            })
-        }))
-        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |_| {
-            raise(
-                QuotaError::new(
-                    ErrorKind::InProgress,
-                    format!("operation_id '{operation_id}' was applied by a concurrent call; retry to get its result"),
-                )
-                .with("operation_id", operation_id),
-            )
-        })
-        .execute();
-        if let Some((transaction_id, credits, balance_before, balance_after)) = written {
-            return LedgerRow {
-                transaction_id,
-                user_id: user_id.to_string(),
-                transaction_type: "charge".into(),
-                credits,
-                balance_before,
-                balance_after,
-                cost_usd: Some(cost_usd),
-                amount_usd: None,
-                metadata,
-                request,
-                operation_id: operation_id.to_string(),
-            };
+        let t = client.update(stmt, Some(1), &args).or_raise();
+        let outcome = t.into_iter().next().map(|row| {
+            let moved = row.get::<i64>(1).or_raise().unwrap_or_default();
+            match row.get::<i64>(2).or_raise() {
+                Some(transaction_id) => Ok(Charged {
+                    transaction_id,
+                    cost_usd,
+                    credits_charged: moved,
+                    balance_before: row.get::<i64>(3).or_raise().unwrap_or_default(),
+                    balance_after: row.get::<i64>(4).or_raise().unwrap_or_default(),
+                }),
+                None => Err(moved),
+            }
+        });
+        match outcome {
+            Some(Ok(charged)) => return charged,
+            Some(Err(moved)) => {
+                // The operation_id was taken: undo the wallet move, then replay or conflict.
+                client.update(CHARGE_UNDO_SQL, Some(0), &[user_id.into(), moved.into()]).or_raise();
+            }
+            None => {}
         }
         // Nothing was written: a replay, an unknown user, or not enough credits.
         let t = client
@@ -232,7 +251,15 @@ pub fn charge_impl(
             .or_raise();
         let row = t.into_iter().next().expect("the settings row always exists");
         if row.get_by_name::<i64, _>("transaction_id").or_raise().is_some() {
-            return replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
+            let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
+            let r = replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
+            return Charged {
+                transaction_id: r.transaction_id,
+                cost_usd: r.cost_usd.unwrap_or(cost_usd),
+                credits_charged: -r.credits,
+                balance_before: r.balance_before,
+                balance_after: r.balance_after,
+            };
         }
         let Some(balance) = row.get_by_name::<i64, _>("balance").or_raise() else {
             raise(unknown_user(user_id));
@@ -597,44 +624,111 @@ fn credit_row(r: LedgerRow) -> TableIterator<'static, CreditRow> {
     ))
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
-fn charge(
-    user_id: &str,
-    cost_usd: f64,
-    operation_id: &str,
-    description: default!(Option<&str>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(success, bool),
-        name!(transaction_id, i64),
-        name!(user_id, String),
-        name!(cost_usd, f64),
-        name!(credits_charged, i64),
-        name!(balance_before, i64),
-        name!(balance_after, i64),
-        name!(operation_id, String),
-    ),
-> {
-    let r = charge_impl(user_id, cost_usd, operation_id, description, metadata.map(|j| j.0));
-    TableIterator::once((
-        true,
-        r.transaction_id,
-        r.user_id,
-        r.cost_usd.unwrap_or(cost_usd),
-        -r.credits,
-        r.balance_before,
-        r.balance_after,
-        r.operation_id,
-    ))
+// quota.charge is the hot path, so it is a C-language function written against the fmgr ABI
+// directly: it returns one composite row (quota.charge_result) instead of a set, so the caller's
+// plan needs no function scan or tuplestore, its metadata argument goes to the INSERT as the same
+// jsonb datum, and a NULL in a required argument is a 22023 naming it. Everything else is
+// charge_impl, as for any other function.
+extension_sql!(
+    r#"
+CREATE TYPE quota.charge_result AS (
+    success boolean,
+    transaction_id bigint,
+    user_id text,
+    cost_usd double precision,
+    credits_charged bigint,
+    balance_before bigint,
+    balance_after bigint,
+    operation_id text
+);
+CREATE FUNCTION quota.charge(
+    user_id text,
+    cost_usd double precision,
+    operation_id text,
+    description text DEFAULT NULL,
+    metadata jsonb DEFAULT NULL
+) RETURNS quota.charge_result
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'quota_charge';
+"#,
+    name = "charge",
+    requires = ["schema"]
+);
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_quota_charge() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// A required argument: NULL is 22023 naming it.
+unsafe fn required_arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize, name: &str) -> T {
+    // SAFETY: n is within the function's declared arguments.
+    match unsafe { pgrx::fcinfo::pg_getarg::<T>(fcinfo, n) } {
+        Some(v) => v,
+        None => raise(QuotaError::invalid(format!("{name} must not be null")).with("field", name)),
+    }
+}
+
+/// The blessed row type of quota.charge_result, looked up once per call site (fn_extra).
+unsafe fn result_tupdesc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    // SAFETY: fcinfo and its flinfo are valid for the call; fn_extra belongs to this function.
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        if (*flinfo).fn_extra.is_null() {
+            let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+            let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+            let class = pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc);
+            if class != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || tupdesc.is_null() {
+                pg_sys::MemoryContextSwitchTo(old);
+                pgrx::error!("quota.charge must return quota.charge_result");
+            }
+            (*flinfo).fn_extra = pg_sys::BlessTupleDesc(tupdesc).cast();
+            pg_sys::MemoryContextSwitchTo(old);
+        }
+        (*flinfo).fn_extra.cast()
+    }
+}
+
+/// `quota.charge(user_id, cost_usd, operation_id, description, metadata) -> quota.charge_result`
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn quota_charge(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the fmgr with the five arguments quota.charge declares.
+    unsafe {
+        let user_id: &str = required_arg(fcinfo, 0, "user_id");
+        let cost_usd: f64 = required_arg(fcinfo, 1, "cost_usd");
+        let operation_id: &str = required_arg(fcinfo, 2, "operation_id");
+        let description: Option<&str> = pgrx::fcinfo::pg_getarg(fcinfo, 3);
+        let metadata = if pgrx::fcinfo::pg_arg_is_null(fcinfo, 4) {
+            None
+        } else {
+            Some(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 4))
+        };
+        let c = charge_impl(user_id, cost_usd, operation_id, description, metadata);
+        let tupdesc = result_tupdesc(fcinfo);
+        let mut values = [
+            true.into_datum().unwrap(),
+            c.transaction_id.into_datum().unwrap(),
+            user_id.into_datum().unwrap(),
+            c.cost_usd.into_datum().unwrap(),
+            c.credits_charged.into_datum().unwrap(),
+            c.balance_before.into_datum().unwrap(),
+            c.balance_after.into_datum().unwrap(),
+            operation_id.into_datum().unwrap(),
+        ];
+        let mut nulls = [false; 8];
+        let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+    }
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn add(
-    user_id: &str,
-    amount_usd: f64,
-    operation_id: &str,
+    user_id: Option<&str>,
+    amount_usd: Option<f64>,
+    operation_id: Option<&str>,
     description: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<
@@ -651,6 +745,9 @@ fn add(
         name!(operation_id, String),
     ),
 > {
+    let user_id = required(user_id, "user_id");
+    let amount_usd = required(amount_usd, "amount_usd");
+    let operation_id = required(operation_id, "operation_id");
     credit_row(add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0), None))
 }
 
@@ -679,9 +776,9 @@ fn purchase(
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn bonus(
-    user_id: &str,
-    credits: i64,
-    operation_id: &str,
+    user_id: Option<&str>,
+    credits: Option<i64>,
+    operation_id: Option<&str>,
     description: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<
@@ -698,14 +795,17 @@ fn bonus(
         name!(operation_id, String),
     ),
 > {
+    let user_id = required(user_id, "user_id");
+    let credits = required(credits, "credits");
+    let operation_id = required(operation_id, "operation_id");
     credit_row(bonus_impl(user_id, credits, operation_id, description, metadata.map(|j| j.0)))
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn refund(
-    user_id: &str,
-    charge_operation_id: &str,
-    operation_id: &str,
+    user_id: Option<&str>,
+    charge_operation_id: Option<&str>,
+    operation_id: Option<&str>,
     credits: default!(Option<i64>, "NULL"),
     description: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
@@ -722,6 +822,9 @@ fn refund(
         name!(operation_id, String),
     ),
 > {
+    let user_id = required(user_id, "user_id");
+    let charge_operation_id = required(charge_operation_id, "charge_operation_id");
+    let operation_id = required(operation_id, "operation_id");
     credit_row(refund_impl(user_id, charge_operation_id, operation_id, credits, description))
 }
 
@@ -794,7 +897,7 @@ fn check_credits(
 
 #[pg_extern(stable, parallel_safe)]
 fn calculate_credits(
-    cost_usd: f64,
+    cost_usd: Option<f64>,
     user_id: default!(Option<&str>, "NULL"),
     tier: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
@@ -807,6 +910,7 @@ fn calculate_credits(
         name!(credits, i64),
     ),
 > {
+    let cost_usd = required(cost_usd, "cost_usd");
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
     let (multiplier, base_rate, tier) = Spi::connect_mut(|client| {
         if let Some(t) = tier {
@@ -894,11 +998,14 @@ const TRANSACTION_TYPES: &[&str] = &[
 
 #[pg_extern(stable, parallel_safe)]
 fn transactions(
-    user_id: &str,
-    limit: default!(i32, 20),
-    offset: default!(i32, 0),
+    user_id: Option<&str>,
+    limit: default!(Option<i32>, 20),
+    offset: default!(Option<i32>, 0),
     transaction_type: default!(Option<&str>, "NULL"),
 ) -> JsonB {
+    let user_id = required(user_id, "user_id");
+    let limit = required(limit, "limit");
+    let offset = required(offset, "offset");
     validate_user_id(user_id).or_raise();
     if !(1..=100).contains(&limit) {
         raise(QuotaError::invalid(format!("limit must be between 1 and 100, got {limit}")).with("field", "limit"));

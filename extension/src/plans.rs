@@ -2,7 +2,7 @@
 //! written to quota.audit_log in the same transaction.
 
 use crate::audit;
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, required, OrRaise};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -43,7 +43,8 @@ fn name_taken(client: &mut SpiClient, name: &str, other_than_tier: Option<&str>)
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn create_plan(plan: JsonB, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let plan = required(plan, "plan");
     let p = PlanInput::parse(plan.0).or_raise();
     let actor = audit::actor_or_role(actor);
     Spi::connect_mut(|client| {
@@ -85,7 +86,9 @@ fn create_plan(plan: JsonB, actor: default!(Option<&str>, "NULL")) -> JsonB {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn update_plan(tier: &str, patch: JsonB, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let tier = required(tier, "tier");
+    let patch = required(patch, "patch");
     validate_tier(tier).or_raise();
     let p = PlanPatch::parse(tier, patch.0).or_raise();
     let actor = audit::actor_or_role(actor);
@@ -133,7 +136,8 @@ fn update_plan(tier: &str, patch: JsonB, actor: default!(Option<&str>, "NULL")) 
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn delete_plan(tier: &str, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let tier = required(tier, "tier");
     validate_tier(tier).or_raise();
     let actor = audit::actor_or_role(actor);
     Spi::connect_mut(|client| {
@@ -189,19 +193,24 @@ fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB 
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_plan_multiplier(tier: &str, multiplier: f64, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn set_plan_multiplier(tier: Option<&str>, multiplier: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let tier = required(tier, "tier");
+    let multiplier = required(multiplier, "multiplier");
     validate_multiplier(multiplier).or_raise();
     set_rate(tier, "multiplier", multiplier, actor)
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_plan_purchase_rate(tier: &str, purchase_rate: f64, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn set_plan_purchase_rate(tier: Option<&str>, purchase_rate: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let tier = required(tier, "tier");
+    let purchase_rate = required(purchase_rate, "purchase_rate");
     validate_purchase_rate(purchase_rate).or_raise();
     set_rate(tier, "purchase_rate", purchase_rate, actor)
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_exchange_rate(base_rate: i64, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let base_rate = required(base_rate, "base_rate");
     validate_base_rate(base_rate).or_raise();
     let actor = audit::actor_or_role(actor);
     Spi::connect_mut(|client| {

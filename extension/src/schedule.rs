@@ -2,7 +2,7 @@
 //! arithmetic are pure Rust in `quota_core::schedule`.
 
 use crate::condition::{from_pg_timestamp, to_pg_timestamp};
-use crate::error::OrRaise;
+use crate::error::{required, OrRaise};
 use crate::gucs;
 use chrono_tz::Tz;
 use pgrx::prelude::*;
@@ -35,10 +35,12 @@ pub fn latest_fire(
 /// (or `timezone` when given): a DBA's check of a schedule before using it.
 #[pg_extern(stable, parallel_safe)]
 fn next_fire(
-    periodic_expr: &str,
-    after: TimestampWithTimeZone,
+    periodic_expr: Option<&str>,
+    after: Option<TimestampWithTimeZone>,
     timezone: default!(Option<&str>, "NULL"),
 ) -> Option<TimestampWithTimeZone> {
+    let periodic_expr = required(periodic_expr, "periodic_expr");
+    let after = required(after, "after");
     let tz = match timezone {
         Some(name) => parse_timezone(name).or_raise(),
         None => self::timezone(),

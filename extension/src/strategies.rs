@@ -5,7 +5,7 @@
 //! deterministically; the background worker only calls it.
 
 use crate::condition::bind_params;
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, required, OrRaise};
 use crate::gucs;
 use crate::schedule;
 use pgrx::datum::DatumWithOid;
@@ -331,7 +331,7 @@ pub fn fire_strategy(
 #[pg_extern(volatile, parallel_unsafe)]
 fn scan(
     now: default!(Option<TimestampWithTimeZone>, "NULL"),
-    single: default!(bool, true),
+    single: default!(Option<bool>, true),
     strategy_id: default!(Option<i64>, "NULL"),
 ) -> TableIterator<
     'static,
@@ -342,6 +342,7 @@ fn scan(
         name!(recharged, i64),
     ),
 > {
+    let single = required(single, "single");
     let now = now.unwrap_or_else(|| {
         Spi::get_one::<TimestampWithTimeZone>("SELECT quota.now()").or_raise().expect("a clock")
     });

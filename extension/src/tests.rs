@@ -471,4 +471,39 @@ mod tests {
         assert_clean();
     }
 
+
+    /// Every function of the extension, called with SQL NULL for every argument, either works
+    /// or raises a documented SQLSTATE: never an internal error (XX000), never a crash.
+    #[pg_test]
+    fn null_arguments_are_clear_errors() {
+        let calls = Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT format('SELECT * FROM %s(%s)', p.oid::regproc,
+                                   (SELECT string_agg('NULL::' || format_type(t, NULL), ', ' ORDER BY i)
+                                      FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(t, i)))
+                       FROM pg_proc p
+                      WHERE p.pronamespace = 'quota'::regnamespace AND p.prokind = 'f'
+                        AND p.prorettype <> 'trigger'::regtype AND p.pronargs > 0",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        assert!(calls.len() > 30, "found only {} functions", calls.len());
+        let mut internal = Vec::new();
+        for call in &calls {
+            if let Some(state) = sqlstate_of(&call.replacen("SELECT", "PERFORM", 1)) {
+                if state == "XX000" || state.starts_with("58") {
+                    internal.push(format!("{call}: {state}"));
+                }
+            }
+        }
+        assert!(internal.is_empty(), "internal errors on NULL arguments: {internal:#?}");
+        // The hot path names the argument.
+        assert_eq!(sqlstate_of("PERFORM quota.charge(NULL, 0.01, 'n1')").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("PERFORM quota.add('u', NULL, 'n2')").as_deref(), Some("22023"));
+    }
 }

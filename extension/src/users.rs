@@ -1,7 +1,7 @@
 //! Users (the one users table of the product) and their API tokens for the public REST API.
 
 use crate::audit;
-use crate::error::{raise, OrRaise};
+use crate::error::{raise, required, OrRaise};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -102,7 +102,9 @@ fn check_body_id(user_id: &str, p: &UserProfile) {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn create_user(user_id: &str, profile: default!(JsonB, "'{}'"), actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn create_user(user_id: Option<&str>, profile: default!(Option<JsonB>, "'{}'"), actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let user_id = required(user_id, "user_id");
+    let profile = required(profile, "profile");
     validate_user_id(user_id).or_raise();
     let p = UserProfile::parse(profile.0).or_raise();
     check_body_id(user_id, &p);
@@ -116,7 +118,9 @@ fn create_user(user_id: &str, profile: default!(JsonB, "'{}'"), actor: default!(
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn update_user(user_id: &str, patch: JsonB, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let user_id = required(user_id, "user_id");
+    let patch = required(patch, "patch");
     validate_user_id(user_id).or_raise();
     let p = UserProfile::parse(patch.0).or_raise();
     check_body_id(user_id, &p);
@@ -163,7 +167,8 @@ fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn import_users(users: JsonB, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn import_users(users: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let users = required(users, "users");
     let Value::Array(items) = users.0 else {
         raise(QuotaError::invalid("users must be a JSON array of user objects"));
     };
@@ -213,7 +218,7 @@ fn random_token() -> String {
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn issue_api_token(
-    user_id: &str,
+    user_id: Option<&str>,
     label: default!(Option<&str>, "NULL"),
     actor: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
@@ -226,6 +231,7 @@ fn issue_api_token(
         name!(created_at, TimestampWithTimeZone),
     ),
 > {
+    let user_id = required(user_id, "user_id");
     validate_user_id(user_id).or_raise();
     if let Some(l) = label {
         validate_free_text("label", l).or_raise();
@@ -262,7 +268,8 @@ fn issue_api_token(
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn revoke_api_token(token_id: i64, actor: default!(Option<&str>, "NULL")) -> bool {
+fn revoke_api_token(token_id: Option<i64>, actor: default!(Option<&str>, "NULL")) -> bool {
+    let token_id = required(token_id, "token_id");
     let actor = audit::actor_or_role(actor);
     Spi::connect_mut(|client| {
         let row = client

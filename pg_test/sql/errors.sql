@@ -22,6 +22,12 @@ ROLLBACK TO p;
 SELECT * FROM quota.charge('carol', 0.0055, 'e5');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
+SELECT * FROM quota.charge(NULL, 0.001, 'e6');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT * FROM quota.add('carol', NULL, 'e7');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
 SELECT quota.transactions('carol', 101);
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;

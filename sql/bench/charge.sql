@@ -5,4 +5,4 @@
 -- default base rate (10000) and multiplier (1.0, no subscription).
 \set uid random(1, :nusers)
 \set seq :seq + 1
-SELECT * FROM quota.charge('user_' || :uid, 0.0001, :run::text || '-a-' || :client_id || '-' || :seq);
+SELECT quota.charge('user_' || :uid, 0.0001, :run::text || '-a-' || :client_id || '-' || :seq);

@@ -19,7 +19,7 @@ pub const SQL_CHECK: &str = "SELECT to_jsonb(r) FROM quota.check_credits($1::tex
 pub const SQL_CALCULATE: &str =
     "SELECT to_jsonb(r) FROM quota.calculate_credits($1::float8, $2::text, $3::text) r";
 pub const SQL_CHARGE: &str =
-    "SELECT to_jsonb(r) FROM quota.charge($1::text, $2::float8, $3::text, $4::text, $5::jsonb) r";
+    "SELECT to_jsonb(quota.charge($1::text, $2::float8, $3::text, $4::text, $5::jsonb))";
 pub const SQL_ADD: &str =
     "SELECT to_jsonb(r) FROM quota.add($1::text, $2::float8, $3::text, $4::text, $5::jsonb) r";
 pub const SQL_BONUS: &str =
