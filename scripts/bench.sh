@@ -188,7 +188,7 @@ SYNC="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW synchronous_commit")"
 SB="$(psql_val "$SOCK" "$PORT" "$DB" "SHOW shared_buffers")"
 REPORT="$(
     echo "Benchmark: \`scripts/bench.sh\` ($(date -u '+%Y-%m-%d'), $NCPU CPU cores, PostgreSQL $PGV,"
-    echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, pgbench -M prepared; each figure is the median of\n$ROUNDS runs of ${SECS} s, the three scripts interleaved)."
+    echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, pgbench -M prepared; each figure is the median of $ROUNDS runs of ${SECS} s, the three scripts interleaved)."
     echo
     echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL, one statement | (b2) bare SQL, explicit transaction | a/b | a/b2 |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
