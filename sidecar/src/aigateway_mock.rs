@@ -57,7 +57,7 @@ use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::{ConfigError, LogFormat, Secret};
+use crate::config::{parse_listen, ConfigError, LogFormat, Secret};
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:1002";
 pub const ADMIN_PATH_DEFAULT: &str = "/v1/chat/completions";
@@ -117,12 +117,7 @@ impl MockConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<MockConfig, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
 
-        let listen_text = get("AIGATEWAY_MOCK_LISTEN").unwrap_or_else(|| LISTEN_DEFAULT.into());
-        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|e| {
-            ConfigError(format!(
-                "AIGATEWAY_MOCK_LISTEN={listen_text:?} is not an address:port ({e})"
-            ))
-        })?;
+        let listen = parse_listen("AIGATEWAY_MOCK_LISTEN", get("AIGATEWAY_MOCK_LISTEN"), LISTEN_DEFAULT)?;
 
         let credential = get("AIGATEWAY_MOCK_CREDENTIAL").ok_or_else(|| {
             ConfigError("AIGATEWAY_MOCK_CREDENTIAL is required (the expected bearer)".into())

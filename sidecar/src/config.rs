@@ -328,6 +328,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A listen address from `name`'s value (unset: `default`); the error names the variable.
+pub fn parse_listen(name: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    text.trim()
+        .parse::<SocketAddr>()
+        .map_err(|e| ConfigError(format!("{name}={text:?} is not an address:port ({e})")))
+}
+
+/// `--help` text of a binary: its title, then one line per environment variable.
+pub fn usage(title: &str, vars: &[(&str, &str, &str)]) -> String {
+    let width = vars.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0) + 2;
+    let mut text = format!("{title}\n\nEnvironment:\n");
+    for (name, default, about) in vars {
+        text.push_str(&format!("  {name:<width$}{about} (default: {default})\n"));
+    }
+    text
+}
+
+/// Whether the command line asks for `--help` / `-h`.
+pub fn help_requested() -> bool {
+    std::env::args().skip(1).any(|arg| arg == "--help" || arg == "-h")
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_lookup(|name| std::env::var(name).ok())
@@ -338,12 +361,7 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
 
-        let listen_text = get("QUOTA_LISTEN").unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-        let listen = listen_text.trim().parse::<SocketAddr>().map_err(|e| {
-            ConfigError(format!(
-                "QUOTA_LISTEN={listen_text:?} is not an address:port ({e})"
-            ))
-        })?;
+        let listen = parse_listen("QUOTA_LISTEN", get("QUOTA_LISTEN"), LISTEN_DEFAULT)?;
 
         let database_url =
             get("QUOTA_DATABASE_URL").unwrap_or_else(|| DATABASE_URL_DEFAULT.to_owned());

@@ -3,27 +3,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use quota_sidecar::config::{Config, ENV_VARS};
+use quota_sidecar::config::{help_requested, usage, Config, ENV_VARS};
 use quota_sidecar::shutdown::shutdown_signal;
 use quota_sidecar::{app, logging, relay, AppState};
 use tokio::net::TcpListener;
 
-fn usage() -> String {
-    let mut text =
-        String::from("quota-sidecar: REST API of the pg_quota extension\n\nEnvironment:\n");
-    for (name, default, about) in ENV_VARS {
-        text.push_str(&format!("  {name:<24} {about} (default: {default})\n"));
-    }
-    text
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args()
-        .skip(1)
-        .any(|arg| arg == "--help" || arg == "-h")
-    {
-        print!("{}", usage());
+    if help_requested() {
+        print!("{}", usage("quota-sidecar: REST API of the pg_quota extension", ENV_VARS));
         return ExitCode::SUCCESS;
     }
     let config = match Config::from_env() {

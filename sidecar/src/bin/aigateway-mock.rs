@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quota_sidecar::aigateway_mock::{router, MockConfig, MockState, ENV_VARS};
+use quota_sidecar::config::{help_requested, usage};
 use quota_sidecar::shutdown::shutdown_signal;
 use quota_sidecar::logging;
 use tokio::net::TcpListener;
@@ -14,25 +15,18 @@ use tokio::net::TcpListener;
 /// After the signal, in-flight requests get this long (a stalled one may be waiting 30 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-fn usage() -> String {
-    let mut text = String::from(
-        "aigateway-mock: in-memory AiGateway (Higress ai-quota admin API) for pg_quota tests\n\n\
-         Endpoints: POST {admin}/quota/delta, POST {admin}/quota/refresh, GET {admin}/quota,\n\
-         GET /health, GET|DELETE /mock/deltas, GET /mock/quotas, GET|POST /mock/fault\n\nEnvironment:\n",
-    );
-    for (name, default, about) in ENV_VARS {
-        text.push_str(&format!("  {name:<28} {about} (default: {default})\n"));
-    }
-    text
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args()
-        .skip(1)
-        .any(|arg| arg == "--help" || arg == "-h")
-    {
-        print!("{}", usage());
+    if help_requested() {
+        print!(
+            "{}",
+            usage(
+                "aigateway-mock: in-memory AiGateway (Higress ai-quota admin API) for pg_quota tests\n\n\
+                 Endpoints: POST {admin}/quota/delta, POST {admin}/quota/refresh, GET {admin}/quota,\n\
+                 GET /health, GET|DELETE /mock/deltas, GET /mock/quotas, GET|POST /mock/fault",
+                ENV_VARS,
+            )
+        );
         return ExitCode::SUCCESS;
     }
     let config = match MockConfig::from_env() {
