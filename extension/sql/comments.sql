@@ -42,6 +42,12 @@ COMMENT ON FUNCTION quota.resolve_api_token(text) IS 'The user id of a valid (un
 COMMENT ON FUNCTION quota.worker_status() IS 'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries).';
 COMMENT ON FUNCTION quota.price_credits(double precision, double precision, bigint) IS
     'The pricing formula: round_half_even(usd * rate * base_rate), computed in IEEE double in that order (seed 004).';
+COMMENT ON FUNCTION quota._settings_changed() IS
+    'Trigger function of quota.settings (settings_changed, settings_truncated): queues a relcache invalidation so every backend forgets its cached base_rate (read again by the next charge).';
+COMMENT ON TRIGGER settings_changed ON quota.settings IS
+    'Keeps the per-backend base_rate cache of quota.charge in step with this table (ENABLE ALWAYS).';
+COMMENT ON TRIGGER settings_truncated ON quota.settings IS
+    'Keeps the per-backend base_rate cache of quota.charge in step with this table (ENABLE ALWAYS).';
 COMMENT ON FUNCTION quota.parse_condition(text) IS
     'Parses a recharge-strategy condition and returns its canonical form; a syntax error (22023) names the position and what was expected.';
 COMMENT ON FUNCTION quota.eval_condition(text, text) IS

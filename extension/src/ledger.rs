@@ -12,6 +12,7 @@
 //! A rejected call (validation, insufficient credits) raises before or instead of writing.
 
 use crate::error::{raise, required, OrRaise};
+use crate::settings;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
@@ -115,45 +116,44 @@ fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>)
 // one write (conditional wallet UPDATE + ledger INSERT in one statement).
 
 /// The charge, in one statement on the common path: a conditional wallet UPDATE priced from the
-/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula) and
-/// the ledger INSERT, whose unique operation_id is the idempotency check (ON CONFLICT DO NOTHING:
-/// a concurrent call with the same id waits for the other transaction, then finds it taken).
-/// The result row says what happened: no row, the wallet did not move (unknown user, short
-/// balance); `moved` without a transaction_id, the id was taken, so the wallet is put back
-/// (CHARGE_UNDO_SQL, same transaction) before the slow path replays or reports the conflict.
+/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula; `$7`
+/// is settings.base_rate, cached per backend by `settings::base_rate`) and the ledger INSERT,
+/// whose unique operation_id is the idempotency check (ON CONFLICT DO NOTHING: a concurrent call
+/// with the same id waits for the other transaction, then finds it taken). A row back is the
+/// charge done. No row: either the wallet did not move (unknown user, short balance) or it moved
+/// and the id was taken; the slow path (CHARGE_READ_SQL) tells which, puts a move back
+/// (CHARGE_UNDO_SQL, same transaction), then replays or reports.
 /// The request record (the idempotency key's parameters) is built here, not in Rust: `$6` is the
 /// cost in its shortest round-trip decimal form, so the stored number is exactly `$2` whatever the
 /// session's extra_float_digits.
 const CHARGE_SQL: &str = "
 WITH w AS (
     UPDATE quota.wallets
-       SET balance = balance - quota.price_credits($2, multiplier, st.base_rate),
-           total_spent = total_spent + quota.price_credits($2, multiplier, st.base_rate),
+       SET balance = balance - quota.price_credits($2, multiplier, $7),
+           total_spent = total_spent + quota.price_credits($2, multiplier, $7),
            updated_at = now()
-      FROM quota.settings st
-     WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, st.base_rate)
-    RETURNING balance, quota.price_credits($2, multiplier, st.base_rate) AS credits),
-l AS (
-    INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
-                              balance_after, cost_usd, description, metadata, request)
-    SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5,
-           jsonb_build_object('user_id', $1, 'cost_usd', $6::numeric)
-    FROM w
-    ON CONFLICT (operation_id) DO NOTHING
-    RETURNING transaction_id, balance_before, balance_after)
-SELECT w.credits AS moved, l.transaction_id, l.balance_before, l.balance_after
-FROM w LEFT JOIN l ON true";
+     WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, $7)
+    RETURNING balance, quota.price_credits($2, multiplier, $7) AS credits)
+INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+                          balance_after, cost_usd, description, metadata, request)
+SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5,
+       jsonb_build_object('user_id', $1, 'cost_usd', $6::numeric)
+FROM w
+ON CONFLICT (operation_id) DO NOTHING
+RETURNING transaction_id, credits, balance_before, balance_after";
 
 /// Puts back what CHARGE_SQL took when its operation_id turned out to be taken.
 const CHARGE_UNDO_SQL: &str = "
 UPDATE quota.wallets SET balance = balance + $2, total_spent = total_spent - $2 WHERE user_id = $1";
 
-/// The slow path after a charge wrote nothing: why (replay, unknown user, short balance)?
+/// The slow path after a charge returned nothing: why (replay, unknown user, short balance)?
+/// `w_xmin` and `w_cmin` say which transaction and command wrote the wallet's current version:
+/// ours, during the charge statement, means the wallet moved and the id was taken.
 const CHARGE_READ_SQL: &str = "
-SELECT w.balance, w.multiplier, st.base_rate,
+SELECT w.balance, w.multiplier, w.xmin::text AS w_xmin, w.cmin::text AS w_cmin,
        l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
        l.balance_after, l.cost_usd, l.amount_usd, l.metadata, l.request, l.operation_id
-FROM quota.settings st
+FROM (VALUES (1)) AS one (x)
 LEFT JOIN quota.wallets w ON w.user_id = $1
 LEFT JOIN quota.ledger l ON l.operation_id = $2";
 
@@ -201,6 +201,7 @@ pub fn charge_impl(
     let cost_text = serde_json::Number::from_f64(cost_usd).expect("validated finite").to_string();
 
     Spi::connect_mut(|client| {
+        let base_rate = settings::base_rate(client);
         let types = [
             oid(pg_sys::TEXTOID),
             oid(pg_sys::FLOAT8OID),
@@ -208,6 +209,7 @@ pub fn charge_impl(
             oid(pg_sys::TEXTOID),
             oid(pg_sys::JSONBOID),
             oid(pg_sys::TEXTOID),
+            oid(pg_sys::INT8OID),
         ];
         let stmt = statement(&CHARGE, client, CHARGE_SQL, &types);
         let metadata_arg = match metadata {
@@ -222,35 +224,45 @@ pub fn charge_impl(
             description.into(),
             metadata_arg,
             cost_text.as_str().into(),
+            base_rate.into(),
         ];
+        // The commands the statement may write under (SPI advances the counter around it).
+        // SAFETY: plain reads of the transaction state.
+        let first_cid = unsafe { pg_sys::GetCurrentCommandId(false) };
         let t = client.update(stmt, Some(1), &args).or_raise();
-        let outcome = t.into_iter().next().map(|row| {
-            let moved = row.get::<i64>(1).or_raise().unwrap_or_default();
-            match row.get::<i64>(2).or_raise() {
-                Some(transaction_id) => Ok(Charged {
-                    transaction_id,
-                    cost_usd,
-                    credits_charged: moved,
-                    balance_before: row.get::<i64>(3).or_raise().unwrap_or_default(),
-                    balance_after: row.get::<i64>(4).or_raise().unwrap_or_default(),
-                }),
-                None => Err(moved),
-            }
-        });
-        match outcome {
-            Some(Ok(charged)) => return charged,
-            Some(Err(moved)) => {
-                // The operation_id was taken: undo the wallet move, then replay or conflict.
-                client.update(CHARGE_UNDO_SQL, Some(0), &[user_id.into(), moved.into()]).or_raise();
-            }
-            None => {}
+        if let Some(row) = t.into_iter().next() {
+            return Charged {
+                transaction_id: row.get::<i64>(1).or_raise().unwrap_or_default(),
+                cost_usd,
+                credits_charged: -row.get::<i64>(2).or_raise().unwrap_or_default(),
+                balance_before: row.get::<i64>(3).or_raise().unwrap_or_default(),
+                balance_after: row.get::<i64>(4).or_raise().unwrap_or_default(),
+            };
         }
-        // Nothing was written: a replay, an unknown user, or not enough credits.
+        // SAFETY: as above.
+        let (last_cid, xid) = unsafe { (pg_sys::GetCurrentCommandId(false), pg_sys::GetCurrentTransactionIdIfAny()) };
+
+        // Nothing was written to the ledger: a replay, an unknown user, or not enough credits.
         let t = client
             .update(CHARGE_READ_SQL, Some(1), &[user_id.into(), operation_id.into()])
             .or_raise();
-        let row = t.into_iter().next().expect("the settings row always exists");
+        let row = t.into_iter().next().expect("the VALUES row always exists");
+        let balance = row.get_by_name::<i64, _>("balance").or_raise();
+        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
+        let credits = || pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
         if row.get_by_name::<i64, _>("transaction_id").or_raise().is_some() {
+            // Did this statement move the wallet before the INSERT found the id taken? Only then
+            // is the wallet's current version ours and written during the statement.
+            let w_xmin = row.get_by_name::<String, _>("w_xmin").or_raise();
+            let w_cmin = row.get_by_name::<String, _>("w_cmin").or_raise();
+            let ours = xid != pg_sys::TransactionId::INVALID
+                && w_xmin.as_deref() == Some(u32::from(xid).to_string().as_str())
+                && w_cmin
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .is_some_and(|c| (first_cid..=last_cid).contains(&c));
+            if ours {
+                client.update(CHARGE_UNDO_SQL, Some(0), &[user_id.into(), credits().into()]).or_raise();
+            }
             let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
             let r = replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
             return Charged {
@@ -261,13 +273,10 @@ pub fn charge_impl(
                 balance_after: r.balance_after,
             };
         }
-        let Some(balance) = row.get_by_name::<i64, _>("balance").or_raise() else {
+        let Some(balance) = balance else {
             raise(unknown_user(user_id));
         };
-        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
-        let base_rate = row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000);
-        let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
-        raise(QuotaError::insufficient_credits(user_id, credits, balance))
+        raise(QuotaError::insufficient_credits(user_id, credits(), balance))
     })
 }
 

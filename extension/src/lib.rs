@@ -12,6 +12,7 @@ mod gucs;
 mod ledger;
 mod plans;
 mod schedule;
+mod settings;
 mod strategies;
 mod users;
 mod worker;
@@ -29,6 +30,7 @@ extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    settings::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init_preloaded();
     }

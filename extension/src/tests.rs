@@ -233,6 +233,28 @@ mod tests {
     }
 
     #[pg_test]
+    fn charge_prices_with_the_current_base_rate() {
+        // The charge caches base_rate per backend; a change in this transaction (through the
+        // function or a plain UPDATE) is in force for the next command.
+        run("SELECT quota.create_user('t_rate')");
+        run("SELECT quota.bonus('t_rate', 1000000, 't_rate-b')");
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t_rate', 0.01, 't_rate-1')"), 100);
+        run("SELECT quota.set_exchange_rate(20000)");
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t_rate', 0.01, 't_rate-2')"), 200);
+        run("UPDATE quota.settings SET base_rate = 30000");
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t_rate', 0.01, 't_rate-3')"), 300);
+        run("TRUNCATE quota.settings");
+        assert_eq!(sqlstate_of("PERFORM quota.charge('t_rate', 0.01, 't_rate-4')").as_deref(), Some("P0002"));
+        run("INSERT INTO quota.settings DEFAULT VALUES");
+        assert_eq!(one_i64("SELECT credits_charged FROM quota.charge('t_rate', 0.01, 't_rate-5')"), 100);
+        // A replay in the same transaction puts the wallet back: one charge of 100 for t_rate-5.
+        assert_eq!(one_i64("SELECT transaction_id FROM quota.charge('t_rate', 0.01, 't_rate-5')"),
+                   one_i64("SELECT transaction_id FROM quota.ledger WHERE operation_id = 't_rate-5'"));
+        assert_eq!(one_i64("SELECT balance FROM quota.wallets WHERE user_id = 't_rate'"), 1000000 - 100 - 200 - 300 - 100);
+        assert_eq!(one_i64("SELECT count(*) FROM quota.verify()"), 0);
+    }
+
+    #[pg_test]
     fn worker_status_reports_the_preloaded_worker() {
         let state = one_text("SELECT state FROM quota.worker_status()");
         assert!(

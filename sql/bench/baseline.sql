@@ -6,8 +6,8 @@
 -- when the ledger table changes (columns: operation_id, user_id, transaction_type, credits, balance_before,
 -- balance_after, cost_usd, description, metadata, request NOT NULL).
 -- What (a) does on top: validation, the function call (SPI), the price (quota.price_credits from
--- the wallet's multiplier and settings.base_rate), the check that the operation_id is unused
--- before the wallet moves, and the result row. Same variables as charge.sql.
+-- the wallet's multiplier and settings.base_rate, cached per backend), and the composite result
+-- row. Same variables as charge.sql.
 \set uid random(1, :nusers)
 \set seq :seq + 1
 WITH w AS (

@@ -212,3 +212,69 @@ async fn exchange_rate_change_applies_on_the_first_call() {
     );
     ctx.assert_verify_clean().await;
 }
+
+/// quota.charge caches settings.base_rate in each backend. A change committed by another session
+/// (through the function, a plain UPDATE, or TRUNCATE and INSERT) is in force for the next charge
+/// of a backend that has already charged; an uncommitted or rolled back one is not.
+#[tokio::test]
+async fn charge_sees_base_rate_changes_of_other_sessions() {
+    let ctx = Ctx::exclusive("rate_cache").await;
+    let user = ctx.create_user().await;
+    ctx.db
+        .execute("SELECT quota.bonus($1, 1000000, $2)", &[&user, &ctx.id("b")])
+        .await
+        .unwrap();
+    let charger = connect_db().await;
+    let changer = connect_db().await;
+    let charge = |n: &'static str| {
+        let (charger, user, op) = (&charger, user.clone(), ctx.id(n));
+        async move {
+            charger
+                .query_one(
+                    "SELECT credits_charged FROM quota.charge($1, 0.01, $2)",
+                    &[&user, &op],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+        }
+    };
+
+    // Collect, restore, then assert: the rate is restored even when a check fails.
+    let mut seen: Vec<(&str, i64, String)> = Vec::new();
+    let mut check = |what: &'static str, expected: i64, got: Result<i64, tokio_postgres::Error>| {
+        seen.push((what, expected, format!("{got:?}")));
+        got.map_or(false, |g| g == expected)
+    };
+    check("default rate", 100, charge("1").await);
+    // Uncommitted, then rolled back: the other session keeps the committed rate.
+    let _ = changer.batch_execute("BEGIN; UPDATE quota.settings SET base_rate = 20000").await;
+    check("uncommitted change", 100, charge("2").await);
+    let _ = changer.batch_execute("ROLLBACK").await;
+    check("rolled back change", 100, charge("3").await);
+    // Committed through the function, then through plain SQL, then TRUNCATE and INSERT.
+    let _ = changer.execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[]).await;
+    check("after set_exchange_rate", 200, charge("4").await);
+    let _ = changer.execute("UPDATE quota.settings SET base_rate = 30000", &[]).await;
+    check("after a plain UPDATE", 300, charge("5").await);
+    let _ = changer
+        .batch_execute(
+            "BEGIN; TRUNCATE quota.settings; INSERT INTO quota.settings (base_rate) VALUES (40000); COMMIT",
+        )
+        .await;
+    check("after TRUNCATE and INSERT", 400, charge("6").await);
+
+    // Restore the default whatever happened above.
+    ctx.db
+        .query(
+            "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
+            &[&DEFAULT_BASE_RATE],
+        )
+        .await
+        .expect("restore the base rate");
+    check("after the restore", 100, charge("7").await);
+    for (what, expected, got) in &seen {
+        assert_eq!(got, &format!("{:?}", Ok::<i64, ()>(*expected)), "{what}: {seen:#?}");
+    }
+    assert_eq!(ctx.balance(&user).await, 1_000_000 - 100 * 4 - 200 - 300 - 400);
+    ctx.assert_verify_clean().await;
+}
