@@ -2,7 +2,7 @@
 # Benchmark of the credit ledger: quota.charge vs the bare SQL doing the same writes, and over HTTP.
 #
 #   scripts/bench.sh                 (BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16" by default)
-#   BENCH_SECONDS=30 BENCH_ROUNDS=5 scripts/bench.sh   (each case is the median of BENCH_ROUNDS runs, default 3)
+#   BENCH_SECONDS=30 BENCH_ROUNDS=5 scripts/bench.sh   (each case is the median of BENCH_ROUNDS runs, default 5)
 #   BENCH_PG_CONF="synchronous_commit=off" scripts/bench.sh    extra postgresql.conf lines (';'-separated)
 #
 # What it does (all in one run, on the same data):
@@ -24,7 +24,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SECS="${BENCH_SECONDS:-15}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 4 16}"
 HTTP_CONNS="${BENCH_HTTP_CONNECTIONS:-16}"
 NUSERS="${BENCH_USERS:-10000}"
