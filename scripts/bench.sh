@@ -2,7 +2,7 @@
 # Benchmark of the credit ledger: quota.charge vs the bare SQL doing the same writes, and over HTTP.
 #
 #   scripts/bench.sh                 (BENCH_SECONDS=15 BENCH_CLIENTS="1 4 16" by default)
-#   BENCH_SECONDS=30 BENCH_ROUNDS=5 scripts/bench.sh   (each case is the median of BENCH_ROUNDS runs, default 5)
+#   BENCH_SECONDS=30 BENCH_ROUNDS=5 scripts/bench.sh   (each case is the median of BENCH_ROUNDS runs, default 7)
 #   BENCH_PG_CONF="synchronous_commit=off" scripts/bench.sh    extra postgresql.conf lines (';'-separated)
 #
 # What it does (all in one run, on the same data):
@@ -24,7 +24,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SECS="${BENCH_SECONDS:-15}"
-ROUNDS="${BENCH_ROUNDS:-5}"
+ROUNDS="${BENCH_ROUNDS:-7}"
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 4 16}"
 HTTP_CONNS="${BENCH_HTTP_CONNECTIONS:-16}"
 NUSERS="${BENCH_USERS:-10000}"
@@ -81,6 +81,13 @@ pgbench_run() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+# round_ratios "A1 A2 .." "B1 B2 .." -> "min-max" of the per-round ratios Ai/Bi (the runs of one
+# round are adjacent in time, so this shows how far the machine's drift moves a single pair)
+round_ratios() {
+    awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " "); lo = 1e9; hi = -1
+        for (i = 1; i <= n; i++) if (y[i] > 0) { r = x[i] / y[i]; if (r < lo) lo = r; if (r > hi) hi = r }
+        if (hi < 0) print "n/a"; else printf "%.2f-%.2f", lo, hi }'
+}
 
 header "smoke test of both scripts"
 pgbench_smoke() {
@@ -190,13 +197,13 @@ REPORT="$(
     echo "Benchmark: \`scripts/bench.sh\` ($(date -u '+%Y-%m-%d'), $NCPU CPU cores, PostgreSQL $PGV,"
     echo "shared_buffers $SB, synchronous_commit $SYNC, $NUSERS users, pgbench -M prepared; each figure is the median of $ROUNDS runs of ${SECS} s, the three scripts interleaved)."
     echo
-    echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL, one statement | (b2) bare SQL, explicit transaction | a/b | a/b2 |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| workload | clients | (a) \`quota.charge\` tps | (b) bare SQL, one statement | (b2) bare SQL, explicit transaction | a/b | a/b per round | a/b2 |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for w in random hot; do
         label="random user of $NUSERS"
         [ "$w" = hot ] && label="one hot user"
         for c in "${CLIENTS[@]}"; do
-            echo "| $label | $c | $(fmt "${TPS[a-$w-$c]}") | $(fmt "${TPS[b-$w-$c]}") | $(fmt "${TPS[c-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}") |"
+            echo "| $label | $c | $(fmt "${TPS[a-$w-$c]}") | $(fmt "${TPS[b-$w-$c]}") | $(fmt "${TPS[c-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[b-$w-$c]}") | $(round_ratios "${RUNS[a-$w-$c]}" "${RUNS[b-$w-$c]}") | $(ratio "${TPS[a-$w-$c]}" "${TPS[c-$w-$c]}") |"
         done
     done
     echo
