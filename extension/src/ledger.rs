@@ -664,12 +664,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'quota_charge';
     requires = ["schema"]
 );
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_quota_charge() -> &'static pg_sys::Pg_finfo_record {
-    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1_API
-}
+fmgr_v1!(pg_finfo_quota_charge);
 
 /// A required argument: NULL is 22023 naming it.
 unsafe fn required_arg<T: FromDatum>(fcinfo: pg_sys::FunctionCallInfo, n: usize, name: &str) -> T {

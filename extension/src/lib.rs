@@ -5,6 +5,19 @@
 
 use pgrx::prelude::*;
 
+/// The `pg_finfo_<symbol>` record that marks a hand-written C-language function (`LANGUAGE c AS
+/// 'MODULE_PATHNAME', '<symbol>'`) as fmgr version 1: `fmgr_v1!(pg_finfo_quota_charge);`.
+macro_rules! fmgr_v1 {
+    ($finfo:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+            const V1_API: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1_API
+        }
+    };
+}
+
 mod audit;
 mod condition;
 mod error;

@@ -86,12 +86,7 @@ ALTER TABLE quota.settings ENABLE ALWAYS TRIGGER settings_truncated;
     requires = ["schema"]
 );
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo_quota_settings_changed() -> &'static pg_sys::Pg_finfo_record {
-    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1_API
-}
+fmgr_v1!(pg_finfo_quota_settings_changed);
 
 /// `quota._settings_changed()`: the trigger function of quota.settings. Queues a relcache
 /// invalidation of the table (sent at commit, dropped on rollback), which clears every backend's
