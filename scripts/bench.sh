@@ -6,7 +6,9 @@
 #   BENCH_PG_CONF="synchronous_commit=off" scripts/bench.sh    extra postgresql.conf lines (';'-separated)
 #
 # What it does (all in one run, on the same data):
-#   - installs the extension (release) and builds the sidecar (release);
+#   - installs the extension (release) into the private PostgreSQL of the tests (use_test_pg in
+#     lib.sh; a running scripts/run.sh system is not touched) and builds the sidecar (release, in
+#     <target>/test);
 #   - throwaway cluster in /tmp/pg_quota-bench.XXXXXX on port 55435, db pg_quota_bench;
 #   - sql/bench/setup.sql: 10k users (quota.import_users) with 1e12 credits each (quota.bonus);
 #   - pgbench -M prepared -T $BENCH_SECONDS at 1, 4, 16 clients, for
@@ -14,7 +16,7 @@
 #       (b) sql/bench/baseline.sql  the same writes in bare SQL, one statement (the floor)
 #       (b2) sql/bench/baseline_txn.sql  the same writes as an explicit transaction, two statements
 #     on random users of 10k and on one hot user (all clients on user_1);
-#   - HTTP: the sidecar on a free port, wrk -t2 -c16 --latency -s sql/bench/charge.lua against
+#   - HTTP: the sidecar on a free port (connecting as the role quota_sidecar), wrk -t2 -c16 --latency -s sql/bench/charge.lua against
 #     POST /api/internal/credits/charge (random users), compared with (a) at 16 clients;
 #   - the condition language's parse and evaluation rates (extension/core/examples/condition_bench.rs);
 #   - prints a Markdown table (also saved to .test-run/bench.md), checks quota.verify(), and stops
@@ -38,6 +40,7 @@ install_cleanup_trap
 
 header "dependencies and build (release)"
 ensure_deps
+use_test_pg
 command -v wrk >/dev/null 2>&1 || die "wrk not found (apt-get install -y wrk)"
 install_extension release
 build_sidecar release
@@ -132,7 +135,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 for key in "${!RUNS[@]}"; do
-    TPS[$key]="$(median ${RUNS[$key]})"
+    TPS[$key]="$(median "${RUNS[$key]}")"
 done
 for c in "${CLIENTS[@]}"; do
     for w in random hot; do
@@ -147,9 +150,10 @@ done
 header "HTTP: sidecar + wrk ($HTTP_CONNS connections, ${SECS}s)"
 HPORT="$(free_port 22000 22999)"
 SERVICE_TOKEN="$(random_hex 32)"
+ROLE="$(sidecar_role "$SOCK" "$PORT" "$DB")"
 start_bg "$BASE/sidecar.pid" "$BASE/sidecar.log" env \
     QUOTA_LISTEN="127.0.0.1:$HPORT" \
-    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=postgres dbname=$DB" \
+    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=$ROLE dbname=$DB" \
     QUOTA_ADMIN_TOKEN="$(random_hex 32)" QUOTA_SERVICE_TOKEN="$SERVICE_TOKEN" \
     QUOTA_DB_POOL_SIZE="${BENCH_POOL_SIZE:-$HTTP_CONNS}" \
     RUST_LOG=warn "$SIDECAR_BIN"

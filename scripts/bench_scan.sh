@@ -3,7 +3,8 @@
 #
 #   scripts/bench_scan.sh                  (BENCH_SCAN_USERS=1000000 by default)
 #
-# - installs the extension (release); throwaway cluster on port 55436 (scheduler off, so only
+# - installs the extension (release) into the private PostgreSQL of the tests (use_test_pg in
+#   lib.sh; a running scripts/run.sh system is not touched); throwaway cluster on port 55436 (scheduler off, so only
 #   this script scans);
 # - sql/bench/scan_setup.sql: N users generated in SQL, and(is-vip(1), github-star("zgsm"))
 #   matching every 10th;
@@ -25,6 +26,7 @@ install_cleanup_trap
 
 header "dependencies and build (release)"
 ensure_deps
+use_test_pg
 install_extension release
 
 header "cluster (port $PORT)"
@@ -76,8 +78,9 @@ PROBLEMS="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.verify()"
 EXECS="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.executions WHERE strategy_id = $SID")"
 OUTBOX="$(psql_val "$SOCK" "$PORT" "$DB" "SELECT count(*) FROM quota.outbox o JOIN quota.executions e ON e.id = o.execution_id WHERE e.strategy_id = $SID")"
 [ "$PROBLEMS" = 0 ] || die "quota.verify() reports $PROBLEMS problem(s)"
-[ "$EXECS" = "$MATCHING" ] && [ "$OUTBOX" = "$MATCHING" ] ||
+if [ "$EXECS" != "$MATCHING" ] || [ "$OUTBOX" != "$MATCHING" ]; then
     die "scan wrote $EXECS executions and $OUTBOX outbox rows for $MATCHING matching users"
+fi
 
 REPORT="$(
     echo "Scan benchmark: \`scripts/bench_scan.sh\` ($(date -u '+%Y-%m-%d'), $(nproc) CPU cores, $NUSERS users, $MATCHING matching)."

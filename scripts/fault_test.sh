@@ -8,7 +8,8 @@
 # executions, credits or outbox rows of that scan; the next scan recharges every matching user
 # exactly once. Then a sidecar relays to a gateway that is down: the execution fails after its
 # attempts with the credit kept, and once the gateway (the mock) is up a retry delivers it once.
-# Throwaway cluster on port 55437 with the scheduler off (only this script scans).
+# Throwaway cluster on port 55437 with the scheduler off (only this script scans), on the private
+# PostgreSQL of the tests (use_test_pg in lib.sh); the sidecar connects as the role quota_sidecar.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,6 +19,7 @@ DB=pg_quota_faults
 NUSERS="${FAULT_TEST_USERS:-500000}"
 
 install_cleanup_trap
+use_test_pg
 [ "${PG_QUOTA_SKIP_INSTALL:-0}" = 1 ] || install_extension debug
 throwaway_cluster faults "$PORT" "$DB" "quota.scheduler_enabled = off"
 SOCK="$TMP_SOCK"
@@ -72,6 +74,7 @@ ok "the next scan recharged all $MATCHING matching users once, a rerun none; quo
 # once the gateway is back delivers exactly once.
 build_sidecar debug
 SIDECAR_BIN="$(bin_path debug quota-sidecar)"
+ROLE="$(sidecar_role "$SOCK" "$PORT" "$DB")"
 MOCK_BIN="$(bin_path debug aigateway-mock)"
 GW_PORT="$(free_port 23000 23999)"
 CRED="$(random_hex 16)"
@@ -82,7 +85,7 @@ GW_SID="$(val "SELECT quota.create_strategy('{\"name\":\"gw-down\",\"type\":\"si
 log "relay against a gateway that is down (127.0.0.1:$GW_PORT)"
 start_bg "$TMP_BASE/sidecar.pid" "$TMP_BASE/sidecar.log" env \
     QUOTA_LISTEN="127.0.0.1:$(free_port 24000 24999)" \
-    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=postgres dbname=$DB" \
+    QUOTA_DATABASE_URL="host=$SOCK port=$PORT user=$ROLE dbname=$DB" \
     QUOTA_AIGATEWAY_URL="http://127.0.0.1:$GW_PORT" QUOTA_AIGATEWAY_CREDENTIAL="$CRED" \
     QUOTA_RELAY_MAX_ATTEMPTS=3 QUOTA_RELAY_TIMEOUT_MS=500 QUOTA_RELAY_BACKOFF_BASE_MS=50 \
     QUOTA_RELAY_BACKOFF_MAX_MS=200 QUOTA_RELAY_LEASE_S=2 QUOTA_RELAY_POLL_MS=100 \

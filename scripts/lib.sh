@@ -5,10 +5,16 @@
 # Conventions
 # - Meant to run as root on Debian 12 (the README's setup). initdb/postgres refuse root, so every
 #   server-side command runs as the `postgres` OS user (runuser, or sudo when not root).
-# - PostgreSQL is Debian's 15 (/usr/lib/postgresql/15). The extension is installed into it with
-#   `cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config`.
+# - PostgreSQL is Debian's 15 (/usr/lib/postgresql/15). scripts/run.sh installs the extension into
+#   it (`cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config`). Every other script
+#   (test.sh, pg_test.sh, fault_test.sh, bench.sh, bench_scan.sh) calls `use_test_pg` first: it
+#   works on a private copy of that PostgreSQL (/tmp/pg_quota-testpg-<hash of the repo path>/,
+#   made when missing), installs what it builds there only, with its own PGRX_HOME and cargo
+#   target dir (<target>/test), so a running run.sh system and the tests never touch each other's
+#   pg_quota.so.
 # - Clusters are never the system one (port 5432). Each script uses its own port:
-#     55432 run.sh (kept), 55433 pg_test, 55434 e2e, 55435 bench (throwaway).
+#     55432 run.sh (kept), 55433 pg_test, 55434 e2e, 55435 bench, 55436 bench_scan, 55437 faults
+#     (throwaway); the #[pg_test] cluster and the sidecars of tests take free ports.
 # - Throwaway clusters live in a fresh `mktemp -d /tmp/pg_quota-<what>.XXXXXX` owned by postgres
 #   (data in ./data, the unix socket in the dir itself, the server log in ./postgres.log); the
 #   EXIT trap stops the server and deletes the directory.
@@ -20,16 +26,27 @@ REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 export REPO
 
 PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
-PG_CONFIG="${PG_BIN}/pg_config"
-export PG_REGRESS="/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress"
+SYSTEM_PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
+SYSTEM_PG_CONFIG="${SYSTEM_PG_BIN}/pg_config"
 PGRX_VERSION="0.18.0"
 EXT_NAME="pg_quota"
 
+# set_pg_root ROOT: use the PostgreSQL under ROOT ("" = the system one): sets PG_BIN, PG_CONFIG,
+# PG_REGRESS. Every cluster, psql, pg_regress and install below goes through these.
+set_pg_root() {
+    PG_ROOT="$1"
+    PG_BIN="${PG_ROOT}/usr/lib/postgresql/${PG_MAJOR}/bin"
+    PG_CONFIG="${PG_BIN}/pg_config"
+    PG_REGRESS="${PG_ROOT}/usr/lib/postgresql/${PG_MAJOR}/lib/pgxs/src/test/regress/pg_regress"
+    export PG_REGRESS
+}
+set_pg_root ""
+
 # Packages the scripts need. pgrx needs the server headers and libclang (bindgen); sudo is used by
-# `cargo pgrx test --runas postgres`; wrk and curl by bench.sh and the health checks.
+# `cargo pgrx test --runas postgres`; wrk and curl by bench.sh and the health checks; shellcheck by
+# the lint stage of test.sh.
 APT_PACKAGES=("postgresql-${PG_MAJOR}" "postgresql-server-dev-${PG_MAJOR}" libclang-dev clang sudo
-              pkg-config libssl-dev wrk curl ca-certificates)
+              pkg-config libssl-dev wrk curl ca-certificates shellcheck)
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
@@ -124,10 +141,22 @@ ensure_rust() {
     command -v cargo >/dev/null 2>&1 || die "cargo still not found after rustup"
 }
 
+# rustfmt and clippy (the lint stage of test.sh; rustup's minimal profile has neither).
+ensure_rust_lint_tools() {
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v rustup >/dev/null 2>&1 || die "cargo ${missing[*]} not found and no rustup to add them"
+    log "rustup component add ${missing[*]}"
+    rustup component add "${missing[@]}"
+}
+
 pgrx_home() { printf '%s' "${PGRX_HOME:-$HOME/.pgrx}"; }
 
 # cargo-pgrx 0.18.0 (only if another or no version is installed) and `cargo pgrx init` for the
-# system PG 15 (only if ~/.pgrx/config.toml has no pg15 entry).
+# system PG 15 (only if ~/.pgrx/config.toml has no pg15 entry; the private PGRX_HOME of the tests
+# is written by use_test_pg instead).
 ensure_pgrx() {
     local have
     have="$(cargo pgrx --version 2>/dev/null || true)"
@@ -135,20 +164,88 @@ ensure_pgrx() {
         log "installing cargo-pgrx $PGRX_VERSION (found: ${have:-none}); takes a few minutes"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
+    [ -n "${PG_QUOTA_TEST_PG_ROOT:-}" ] && [ "$(pgrx_home)" = "$PG_QUOTA_TEST_PG_ROOT/pgrx" ] && return 0
     local cfg
     cfg="$(pgrx_home)/config.toml"
     if ! grep -Eq "^[[:space:]]*pg${PG_MAJOR}[[:space:]]*=" "$cfg" 2>/dev/null; then
-        log "cargo pgrx init --pg${PG_MAJOR} $PG_CONFIG"
-        cargo pgrx init "--pg${PG_MAJOR}" "$PG_CONFIG"
+        log "cargo pgrx init --pg${PG_MAJOR} $SYSTEM_PG_CONFIG"
+        cargo pgrx init "--pg${PG_MAJOR}" "$SYSTEM_PG_CONFIG"
     fi
 }
 
 ensure_deps() {
     ensure_apt_packages "${APT_PACKAGES[@]}"
     id postgres >/dev/null 2>&1 || die "no 'postgres' OS user (the postgresql-${PG_MAJOR} package creates it)"
-    [ -x "$PG_CONFIG" ] || die "$PG_CONFIG not found"
+    [ -x "$SYSTEM_PG_CONFIG" ] || die "$SYSTEM_PG_CONFIG not found"
     ensure_rust
+    ensure_rust_lint_tools
     ensure_pgrx
+}
+
+# ---------------------------------------------------------------------------------------------
+# The private PostgreSQL of the tests (and benchmarks)
+#
+# A copy of Debian's PostgreSQL 15 (bin, lib, share: about 50 MB; Debian's build is relocatable, so
+# its pg_config reports the copy's own directories and its postgres loads extensions from there),
+# with usr/include pointing at the system headers for pgrx's bindgen. It never holds a pg_quota.*
+# file of the system tree: only what the tests install. Rebuilt when missing or when the system
+# PostgreSQL changed (a package upgrade); otherwise kept between runs as a cache.
+#
+#   <root>/usr/lib/postgresql/15/   bin/ (postgres, pg_ctl, psql, pg_config), lib/ (pg_quota.so goes here)
+#   <root>/usr/share/postgresql/15/ extension/ (pg_quota.control, pg_quota--*.sql go here)
+#   <root>/usr/include -> /usr/include
+#   <root>/pgrx/config.toml         PGRX_HOME: pg15 = <root>/usr/lib/postgresql/15/bin/pg_config
+#   <root>/.stamp                   the system PostgreSQL it was copied from
+
+test_pg_root() { printf '%s' "${PG_QUOTA_TEST_PG_ROOT:-/tmp/pg_quota-testpg-$(short_hash "$REPO")}"; }
+
+# ensure_test_pg ROOT
+ensure_test_pg() {
+    local root="$1" want
+    [ -x "$SYSTEM_PG_CONFIG" ] || die "$SYSTEM_PG_CONFIG not found (run scripts/test.sh deps)"
+    want="$("$SYSTEM_PG_CONFIG" --version) $(file_sha "$SYSTEM_PG_BIN/postgres") $(file_sha "$SYSTEM_PG_CONFIG")"
+    if [ -f "$root/.stamp" ] && [ "$(cat "$root/.stamp")" = "$want" ] &&
+        [ -x "$root/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ]; then
+        return 0
+    fi
+    log "copying the system PostgreSQL $PG_MAJOR into $root (private to the tests)"
+    local tmp="$root.new.$$"
+    as_root rm -rf "$tmp"
+    as_root mkdir -p "$tmp/usr/lib/postgresql" "$tmp/usr/share/postgresql" "$tmp/pgrx"
+    as_root cp -a "/usr/lib/postgresql/$PG_MAJOR" "$tmp/usr/lib/postgresql/"
+    as_root cp -a "/usr/share/postgresql/$PG_MAJOR" "$tmp/usr/share/postgresql/"
+    as_root find "$tmp/usr" \( -name "$EXT_NAME.*" -o -name "$EXT_NAME--*" \) -exec rm -f {} +
+    as_root ln -s /usr/include "$tmp/usr/include"
+    as_root chmod 755 "$tmp"
+    local got
+    got="$("$tmp/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" --pkglibdir)"
+    [ "$got" = "$tmp/usr/lib/postgresql/$PG_MAJOR/lib" ] ||
+        die "the copied pg_config reports pkglibdir $got, not the copy's: this PostgreSQL is not relocatable"
+    printf '%s\n' "$want" | as_root tee "$tmp/.stamp" >/dev/null
+    as_root rm -rf "$root"
+    as_root mv "$tmp" "$root"
+}
+
+# use_test_pg: switch this script (and what it starts) to the private PostgreSQL: PG_BIN,
+# PG_CONFIG, PG_REGRESS point into it; PGRX_HOME is <root>/pgrx (so `cargo pgrx test pg15` builds,
+# installs and runs there); CARGO_TARGET_DIR is <target>/test (builds for the copy's pg_config
+# never invalidate run.sh's, and the reverse). Exported, so scripts started from here inherit it.
+use_test_pg() {
+    local root
+    root="$(test_pg_root)"
+    ensure_test_pg "$root"
+    set_pg_root "$root"
+    local cfg="$root/pgrx/config.toml" want
+    want="$(printf '[configs]\npg%s = "%s"' "$PG_MAJOR" "$PG_CONFIG")"
+    if [ "$(cat "$cfg" 2>/dev/null || true)" != "$want" ]; then
+        as_root mkdir -p "$root/pgrx"
+        printf '%s\n' "$want" | as_root tee "$cfg" >/dev/null
+    fi
+    PG_QUOTA_TEST_PG_ROOT="$root"
+    PGRX_HOME="$root/pgrx"
+    PG_QUOTA_TEST_TARGET_DIR="${PG_QUOTA_TEST_TARGET_DIR:-$(target_dir)/test}"
+    CARGO_TARGET_DIR="$PG_QUOTA_TEST_TARGET_DIR"
+    export PG_QUOTA_TEST_PG_ROOT PGRX_HOME PG_QUOTA_TEST_TARGET_DIR CARGO_TARGET_DIR
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +262,8 @@ unlink_installed_so() { as_root rm -f "$(installed_so)"; }
 
 # install_extension release|debug
 # Builds the extension and copies pg_quota.so, pg_quota.control and pg_quota--<ver>.sql (plus
-# upgrade scripts from extension/sql/) into Debian's PG 15 directories.
+# upgrade scripts from extension/sql/) into the directories of $PG_CONFIG: Debian's PG 15 for
+# run.sh, the private copy after use_test_pg.
 install_extension() {
     local mode="${1:-release}" args=()
     [ "$mode" = release ] && args+=(--release)
@@ -177,9 +275,15 @@ install_extension() {
     (cd "$REPO/extension" && cargo pgrx install "${args[@]}" --pg-config "$PG_CONFIG")
 }
 
-# Does the sidecar crate define the aigateway-mock binary yet? (a later issue adds it)
+# The AiGateway mock: its own package `aigateway-mock` (tests/aigateway-mock/), or, in the older
+# layout, a binary of the quota-sidecar package. Either way the binary is `aigateway-mock`.
+mock_crate() {
+    grep -Eq '^[[:space:]]*name[[:space:]]*=[[:space:]]*"aigateway-mock"' \
+        "$REPO/tests/aigateway-mock/Cargo.toml" 2>/dev/null
+}
 have_mock_bin() {
-    [ -f "$REPO/sidecar/src/bin/aigateway-mock.rs" ] ||
+    mock_crate ||
+        [ -f "$REPO/sidecar/src/bin/aigateway-mock.rs" ] ||
         [ -f "$REPO/sidecar/src/bin/aigateway-mock/main.rs" ] ||
         grep -Eq '^[[:space:]]*name[[:space:]]*=[[:space:]]*"aigateway-mock"' "$REPO/sidecar/Cargo.toml" 2>/dev/null
 }
@@ -191,11 +295,15 @@ target_dir() {
     printf '%s' "$t"
 }
 
-# build_sidecar release|debug -> builds quota-sidecar (and aigateway-mock when it exists)
+# build_sidecar release|debug -> builds quota-sidecar and aigateway-mock (one cargo call)
 build_sidecar() {
     local mode="${1:-release}" args=(-p quota-sidecar --bin quota-sidecar)
+    if mock_crate; then
+        args+=(-p aigateway-mock --bin aigateway-mock)
+    elif have_mock_bin; then
+        args+=(--bin aigateway-mock)
+    fi
     [ "$mode" = release ] && args+=(--release)
-    have_mock_bin && args+=(--bin aigateway-mock)
     log "cargo build ${args[*]}"
     (cd "$REPO" && cargo build "${args[@]}")
 }
@@ -354,6 +462,37 @@ throwaway_cluster() {
     cluster_init "$TMP_DATA" "$port" "$TMP_SOCK" "$db" "$@"
     cluster_start "$TMP_DATA" "$TMP_LOG"
     create_db_with_extension "$TMP_SOCK" "$port" "$db"
+}
+
+# The database role the sidecar connects as: quota_sidecar, a login role that is a member of
+# quota_admin (a role CREATE EXTENSION pg_quota creates; quota_admin may execute every quota.*
+# function and write no table directly). Trust auth on our loopback clusters, so no password.
+SIDECAR_ROLE=quota_sidecar
+
+# sidecar_role SOCKDIR PORT DB [--lenient]: create quota_sidecar if missing (roles are per cluster),
+# grant it quota_admin, print its name. When the extension created no quota_admin role (a cluster
+# made by an older build), fail; with --lenient warn and print postgres instead.
+sidecar_role() {
+    local sock="$1" port="$2" db="$3" mode="${4:-}"
+    if [ "$(psql_val "$sock" "$port" "$db" "SELECT count(*) FROM pg_roles WHERE rolname = 'quota_admin'")" != 1 ]; then
+        if [ "$mode" = --lenient ]; then
+            warn "no role quota_admin in this cluster (extension created by an older build): the sidecar" \
+                "connects as postgres. 'scripts/run.sh reset' recreates it."
+            echo postgres
+            return 0
+        fi
+        die "CREATE EXTENSION $EXT_NAME created no role quota_admin: cannot create $SIDECAR_ROLE"
+    fi
+    psql_cmd "$sock" "$port" "$db" \
+        -c "SET client_min_messages = warning" \
+        -c "DO \$\$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$SIDECAR_ROLE') THEN
+                  CREATE ROLE $SIDECAR_ROLE LOGIN;
+              END IF;
+            END \$\$" \
+        -c "ALTER ROLE $SIDECAR_ROLE LOGIN NOSUPERUSER" \
+        -c "GRANT quota_admin TO $SIDECAR_ROLE" >/dev/null
+    echo "$SIDECAR_ROLE"
 }
 
 # ---------------------------------------------------------------------------------------------

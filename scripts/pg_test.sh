@@ -3,7 +3,10 @@
 #
 #   scripts/pg_test.sh [--accept] [--no-install] [TEST ...]
 #
-# - installs the extension (debug build) unless --no-install or PG_QUOTA_SKIP_INSTALL=1;
+# - works on the private PostgreSQL of the tests (use_test_pg in lib.sh: a copy of the system one
+#   in /tmp/pg_quota-testpg-<hash>/; the system PostgreSQL and a running scripts/run.sh are not
+#   touched);
+# - installs the extension there (debug build) unless --no-install or PG_QUOTA_SKIP_INSTALL=1;
 # - starts a cluster in /tmp/pg_quota-pg_test.XXXXXX on port 55433 (pg_quota preloaded,
 #   quota.database = pg_quota_regress), creates db pg_quota_regress with the extension;
 # - runs pg_regress --use-existing over pg_test/sql/<TEST>.sql (all of them in name order by
@@ -36,6 +39,7 @@ for arg in "$@"; do
 done
 
 install_cleanup_trap
+use_test_pg
 
 if [ ${#TESTS[@]} -eq 0 ]; then
     shopt -s nullglob

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run everything: PostgreSQL 15 with pg_quota preloaded, demo data, the sidecar (and the AiGateway
-# mock once it exists).
+# Run everything: PostgreSQL 15 with pg_quota preloaded, demo data, the sidecar and the AiGateway
+# mock. The extension (release build) is installed into the system PostgreSQL 15
+# (/usr/lib/postgresql/15, /usr/share/postgresql/15); scripts/test.sh never touches that install.
+# The sidecar connects as the login role quota_sidecar (a member of quota_admin), not as postgres.
 #
 #   scripts/run.sh [up]    install what is missing, build, start (or reuse) everything, print how to call it
 #   scripts/run.sh up --no-build   same, without the dependency checks and builds (uses what is installed/built)
@@ -81,7 +83,9 @@ sidecar_url() {
     case "$host" in 0.0.0.0 | "" | "[::]") host=127.0.0.1 ;; esac
     printf 'http://%s:%s' "$host" "$(listen_port)"
 }
-db_url() { printf 'host=%s port=%s user=postgres dbname=%s' "$PG_SOCK" "$PORT" "$DB"; }
+# The sidecar's connection (its role is decided by setup_database).
+SIDECAR_USER=postgres
+db_url() { printf 'host=%s port=%s user=%s dbname=%s' "$PG_SOCK" "$PORT" "$SIDECAR_USER" "$DB"; }
 
 load_env() {
     QUOTA_ADMIN_TOKEN="" QUOTA_SERVICE_TOKEN="" QUOTA_DEMO_USER_TOKEN="" QUOTA_AIGATEWAY_CREDENTIAL=""
@@ -175,6 +179,8 @@ setup_database() {
                 "version: its functions may be stale. Run 'scripts/run.sh reset' then 'scripts/run.sh up'."
         fi
     fi
+    SIDECAR_USER="$(sidecar_role "$PG_SOCK" "$PORT" "$DB" --lenient)"
+    log "the sidecar connects as database role $SIDECAR_USER"
     local mark
     mark="$(psql_val "$PG_SOCK" "$PORT" postgres \
         "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = '$DB'")"
@@ -266,7 +272,7 @@ print_usage() {
     cat <<EOF
 PostgreSQL 15   port $PORT, db $DB, data $PG_DATA
                 psql -h $PG_SOCK -p $PORT -U postgres $DB      (or: psql postgres://postgres@127.0.0.1:$PORT/$DB)
-sidecar         $url   (pid $(cat "$SIDECAR_PID"), log $SIDECAR_LOG)
+sidecar         $url   (pid $(cat "$SIDECAR_PID"), log $SIDECAR_LOG, database role $SIDECAR_USER)
 EOF
     if pid_alive "$MOCK_PID" aigateway-mock; then
         echo "AiGateway mock  http://127.0.0.1:$MOCK_PORT   (pid $(cat "$MOCK_PID"), log $MOCK_LOG)"

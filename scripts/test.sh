@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Run every test. Starts what it needs and leaves nothing running.
 #
-#   scripts/test.sh                  all stages: deps, unit, pgrx, pg_test, faults, e2e
+#   scripts/test.sh                  all stages: deps, lint, unit, pgrx, pg_test, faults, e2e
 #   scripts/test.sh STAGE [STAGE...] only these (deps always runs first)
 #
 # Stages
-#   deps     apt packages, cargo-pgrx 0.18.0, cargo pgrx init (only what is missing)
-#   unit     cargo test -p pg_quota_core -p quota-sidecar
+#   deps     apt packages (incl. shellcheck), rustfmt + clippy, cargo-pgrx 0.18.0, cargo pgrx init
+#            (only what is missing)
+#   lint     cargo fmt --all --check; cargo clippy --workspace --all-targets --keep-going -- -D warnings;
+#            and `shellcheck -x` over scripts/*.sh and .ci/run (all three run; any finding fails)
+#   unit     cargo test -p pg_quota_core -p quota-sidecar (-p aigateway-mock once it is a package)
 #   pgrx     #[pg_test]s: cargo pgrx test pg15 --runas postgres --pgdata /tmp/pg_quota-pgrx-<hash>
 #   pg_test  scripts/pg_test.sh: pg_test/sql/*.sql vs pg_test/expected/*.out, cluster on port 55433
 #   faults   scripts/fault_test.sh: the cluster crashed mid-scan (port 55437)
-#   e2e      cluster on port 55434 (db pg_quota_e2e) + sidecar (debug) on 127.0.0.1:18080 (+ the
-#            AiGateway mock on a free port once it exists), then cargo test -p pg_quota_e2e with
-#            E2E_DATABASE_URL, E2E_SIDECAR_URL, E2E_ADMIN_TOKEN, E2E_SERVICE_TOKEN, E2E_SIDECAR_BIN
-#            (and E2E_AIGATEWAY_URL, E2E_AIGATEWAY_CREDENTIAL with the mock)
+#   e2e      cluster on port 55434 (db pg_quota_e2e) + sidecar (debug, connecting as the role
+#            quota_sidecar) on a free port + the AiGateway mock on a free port, then
+#            cargo test -p pg_quota_e2e with E2E_DATABASE_URL (as postgres), E2E_SIDECAR_URL,
+#            E2E_ADMIN_TOKEN, E2E_SERVICE_TOKEN, E2E_SIDECAR_BIN, E2E_AIGATEWAY_URL,
+#            E2E_AIGATEWAY_CREDENTIAL, E2E_AIGATEWAY_MOCK_BIN
+#
+# Isolation: nothing here touches the system PostgreSQL's files, so a running scripts/run.sh system
+# is not disturbed (and run.sh does not disturb this). After deps, every stage uses a private copy
+# of PostgreSQL 15 in /tmp/pg_quota-testpg-<hash of the repo path>/ (made when missing, kept as a
+# cache): the extension is installed there only, clusters run its binaries, PGRX_HOME is its
+# pgrx/ dir, and cargo builds into <repo>/target/test (see use_test_pg in scripts/lib.sh).
 #
 # Everything is a debug build (no release build here: CI has 2 cores). The last line is
 # "N passed, 0 failed" (N = stages passed) or "N passed, 1 failed".
@@ -21,13 +31,13 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_STAGES=(unit pgrx pg_test faults e2e)
+ALL_STAGES=(lint unit pgrx pg_test faults e2e)
 STAGES=()
 for arg in "$@"; do
     case "$arg" in
         all) STAGES=("${ALL_STAGES[@]}") ;;
         deps) ;;
-        unit | pgrx | pg_test | faults | e2e) STAGES+=("$arg") ;;
+        lint | unit | pgrx | pg_test | faults | e2e) STAGES+=("$arg") ;;
         -h | --help) usage_of "$0"; exit 0 ;;
         *) die "unknown stage '$arg' (stages: deps ${ALL_STAGES[*]})" ;;
     esac
@@ -62,8 +72,8 @@ stage_end() {
     CURRENT=""
 }
 
-# The debug extension is installed once and shared by pg_test and e2e (the pgrx stage installs
-# its own test build over it, so it runs before them).
+# The debug extension is installed (into the private PostgreSQL) once and shared by pg_test, faults
+# and e2e (the pgrx stage installs its own test build over it, so it runs before them).
 DEBUG_INSTALLED=0
 ensure_debug_install() {
     [ $DEBUG_INSTALLED -eq 1 ] && return 0
@@ -78,9 +88,27 @@ stage_deps() {
     stage_end
 }
 
+stage_lint() {
+    stage_begin lint
+    local failed=()
+    log "cargo fmt --all --check"
+    (cd "$REPO" && cargo fmt --all --check) || failed+=("cargo fmt")
+    # The workspace includes the pgrx crate: its build script finds pg_config through PGRX_HOME,
+    # set by use_test_pg like for the pgrx stage (same target dir, so the bindings are shared).
+    log "cargo clippy --workspace --all-targets --keep-going -- -D warnings"
+    (cd "$REPO" && cargo clippy --workspace --all-targets --keep-going -- -D warnings) ||
+        failed+=("cargo clippy")
+    log "shellcheck scripts/*.sh .ci/run"
+    (cd "$REPO" && shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run) || failed+=(shellcheck)
+    [ ${#failed[@]} -eq 0 ] || die "lint: ${failed[*]} reported findings (see above)"
+    stage_end
+}
+
 stage_unit() {
     stage_begin unit
-    (cd "$REPO" && cargo test -p pg_quota_core -p quota-sidecar)
+    local pkgs=(-p pg_quota_core -p quota-sidecar)
+    mock_crate && pkgs+=(-p aigateway-mock)
+    (cd "$REPO" && cargo test "${pkgs[@]}")
     stage_end
 }
 
@@ -101,8 +129,9 @@ stage_pgrx() {
     pgrx_clean "$base"
     make_pg_dir "$base" 755 # initdb runs as postgres and creates <base>/15... inside
     on_exit "pgrx_clean '$base'"
-    # The harness installs with `sudo cp` (in place): unlink first so running servers (e.g. the
-    # scripts/run.sh cluster) keep their copy instead of crashing.
+    # PGRX_HOME (use_test_pg) makes the harness build against, install into (`sudo cp`, in place)
+    # and run the private PostgreSQL; the system one is not touched. Unlinking the private copy's
+    # library first keeps even a stray server of an earlier run from crashing on the in-place copy.
     unlink_installed_so
     (cd "$REPO/extension" && cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$base")
     pgrx_clean "$base"
@@ -126,7 +155,7 @@ stage_faults() {
 
 stage_e2e() {
     stage_begin e2e
-    local port=55434 db=pg_quota_e2e listen=127.0.0.1:18080
+    local port=55434 db=pg_quota_e2e listen
     ensure_debug_install
     build_sidecar debug
     # Compile the tests before anything is started.
@@ -138,7 +167,10 @@ stage_e2e() {
     admin="$(random_hex 32)"
     service="$(random_hex 32)"
     sidecar_bin="$(bin_path debug quota-sidecar)"
-    local dburl="postgres://postgres@127.0.0.1:$port/$db"
+    # The tests probe with SQL as postgres; the sidecar connects with its least role.
+    local dburl="postgres://postgres@127.0.0.1:$port/$db" role sidecar_dburl
+    role="$(sidecar_role "$TMP_SOCK" "$port" "$db")"
+    sidecar_dburl="postgres://$role@127.0.0.1:$port/$db"
 
     local mock_env=() test_env=()
     if have_mock_bin; then
@@ -157,9 +189,10 @@ stage_e2e() {
                   E2E_AIGATEWAY_MOCK_BIN="$mbin")
     fi
 
-    port_in_use "${listen##*:}" && die "port ${listen##*:} is in use: is an earlier run still alive?"
+    listen="127.0.0.1:$(free_port 25000 25999)"
+    log "sidecar on $listen as database role $role"
     start_bg "$base/sidecar.pid" "$base/sidecar.log" env \
-        QUOTA_LISTEN="$listen" QUOTA_DATABASE_URL="$dburl" \
+        QUOTA_LISTEN="$listen" QUOTA_DATABASE_URL="$sidecar_dburl" \
         QUOTA_ADMIN_TOKEN="$admin" QUOTA_SERVICE_TOKEN="$service" \
         RUST_LOG="${RUST_LOG:-info}" "${mock_env[@]}" "$sidecar_bin"
     on_exit "stop_pid '$base/sidecar.pid' quota-sidecar"
@@ -193,6 +226,8 @@ stage_e2e() {
 
 # ---------------------------------------------------------------------------------------------
 stage_deps
+use_test_pg
+log "PostgreSQL for the tests: $PG_ROOT (PGRX_HOME=$PGRX_HOME, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 for s in "${STAGES[@]}"; do
     "stage_$s"
 done
