@@ -1,10 +1,32 @@
 -- pg_quota schema: tables and hand-written SQL helpers. Loaded first (bootstrap) by the
 -- extension script that pgrx generates; the Rust functions come after it.
 
--- The clock every time-dependent rule reads (SPEC 1.4). Tests may pin it per session with
--- SET quota.now_override = '2024-05-01 00:00:00+00'.
+-- The roles of SPEC 1.6, cluster-wide (a second database with the extension reuses them):
+-- quota_reader reads, quota_service does what a service does per request (charge, add, refund,
+-- reserve, resolve a user's API token), quota_admin manages plans, rates, users, strategies and
+-- the relay. Each includes the one before it. None of them writes a table: every write goes
+-- through a SECURITY DEFINER function (grants in finalize.sql).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'quota_reader') THEN
+        CREATE ROLE quota_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'quota_service') THEN
+        CREATE ROLE quota_service NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'quota_admin') THEN
+        CREATE ROLE quota_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT quota_reader TO quota_service;
+GRANT quota_service TO quota_admin;
+GRANT USAGE ON SCHEMA quota TO quota_reader;
+
+-- The clock every time-dependent rule reads (SPEC 1.4). A superuser (tests) may pin it per
+-- session with SET quota.now_override = '2024-05-01 00:00:00+00'; the setting is superuser-only.
 CREATE FUNCTION quota.now() RETURNS timestamptz
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('quota.now_override', true), '')::timestamptz, now())
 $$;
 COMMENT ON FUNCTION quota.now() IS
@@ -28,14 +50,16 @@ CREATE TABLE quota.users (
 COMMENT ON TABLE quota.users IS 'Users: the seed 000 profile fields; the wallet is quota.wallets.';
 
 -- The wallet of each user. Its balance only moves together with a quota.ledger row.
+-- Bounds (quota_core::pricing): balance <= 1e18 and totals <= 9e18, far below the bigint
+-- limit, so a full wallet is refused by name and sums never overflow.
 CREATE TABLE quota.wallets (
     user_id      text PRIMARY KEY REFERENCES quota.users (id),
-    balance      bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
-    total_earned bigint NOT NULL DEFAULT 0 CHECK (total_earned >= 0),
-    total_spent  bigint NOT NULL DEFAULT 0 CHECK (total_spent >= 0),
+    balance      bigint NOT NULL DEFAULT 0 CHECK (balance BETWEEN 0 AND 1000000000000000000),
+    total_earned bigint NOT NULL DEFAULT 0 CHECK (total_earned BETWEEN 0 AND 9000000000000000000),
+    total_spent  bigint NOT NULL DEFAULT 0 CHECK (total_spent BETWEEN 0 AND 9000000000000000000),
     -- The charge multiplier of the user's plan (1 without one), kept in step by the triggers
     -- below so a charge prices itself from the row it updates, without two more lookups.
-    multiplier   double precision NOT NULL DEFAULT 1,
+    multiplier   double precision NOT NULL DEFAULT 1 CHECK (multiplier BETWEEN 0.001 AND 1000),
     updated_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80); -- room for HOT updates: every charge rewrites the row
 COMMENT ON TABLE quota.wallets IS
@@ -48,11 +72,9 @@ CREATE TABLE quota.plans (
     fixed_cost       numeric(16, 4) NOT NULL DEFAULT 0 CHECK (fixed_cost >= 0),
     credits_included bigint NOT NULL DEFAULT 0 CHECK (credits_included >= 0),
     bonus_credits    bigint NOT NULL DEFAULT 0 CHECK (bonus_credits >= 0),
-    -- NaN sorts above every number in PostgreSQL, so it is excluded explicitly.
-    multiplier       double precision NOT NULL DEFAULT 1
-                     CHECK (multiplier > 0 AND multiplier <> 'NaN' AND multiplier <> 'Infinity'),
-    purchase_rate    double precision NOT NULL DEFAULT 1
-                     CHECK (purchase_rate >= 1 AND purchase_rate <> 'NaN' AND purchase_rate <> 'Infinity'),
+    -- Bounds of quota_core::pricing (NaN sorts above every number, so BETWEEN excludes it).
+    multiplier       double precision NOT NULL DEFAULT 1 CHECK (multiplier BETWEEN 0.001 AND 1000),
+    purchase_rate    double precision NOT NULL DEFAULT 1 CHECK (purchase_rate BETWEEN 1 AND 1000),
     active           boolean NOT NULL DEFAULT true,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
@@ -81,7 +103,7 @@ CREATE INDEX subscriptions_tier_idx ON quota.subscriptions (tier);
 -- wallets.multiplier follows the subscription and the plan, whoever changes them (SQL functions
 -- or plain UPDATEs). quota.verify() checks that it does.
 CREATE FUNCTION quota._wallet_multiplier_from_subscription() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         UPDATE quota.wallets SET multiplier = 1 WHERE user_id = OLD.user_id;
@@ -98,7 +120,7 @@ CREATE TRIGGER subscriptions_wallet_multiplier
     FOR EACH ROW EXECUTE FUNCTION quota._wallet_multiplier_from_subscription();
 
 CREATE FUNCTION quota._wallet_multiplier_from_plan() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE quota.wallets w SET multiplier = NEW.multiplier
       FROM quota.subscriptions s
@@ -112,13 +134,20 @@ CREATE TRIGGER plans_wallet_multiplier
     EXECUTE FUNCTION quota._wallet_multiplier_from_plan();
 
 -- The ledger: every movement of credits, forever. It is also the idempotency record of every
--- money-moving call: operation_id is unique, and `request` holds the canonical parameters the
--- first call was made with, so a retry is replayed and a reuse with other parameters refused.
+-- money-moving call (SPEC 1.1): the key is (user_id, scope, operation_id), and `request` holds the
+-- canonical parameters the first call was made with, so a retry is replayed and a reuse with
+-- other parameters refused. Keys are scoped per user (as Stripe scopes them per account), so one
+-- user can neither block nor probe another's operations, and per caller:
+--   service  ids chosen by services and SQL callers (charge, add, bonus, refund, subscription);
+--   user     ids an end user chose through the public API (purchases), so a user cannot take an
+--            id a service will use to charge them later;
+--   system   ids pg_quota generates itself (recharges `recharge:<execution id>`): no function lets
+--            a caller write this scope.
 CREATE TABLE quota.ledger (
     transaction_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    operation_id     text NOT NULL CONSTRAINT ledger_operation_id_key UNIQUE
-                     CHECK (length(operation_id) BETWEEN 1 AND 255),
     user_id          text NOT NULL REFERENCES quota.users (id),
+    scope            text NOT NULL DEFAULT 'service' CHECK (scope IN ('service', 'user', 'system')),
+    operation_id     text NOT NULL CHECK (length(operation_id) BETWEEN 1 AND 255),
     transaction_type text NOT NULL CHECK (transaction_type IN
                      ('charge', 'add', 'subscription', 'bonus', 'refund',
                       'reserve', 'settle', 'release', 'recharge', 'adjust')),
@@ -131,13 +160,34 @@ CREATE TABLE quota.ledger (
     description      text,
     metadata         jsonb,
     request          jsonb NOT NULL,
-    created_at       timestamptz NOT NULL DEFAULT now()
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ledger_operation_key UNIQUE (user_id, scope, operation_id)
 );
 CREATE INDEX ledger_user_idx ON quota.ledger (user_id, transaction_id DESC);
-CREATE INDEX ledger_refund_of_idx ON quota.ledger (refund_of) WHERE refund_of IS NOT NULL;
+CREATE INDEX ledger_refund_of_idx ON quota.ledger (user_id, refund_of) WHERE refund_of IS NOT NULL;
 CREATE INDEX ledger_created_at_idx ON quota.ledger (created_at);
 COMMENT ON TABLE quota.ledger IS
-    'Every credit movement; operation_id is the idempotency key, request the parameters it was first called with.';
+    'Every credit movement; (user_id, scope, operation_id) is the idempotency key, request the parameters it was first called with.';
+
+-- Payments confirmed by the payment side (POST /api/internal/payments, quota.confirm_payment).
+-- A purchase adds credits only against a confirmed payment of that user and amount, and uses it
+-- up: the payment then names the purchase's operation_id. Recorded once per (user, payment id).
+CREATE TABLE quota.payments (
+    user_id           text NOT NULL REFERENCES quota.users (id),
+    payment_id        text NOT NULL CHECK (length(payment_id) BETWEEN 1 AND 255),
+    amount_usd        double precision NOT NULL CHECK (amount_usd > 0 AND amount_usd <= 1000000),
+    payment_method_id text,
+    status            text NOT NULL DEFAULT 'confirmed' CHECK (status IN ('confirmed', 'used')),
+    metadata          jsonb,
+    confirmed_at      timestamptz NOT NULL DEFAULT now(),
+    used_at           timestamptz,
+    operation_id      text,
+    PRIMARY KEY (user_id, payment_id),
+    CHECK ((status = 'used') = (used_at IS NOT NULL AND operation_id IS NOT NULL))
+);
+CREATE INDEX payments_unused_idx ON quota.payments (user_id, amount_usd, confirmed_at) WHERE status = 'confirmed';
+COMMENT ON TABLE quota.payments IS
+    'Payments confirmed by the payment side; a purchase uses up one of the same user and amount.';
 
 -- User API tokens for the public REST API: only the SHA-256 of the token is stored.
 CREATE TABLE quota.api_tokens (
@@ -168,6 +218,7 @@ SELECT pg_catalog.pg_extension_config_dump('quota.plans', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.settings', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('quota.payments', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.api_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.audit_log', '');
 
@@ -198,14 +249,23 @@ LANGUAGE sql STABLE AS $$
     WHERE u.id = $1
 $$;
 
+-- STABLE, not IMMUTABLE: it renders timestamptz, which depends on the session's TimeZone.
 CREATE FUNCTION quota._transaction_json(l quota.ledger) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'transaction_id', l.transaction_id, 'transaction_type', l.transaction_type,
         'credits', l.credits, 'balance_before', l.balance_before, 'balance_after', l.balance_after,
         'cost_usd', l.cost_usd, 'amount_usd', l.amount_usd, 'refund_of', l.refund_of,
         'description', l.description, 'metadata', l.metadata,
         'operation_id', l.operation_id, 'created_at', l.created_at)
+$$;
+
+CREATE FUNCTION quota._payment_json(p quota.payments) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'payment_id', p.payment_id, 'user_id', p.user_id, 'amount_usd', p.amount_usd,
+        'payment_method_id', p.payment_method_id, 'status', p.status, 'metadata', p.metadata,
+        'confirmed_at', p.confirmed_at, 'used_at', p.used_at, 'operation_id', p.operation_id)
 $$;
 
 -- The ledger invariant (SPEC 1.2), as a view quota.verify() reads. No rows = clean.
@@ -223,10 +283,11 @@ WITH sums AS (
            lag(balance_after, 1, 0::bigint) OVER (PARTITION BY user_id ORDER BY transaction_id) AS previous_after
     FROM quota.ledger
 ), refunds AS (
-    SELECT r.refund_of, sum(r.credits) AS refunded, -min(c.credits) AS charged
+    SELECT r.user_id, r.refund_of, sum(r.credits) AS refunded, -min(c.credits) AS charged
     FROM quota.ledger r LEFT JOIN quota.ledger c
-      ON c.operation_id = r.refund_of AND c.transaction_type = 'charge'
-    WHERE r.transaction_type = 'refund' GROUP BY r.refund_of
+      ON c.user_id = r.user_id AND c.scope = 'service' AND c.operation_id = r.refund_of
+     AND c.transaction_type = 'charge'
+    WHERE r.transaction_type = 'refund' GROUP BY r.user_id, r.refund_of
 )
 SELECT 'user:' || w.user_id AS subject,
        format('balance %s <> ledger sum %s', w.balance, coalesce(s.credits, 0)) AS problem
@@ -260,6 +321,14 @@ UNION ALL
 SELECT 'ledger:' || l.transaction_id, 'ledger entry of a user without a wallet'
 FROM quota.ledger l WHERE NOT EXISTS (SELECT 1 FROM quota.wallets w WHERE w.user_id = l.user_id)
 UNION ALL
-SELECT 'refund_of:' || r.refund_of,
+SELECT 'refund_of:' || r.user_id || '/' || r.refund_of,
        format('refunded %s exceeds charged %s', r.refunded, coalesce(r.charged, 0))
-FROM refunds r WHERE r.refunded > coalesce(r.charged, 0);
+FROM refunds r WHERE r.refunded > coalesce(r.charged, 0)
+UNION ALL
+SELECT 'payment:' || p.user_id || '/' || p.payment_id,
+       format('used by operation %s, which is not a purchase of %s USD in the ledger', p.operation_id, p.amount_usd)
+FROM quota.payments p
+WHERE p.status = 'used' AND NOT EXISTS (
+    SELECT 1 FROM quota.ledger l
+    WHERE l.user_id = p.user_id AND l.scope = 'user' AND l.operation_id = p.operation_id
+      AND l.transaction_type = 'add' AND l.amount_usd = p.amount_usd);

@@ -16,6 +16,10 @@ CREATE TABLE quota.strategies (
     status            boolean NOT NULL DEFAULT true,
     max_exec_per_user integer NOT NULL DEFAULT 0 CHECK (max_exec_per_user >= 0),
     last_fire_time    timestamptz,
+    -- The last ERROR a scan met with this strategy (the scan went on with the others); cleared
+    -- by the next fire that succeeds.
+    last_error        text,
+    last_error_time   timestamptz,
     create_time       timestamptz NOT NULL DEFAULT now(),
     update_time       timestamptz NOT NULL DEFAULT now(),
     CHECK ((type = 'periodic') = (periodic_expr <> ''))
@@ -30,7 +34,12 @@ CREATE TABLE quota.executions (
     user_id       text NOT NULL REFERENCES quota.users (id),
     batch_number  text NOT NULL,
     fire_key      timestamptz NOT NULL,
-    status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'completed', 'failed')),
+    -- pending: credited, relay queued; completed: delivered (or no relay); failed: the relay gave
+    -- up (credit kept, retryable); unknown: a delivery's outcome is unknown and the gateway does
+    -- not deduplicate, so it waits for an operator (retry or confirm); skipped: matched but not
+    -- credited, the balance would pass its limit.
+    status        text NOT NULL DEFAULT 'pending'
+                  CHECK (status IN ('pending', 'completed', 'failed', 'unknown', 'skipped')),
     amount        bigint NOT NULL CHECK (amount > 0),
     attempts      integer NOT NULL DEFAULT 0,
     last_error    text,
@@ -40,7 +49,7 @@ CREATE TABLE quota.executions (
 );
 CREATE INDEX executions_status_idx ON quota.executions (status) WHERE status <> 'completed';
 COMMENT ON TABLE quota.executions IS
-    'One recharge of one user by one strategy at one fire time: pending (credited, relay queued), completed, failed (relay gave up; the credit stays).';
+    'One recharge of one user by one strategy at one fire time: pending (credited, relay queued), completed, failed (relay gave up; the credit stays), unknown (delivery outcome unknown; an operator retries or confirms), skipped (not credited: balance limit).';
 
 -- Deliveries to the AiGateway, drained by the sidecar (FOR UPDATE SKIP LOCKED).
 CREATE TABLE quota.outbox (
@@ -64,7 +73,8 @@ LANGUAGE sql STABLE AS $$
         'id', s.id, 'name', s.name, 'title', s.title, 'type', s.type, 'amount', s.amount,
         'model', s.model, 'periodic_expr', s.periodic_expr, 'condition', s.condition,
         'status', s.status, 'max_exec_per_user', s.max_exec_per_user,
-        'last_fire_time', s.last_fire_time, 'create_time', s.create_time, 'update_time', s.update_time)
+        'last_fire_time', s.last_fire_time, 'last_error', s.last_error, 'last_error_time', s.last_error_time,
+        'create_time', s.create_time, 'update_time', s.update_time)
 $$;
 
 CREATE FUNCTION quota._execution_json(e quota.executions) RETURNS jsonb

@@ -89,7 +89,8 @@ fn parse_condition(condition: &str) -> String {
     parse(condition).normalize()
 }
 
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(stable, strict, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn eval_condition(condition: &str, user_id: &str) -> bool {
     let expr = parse(condition);
     validate_user_id(user_id).or_raise();
@@ -99,7 +100,8 @@ fn eval_condition(condition: &str, user_id: &str) -> bool {
     condition::eval(&expr, &facts)
 }
 
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(stable, strict, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn match_users(condition: &str) -> SetOfIterator<'static, String> {
     SetOfIterator::new(matching_user_ids(&parse(condition)))
 }

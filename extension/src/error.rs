@@ -11,10 +11,12 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::NotFound => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
         ErrorKind::Duplicate | ErrorKind::IdempotencyConflict => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
         ErrorKind::InUse => PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
-        ErrorKind::InsufficientCredits | ErrorKind::RefundExceedsCharge => {
+        ErrorKind::InsufficientCredits | ErrorKind::RefundExceedsCharge | ErrorKind::PaymentRequired => {
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION
         }
         ErrorKind::InProgress => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        ErrorKind::BalanceLimit => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        ErrorKind::PermissionDenied => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
     }
 }
 

@@ -9,6 +9,8 @@ pub static TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static SCAN_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub static SCHEDULER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static RELAY: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static NOW_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SCAN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -60,7 +62,26 @@ pub fn init() {
         c"Whether recharges are queued for the AiGateway relay (the sidecar).",
         c"Off: executions complete in the ledger alone and no outbox rows are written.",
         &RELAY,
-        GucContext::Userset,
+        // Superuser-only: a session turning it off would complete executions undelivered.
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"quota.now_override",
+        c"Pins quota.now(), the clock of every time rule, for this session (tests only).",
+        c"Superuser-only: any other role moving the clock could expire or fire things at will.",
+        &NOW_OVERRIDE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"quota.scan_batch_size",
+        c"The most users the background worker recharges per strategy in one transaction.",
+        c"A strategy with more due users continues in the next transaction at once.",
+        &SCAN_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
         GucFlags::default(),
     );
 }
@@ -94,4 +115,8 @@ pub fn scheduler_enabled() -> bool {
 
 pub fn relay() -> bool {
     RELAY.get()
+}
+
+pub fn scan_batch_size() -> i64 {
+    SCAN_BATCH_SIZE.get().max(1) as i64
 }

@@ -1,26 +1,58 @@
-//! The credit ledger (SPEC 2): charge, add, bonus, refund, purchase, subscription update, and
-//! the read side (check, calculate, balance, transactions, verify).
+//! The credit ledger (SPEC 2): charge, add, bonus, refund, purchase (against a confirmed payment),
+//! subscription update, payments, and the read side (check, calculate, balance, transactions,
+//! verify).
 //!
-//! Idempotency (SPEC 1.1): the ledger row is the idempotency record. Its `operation_id` is
-//! unique and its `request` column holds the canonical parameters of the first call, so
+//! Idempotency (SPEC 1.1): the ledger row is the idempotency record. Its key is
+//! (user_id, scope, operation_id) (see `Scope`) and its `request` column holds the canonical
+//! parameters of the first call, so
 //! - same id, same kind and parameters: the stored row is returned (a replay leaves balances and
 //!   the ledger as they were);
 //! - same id, other kind or parameters: 23505 `idempotency_conflict`;
 //! - same id racing on two connections: one applies; the other waits for it and then replays
-//!   (a charge waits on the unique index, credit operations on the wallet lock) or, when it
+//!   (a charge waits on the wallet row, credit operations on the wallet lock) or, when it
 //!   cannot tell yet, gets 40001 `in_progress` with its own writes rolled back; retrying replays.
-//! A rejected call (validation, insufficient credits) raises before or instead of writing.
+//! A rejected call (validation, insufficient credits, no payment) raises before or instead of
+//! writing.
+//!
+//! Every function here is SECURITY DEFINER with a pinned search_path (callers hold EXECUTE, never
+//! table rights); the read functions use read-only SPI (`crate::read`) and take no transaction id.
 
 use crate::error::{raise, required, OrRaise};
-use crate::settings;
+use crate::{read, settings};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
-use quota_core::ids::{validate_free_text, validate_operation_id, validate_tier, validate_user_id};
+use quota_core::ids::{
+    validate_free_text, validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
+};
 use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
 use serde_json::{json, Value};
 use std::cell::OnceCell;
+
+/// The idempotency scope of an operation id (the ledger's `scope` column). Keys are unique per
+/// (user, scope, id): per user, so one user can neither block nor probe another's operations;
+/// per scope, so an end user cannot take an id that a service will later use to charge them,
+/// and no caller can take an id that pg_quota generates itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Ids chosen by services and SQL callers: charge, add, bonus, refund, subscription.
+    Service,
+    /// Ids an end user chose through the public API: purchases.
+    User,
+    /// Ids pg_quota generates (recharges): no function lets a caller write them.
+    System,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Service => "service",
+            Scope::User => "user",
+            Scope::System => "system",
+        }
+    }
+}
 
 /// One ledger row, as read back for responses and replays.
 #[derive(Debug, Clone)]
@@ -57,9 +89,20 @@ fn read_ledger_row(row: &SpiHeapTupleData) -> Result<LedgerRow, pgrx::spi::SpiEr
     })
 }
 
-fn find_operation(client: &mut SpiClient, operation_id: &str) -> Option<LedgerRow> {
-    let sql = format!("SELECT {LEDGER_COLUMNS} FROM quota.ledger WHERE operation_id = $1");
-    let table = client.update(sql.as_str(), Some(1), &[operation_id.into()]).or_raise();
+const FIND_OPERATION_SQL: &str = "SELECT transaction_id, user_id, transaction_type, credits, balance_before, \
+     balance_after, cost_usd, amount_usd, metadata, request, operation_id \
+     FROM quota.ledger WHERE user_id = $1 AND scope = $2 AND operation_id = $3";
+
+/// The ledger row of an operation id in a user's scope. `fresh` reads with a new snapshot (a
+/// read-write SPI call: in READ COMMITTED it sees what committed since the statement began),
+/// for use after waiting on a lock.
+fn find_operation(client: &mut SpiClient, user_id: &str, scope: Scope, operation_id: &str, fresh: bool) -> Option<LedgerRow> {
+    let args = [user_id.into(), scope.as_str().into(), operation_id.into()];
+    let table = if fresh {
+        client.update(FIND_OPERATION_SQL, Some(1), &args).or_raise()
+    } else {
+        client.select(FIND_OPERATION_SQL, Some(1), &args).or_raise()
+    };
     table.into_iter().next().map(|r| read_ledger_row(&r).or_raise())
 }
 
@@ -80,21 +123,21 @@ fn replay(existing: LedgerRow, kind: &str, request: &Value) -> Result<LedgerRow,
 }
 
 /// After a write found the operation_id taken by a concurrent call: conflict or in progress.
-fn lost_race(client: &mut SpiClient, operation_id: &str, kind: &str, request: &Value) -> QuotaError {
-    match find_operation(client, operation_id) {
-        Some(existing) => match replay(existing, kind, request) {
+fn lost_race(client: &mut SpiClient, c: &Credit) -> QuotaError {
+    match find_operation(client, c.user_id, c.scope, c.operation_id, true) {
+        Some(existing) => match replay(existing, c.kind, &c.request) {
             Ok(_) => QuotaError::new(
                 ErrorKind::InProgress,
-                format!("operation_id '{operation_id}' was applied by a concurrent call; retry to get its result"),
+                format!("operation_id '{}' was applied by a concurrent call; retry to get its result", c.operation_id),
             )
-            .with("operation_id", operation_id),
+            .with("operation_id", c.operation_id),
             Err(conflict) => conflict,
         },
         None => QuotaError::new(
             ErrorKind::InProgress,
-            format!("operation_id '{operation_id}' is being applied by a concurrent call; retry"),
+            format!("operation_id '{}' is being applied by a concurrent call; retry", c.operation_id),
         )
-        .with("operation_id", operation_id),
+        .with("operation_id", c.operation_id),
     }
 }
 
@@ -112,17 +155,21 @@ fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>)
 }
 
 // ---------------------------------------------------------------------------------------------
-// charge: the hot path. Two prepared statements: one read (wallet, price, prior operation) and
-// one write (conditional wallet UPDATE + ledger INSERT in one statement).
+// charge: the hot path. One prepared statement on the common path.
 
-/// The charge, in one statement on the common path: a conditional wallet UPDATE priced from the
-/// row itself (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula; `$7`
-/// is settings.base_rate, cached per backend by `settings::base_rate`) and the ledger INSERT,
-/// whose unique operation_id is the idempotency check (ON CONFLICT DO NOTHING: a concurrent call
-/// with the same id waits for the other transaction, then finds it taken). A row back is the
-/// charge done. No row: either the wallet did not move (unknown user, short balance) or it moved
-/// and the id was taken; the slow path (CHARGE_READ_SQL) tells which, puts a move back
-/// (CHARGE_UNDO_SQL, same transaction), then replays or reports.
+/// The charge, in one statement: a conditional wallet UPDATE priced from the row itself
+/// (`wallets.multiplier` caches the plan's; `quota.price_credits` is the formula; `$7` is
+/// settings.base_rate, cached per backend by `settings::base_rate`) and the ledger INSERT, whose
+/// unique (user_id, scope, operation_id) key is the idempotency check (ON CONFLICT DO NOTHING: a
+/// concurrent call with the same id waits on the wallet row, then finds it taken).
+///
+/// The statement says what it did, in one row: `moved` is the credits the UPDATE took (no row:
+/// the wallet did not move: unknown user, short balance, or a replay of a charge the balance no
+/// longer covers) and `transaction_id` the ledger row it wrote (NULL: the wallet moved but the id
+/// was taken). Then the slow path puts the move back (CHARGE_UNDO_SQL, same transaction) and
+/// replays or reports. Nothing is inferred from system columns, so a caller's own writes to the
+/// wallet in the same statement cannot fool it.
+///
 /// The request record (the idempotency key's parameters) is built here, not in Rust: `$6` is the
 /// cost in its shortest round-trip decimal form, so the stored number is exactly `$2` whatever the
 /// session's extra_float_digits.
@@ -133,29 +180,30 @@ WITH w AS (
            total_spent = total_spent + quota.price_credits($2, multiplier, $7),
            updated_at = now()
      WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, $7)
-    RETURNING balance, quota.price_credits($2, multiplier, $7) AS credits)
-INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
-                          balance_after, cost_usd, description, metadata, request)
-SELECT $3, $1, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5,
-       jsonb_build_object('user_id', $1, 'cost_usd', $6::numeric)
-FROM w
-ON CONFLICT (operation_id) DO NOTHING
-RETURNING transaction_id, credits, balance_before, balance_after";
+    RETURNING balance, quota.price_credits($2, multiplier, $7) AS credits),
+l AS (
+    INSERT INTO quota.ledger (user_id, scope, operation_id, transaction_type, credits, balance_before,
+                              balance_after, cost_usd, description, metadata, request)
+    SELECT $1, 'service', $3, 'charge', -w.credits, w.balance + w.credits, w.balance, $2, $4, $5,
+           jsonb_build_object('user_id', $1, 'cost_usd', $6::numeric)
+    FROM w
+    ON CONFLICT ON CONSTRAINT ledger_operation_key DO NOTHING
+    RETURNING transaction_id, credits, balance_before, balance_after)
+SELECT w.credits AS moved, l.transaction_id, l.credits, l.balance_before, l.balance_after
+FROM w LEFT JOIN l ON true";
 
 /// Puts back what CHARGE_SQL took when its operation_id turned out to be taken.
 const CHARGE_UNDO_SQL: &str = "
 UPDATE quota.wallets SET balance = balance + $2, total_spent = total_spent - $2 WHERE user_id = $1";
 
-/// The slow path after a charge returned nothing: why (replay, unknown user, short balance)?
-/// `w_xmin` and `w_cmin` say which transaction and command wrote the wallet's current version:
-/// ours, during the charge statement, means the wallet moved and the id was taken.
+/// The slow path after a charge wrote no ledger row: why (replay, unknown user, short balance)?
 const CHARGE_READ_SQL: &str = "
-SELECT w.balance, w.multiplier, w.xmin::text AS w_xmin, w.cmin::text AS w_cmin,
+SELECT w.balance, w.multiplier,
        l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
        l.balance_after, l.cost_usd, l.amount_usd, l.metadata, l.request, l.operation_id
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN quota.wallets w ON w.user_id = $1
-LEFT JOIN quota.ledger l ON l.operation_id = $2";
+LEFT JOIN quota.ledger l ON l.user_id = $1 AND l.scope = 'service' AND l.operation_id = $2";
 
 thread_local! {
     // Plans kept for the life of the backend (SPI_keepplan, leaked once); the plan cache
@@ -199,9 +247,9 @@ pub fn charge_impl(
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
     // Shortest decimal that reads back as exactly this f64 (the form serde_json writes).
     let cost_text = serde_json::Number::from_f64(cost_usd).expect("validated finite").to_string();
+    let base_rate = settings::base_rate();
 
     Spi::connect_mut(|client| {
-        let base_rate = settings::base_rate(client);
         let types = [
             oid(pg_sys::TEXTOID),
             oid(pg_sys::FLOAT8OID),
@@ -226,43 +274,29 @@ pub fn charge_impl(
             cost_text.as_str().into(),
             base_rate.into(),
         ];
-        // The commands the statement may write under (SPI advances the counter around it).
-        // SAFETY: plain reads of the transaction state.
-        let first_cid = unsafe { pg_sys::GetCurrentCommandId(false) };
         let t = client.update(stmt, Some(1), &args).or_raise();
         if let Some(row) = t.into_iter().next() {
-            return Charged {
-                transaction_id: row.get::<i64>(1).or_raise().unwrap_or_default(),
-                cost_usd,
-                credits_charged: -row.get::<i64>(2).or_raise().unwrap_or_default(),
-                balance_before: row.get::<i64>(3).or_raise().unwrap_or_default(),
-                balance_after: row.get::<i64>(4).or_raise().unwrap_or_default(),
-            };
+            let moved = row.get::<i64>(1).or_raise().unwrap_or_default();
+            if let Some(transaction_id) = row.get::<i64>(2).or_raise() {
+                return Charged {
+                    transaction_id,
+                    cost_usd,
+                    credits_charged: -row.get::<i64>(3).or_raise().unwrap_or_default(),
+                    balance_before: row.get::<i64>(4).or_raise().unwrap_or_default(),
+                    balance_after: row.get::<i64>(5).or_raise().unwrap_or_default(),
+                };
+            }
+            // The wallet moved but the operation_id was taken: put the move back first.
+            client.update(CHARGE_UNDO_SQL, None, &[user_id.into(), moved.into()]).or_raise();
         }
-        // SAFETY: as above.
-        let (last_cid, xid) = unsafe { (pg_sys::GetCurrentCommandId(false), pg_sys::GetCurrentTransactionIdIfAny()) };
 
-        // Nothing was written to the ledger: a replay, an unknown user, or not enough credits.
+        // No ledger row was written: a replay, an unknown user, or not enough credits. A fresh
+        // snapshot (read-write SPI), so a concurrent call that committed the id is seen.
         let t = client
             .update(CHARGE_READ_SQL, Some(1), &[user_id.into(), operation_id.into()])
             .or_raise();
         let row = t.into_iter().next().expect("the VALUES row always exists");
-        let balance = row.get_by_name::<i64, _>("balance").or_raise();
-        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
-        let credits = || pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
         if row.get_by_name::<i64, _>("transaction_id").or_raise().is_some() {
-            // Did this statement move the wallet before the INSERT found the id taken? Only then
-            // is the wallet's current version ours and written during the statement.
-            let w_xmin = row.get_by_name::<String, _>("w_xmin").or_raise();
-            let w_cmin = row.get_by_name::<String, _>("w_cmin").or_raise();
-            let ours = xid != pg_sys::TransactionId::INVALID
-                && w_xmin.as_deref() == Some(u32::from(xid).to_string().as_str())
-                && w_cmin
-                    .and_then(|c| c.parse::<u32>().ok())
-                    .is_some_and(|c| (first_cid..=last_cid).contains(&c));
-            if ours {
-                client.update(CHARGE_UNDO_SQL, Some(0), &[user_id.into(), credits().into()]).or_raise();
-            }
             let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
             let r = replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
             return Charged {
@@ -273,10 +307,12 @@ pub fn charge_impl(
                 balance_after: r.balance_after,
             };
         }
-        let Some(balance) = balance else {
+        let Some(balance) = row.get_by_name::<i64, _>("balance").or_raise() else {
             raise(unknown_user(user_id));
         };
-        raise(QuotaError::insufficient_credits(user_id, credits(), balance))
+        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
+        let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
+        raise(QuotaError::insufficient_credits(user_id, credits, balance))
     })
 }
 
@@ -300,6 +336,7 @@ fn price_credits(usd: f64, rate: f64, base_rate: i64) -> i64 {
 /// What a credit operation needs once the wallet is locked.
 pub struct Credit<'a> {
     pub user_id: &'a str,
+    pub scope: Scope,
     pub operation_id: &'a str,
     pub kind: &'static str,
     pub request: Value,
@@ -314,24 +351,27 @@ type Decide<'a> = dyn FnMut(&mut SpiClient) -> Result<(i64, i64, i64, Option<Val
 
 pub fn apply_credit(c: Credit, decide: &mut Decide) -> LedgerRow {
     Spi::connect_mut(|client| {
-        if let Some(existing) = find_operation(client, c.operation_id) {
+        if let Some(existing) = find_operation(client, c.user_id, c.scope, c.operation_id, false) {
             return replay(existing, c.kind, &c.request).or_raise();
         }
         let locked = client
             .update(
-                "SELECT balance FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
+                "SELECT balance, total_earned FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
                 Some(1),
                 &[c.user_id.into()],
             )
             .or_raise();
-        if locked.is_empty() {
+        let Some(wallet) = locked.into_iter().next() else {
             raise(unknown_user(c.user_id));
-        }
+        };
+        let balance = wallet.get::<i64>(1).or_raise().unwrap_or_default();
+        let total_earned = wallet.get::<i64>(2).or_raise().unwrap_or_default();
         // A concurrent call with this operation_id for this user committed while we waited.
-        if let Some(existing) = find_operation(client, c.operation_id) {
+        if let Some(existing) = find_operation(client, c.user_id, c.scope, c.operation_id, true) {
             return replay(existing, c.kind, &c.request).or_raise();
         }
         let (credits, earned, spent, extra_metadata) = decide(client).or_raise();
+        pricing::check_room(c.user_id, balance, total_earned, credits, earned).or_raise();
         let metadata = match (c.metadata.clone(), extra_metadata) {
             (None, m) | (m, None) => m,
             (Some(Value::Object(mut a)), Some(Value::Object(b))) => {
@@ -347,10 +387,10 @@ pub fn apply_credit(c: Credit, decide: &mut Decide) -> LedgerRow {
                        total_spent = total_spent + $4, updated_at = now()
                  WHERE user_id = $1
                 RETURNING balance)
-             INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits,
+             INSERT INTO quota.ledger (user_id, scope, operation_id, transaction_type, credits,
                     balance_before, balance_after, amount_usd, refund_of, description, metadata, request)
-             SELECT $5, $1, $6, $2, w.balance - $2, w.balance, $7, $8, $9, $10, $11 FROM w
-             ON CONFLICT (operation_id) DO NOTHING
+             SELECT $1, $12, $5, $6, $2, w.balance - $2, w.balance, $7, $8, $9, $10, $11 FROM w
+             ON CONFLICT ON CONSTRAINT ledger_operation_key DO NOTHING
              RETURNING {LEDGER_COLUMNS}"
         );
         let t = client
@@ -369,36 +409,35 @@ pub fn apply_credit(c: Credit, decide: &mut Decide) -> LedgerRow {
                     c.description.into(),
                     metadata.map(JsonB).into(),
                     JsonB(c.request.clone()).into(),
+                    c.scope.as_str().into(),
                 ],
             )
             .or_raise();
         match t.into_iter().next() {
             Some(row) => read_ledger_row(&row).or_raise(),
-            // Another user's call holds this operation_id.
-            None => raise(lost_race(client, c.operation_id, c.kind, &c.request)),
+            // Unreachable while the wallet lock is held; kept as a clear answer rather than a panic.
+            None => raise(lost_race(client, &c)),
         }
     })
 }
 
-/// Plan rates for a user: (multiplier, purchase_rate, base_rate, tier).
-fn rates_for_user(client: &mut SpiClient, user_id: &str) -> (f64, f64, i64, Option<String>) {
+/// Plan rates for a user: (multiplier, purchase_rate, tier).
+fn plan_rates(client: &SpiClient, user_id: &str) -> (f64, f64, Option<String>) {
     let t = client
-        .update(
+        .select(
             "SELECT coalesce(p.multiplier, 1.0::float8) AS multiplier,
-                    coalesce(p.purchase_rate, 1.0::float8) AS purchase_rate,
-                    st.base_rate, s.tier
-             FROM quota.settings st
+                    coalesce(p.purchase_rate, 1.0::float8) AS purchase_rate, s.tier
+             FROM (VALUES (1)) AS one (x)
              LEFT JOIN quota.subscriptions s ON s.user_id = $1
              LEFT JOIN quota.plans p ON p.tier = s.tier",
             Some(1),
             &[user_id.into()],
         )
         .or_raise();
-    let row = t.into_iter().next().expect("the settings row always exists");
+    let row = t.into_iter().next().expect("the VALUES row always exists");
     (
         row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0),
         row.get_by_name::<f64, _>("purchase_rate").or_raise().unwrap_or(1.0),
-        row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000),
         row.get_by_name::<String, _>("tier").or_raise(),
     )
 }
@@ -409,30 +448,132 @@ pub fn add_impl(
     operation_id: &str,
     description: Option<&str>,
     metadata: Option<Value>,
-    payment_method_id: Option<&str>,
 ) -> LedgerRow {
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
-    let mut request = json!({ "user_id": user_id, "amount_usd": amount_usd });
-    let mut extra = None;
-    if let Some(pm) = payment_method_id {
-        validate_free_text("payment_method_id", pm).or_raise();
-        request["payment_method_id"] = json!(pm);
-        extra = Some(json!({ "source": "purchase", "payment_method_id": pm }));
-    }
+    let request = json!({ "user_id": user_id, "amount_usd": amount_usd });
     let mut decide = |client: &mut SpiClient| {
-        let (_, purchase_rate, base_rate, _) = rates_for_user(client, user_id);
-        let credits = pricing::purchase_credits(amount_usd, purchase_rate, base_rate)?;
-        Ok((credits, credits, 0, extra.clone()))
+        let (_, purchase_rate, _) = plan_rates(client, user_id);
+        let credits = pricing::purchase_credits(amount_usd, purchase_rate, settings::base_rate())?;
+        Ok((credits, credits, 0, None))
     };
     apply_credit(
         Credit {
             user_id,
+            scope: Scope::Service,
             operation_id,
             kind: "add",
             request,
             description,
             metadata,
+            amount_usd: Some(amount_usd),
+            refund_of: None,
+        },
+        &mut decide,
+    )
+}
+
+fn payment_required(user_id: &str, message: String) -> QuotaError {
+    QuotaError::new(ErrorKind::PaymentRequired, message).with("user_id", user_id)
+}
+
+/// A purchase (the public API's "buy credits"): an add in the user's own idempotency scope, only
+/// against a payment the payment side confirmed (`confirm_payment`) for this user and amount and
+/// that no purchase used yet. `payment_id` names it; without one, the oldest such payment of
+/// this amount (and payment method, when the payment recorded one) is used. No payment: 23514
+/// `payment_required` (HTTP 402), nothing written.
+pub fn purchase_impl(
+    user_id: &str,
+    amount_usd: f64,
+    payment_method_id: &str,
+    operation_id: &str,
+    payment_id: Option<&str>,
+) -> LedgerRow {
+    validate_common(user_id, operation_id, None).or_raise();
+    pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    validate_free_text("payment_method_id", payment_method_id).or_raise();
+    if let Some(p) = payment_id {
+        validate_payment_id(p).or_raise();
+    }
+    let request = json!({
+        "user_id": user_id, "amount_usd": amount_usd,
+        "payment_method_id": payment_method_id, "payment_id": payment_id,
+    });
+    let mut decide = |client: &mut SpiClient| {
+        let found = match payment_id {
+            Some(p) => client.update(
+                "SELECT payment_id, amount_usd, payment_method_id, status, operation_id
+                 FROM quota.payments WHERE user_id = $1 AND payment_id = $2 FOR UPDATE",
+                Some(1),
+                &[user_id.into(), p.into()],
+            ),
+            None => client.update(
+                "SELECT payment_id, amount_usd, payment_method_id, status, operation_id
+                 FROM quota.payments
+                 WHERE user_id = $1 AND status = 'confirmed' AND amount_usd = $2
+                   AND (payment_method_id IS NULL OR payment_method_id = $3)
+                 ORDER BY confirmed_at, payment_id LIMIT 1 FOR UPDATE",
+                Some(1),
+                &[user_id.into(), amount_usd.into(), payment_method_id.into()],
+            ),
+        }
+        .or_raise();
+        let Some(row) = found.into_iter().next() else {
+            return Err(payment_required(
+                user_id,
+                match payment_id {
+                    Some(p) => format!("no payment '{p}' was confirmed for user '{user_id}'"),
+                    None => format!("no confirmed, unused payment of {amount_usd} USD for user '{user_id}'"),
+                },
+            )
+            .with("amount_usd", amount_usd));
+        };
+        let pid = row.get_by_name::<String, _>("payment_id").or_raise().unwrap_or_default();
+        let paid = row.get_by_name::<f64, _>("amount_usd").or_raise().unwrap_or_default();
+        let method = row.get_by_name::<String, _>("payment_method_id").or_raise();
+        if row.get_by_name::<String, _>("status").or_raise().as_deref() != Some("confirmed") {
+            let by = row.get_by_name::<String, _>("operation_id").or_raise().unwrap_or_default();
+            return Err(payment_required(user_id, format!("payment '{pid}' was already used by purchase '{by}'"))
+                .with("payment_id", pid.as_str()));
+        }
+        if paid != amount_usd {
+            return Err(payment_required(
+                user_id,
+                format!("payment '{pid}' is of {paid} USD, not {amount_usd} USD"),
+            )
+            .with("payment_id", pid.as_str())
+            .with("amount_usd", amount_usd)
+            .with("payment_amount_usd", paid));
+        }
+        if method.as_deref().is_some_and(|m| m != payment_method_id) {
+            return Err(payment_required(
+                user_id,
+                format!("payment '{pid}' was made with another payment method"),
+            )
+            .with("payment_id", pid.as_str()));
+        }
+        client
+            .update(
+                "UPDATE quota.payments SET status = 'used', used_at = now(), operation_id = $3
+                 WHERE user_id = $1 AND payment_id = $2",
+                None,
+                &[user_id.into(), pid.as_str().into(), operation_id.into()],
+            )
+            .or_raise();
+        let (_, purchase_rate, _) = plan_rates(client, user_id);
+        let credits = pricing::purchase_credits(amount_usd, purchase_rate, settings::base_rate())?;
+        let extra = json!({ "source": "purchase", "payment_method_id": payment_method_id, "payment_id": pid });
+        Ok((credits, credits, 0, Some(extra)))
+    };
+    apply_credit(
+        Credit {
+            user_id,
+            scope: Scope::User,
+            operation_id,
+            kind: "add",
+            request,
+            description: Some("credit purchase"),
+            metadata: None,
             amount_usd: Some(amount_usd),
             refund_of: None,
         },
@@ -454,6 +595,7 @@ pub fn bonus_impl(
     apply_credit(
         Credit {
             user_id,
+            scope: Scope::Service,
             operation_id,
             kind: "bonus",
             request,
@@ -487,9 +629,11 @@ pub fn refund_impl(
             .update(
                 "SELECT -c.credits AS charged,
                         coalesce((SELECT sum(r.credits) FROM quota.ledger r
-                                   WHERE r.refund_of = c.operation_id AND r.transaction_type = 'refund'), 0)::bigint AS refunded
+                                   WHERE r.user_id = c.user_id AND r.refund_of = c.operation_id
+                                     AND r.transaction_type = 'refund'), 0)::bigint AS refunded
                  FROM quota.ledger c
-                 WHERE c.operation_id = $1 AND c.transaction_type = 'charge' AND c.user_id = $2",
+                 WHERE c.user_id = $2 AND c.scope = 'service' AND c.operation_id = $1
+                   AND c.transaction_type = 'charge'",
                 Some(1),
                 &[charge_operation_id.into(), user_id.into()],
             )
@@ -511,10 +655,10 @@ pub fn refund_impl(
                 format!("charge '{charge_operation_id}' of {charged} credits has {refundable} left to refund, {want} requested")
             };
             return Err(QuotaError::new(ErrorKind::RefundExceedsCharge, message)
-            .with("charge_operation_id", charge_operation_id)
-            .with("charged_credits", charged)
-            .with("refunded_credits", refunded)
-            .with("requested_credits", want));
+                .with("charge_operation_id", charge_operation_id)
+                .with("charged_credits", charged)
+                .with("refunded_credits", refunded)
+                .with("requested_credits", want));
         }
         // A refund gives back spending: it lowers total_spent rather than raising total_earned.
         Ok((want, 0, -want, None))
@@ -522,6 +666,7 @@ pub fn refund_impl(
     apply_credit(
         Credit {
             user_id,
+            scope: Scope::Service,
             operation_id,
             kind: "refund",
             request,
@@ -585,6 +730,7 @@ pub fn update_subscription_impl(
     let row = apply_credit(
         Credit {
             user_id,
+            scope: Scope::Service,
             operation_id,
             kind: "subscription",
             request,
@@ -605,21 +751,95 @@ pub fn update_subscription_impl(
 }
 
 // ---------------------------------------------------------------------------------------------
-// SQL functions.
+// Payments: confirmed by the payment side, used up by purchases.
 
-type CreditRow = (
-    name!(success, bool),
-    name!(transaction_id, i64),
-    name!(user_id, String),
-    name!(transaction_type, String),
-    name!(amount_usd, Option<f64>),
-    name!(credits_added, i64),
-    name!(balance_before, i64),
-    name!(balance_after, i64),
-    name!(operation_id, String),
-);
+/// Records a payment the payment side confirmed, once: the same payment id again with the same
+/// amount and method is a replay (`created` false), with others a 23505 conflict.
+pub fn confirm_payment_impl(
+    payment_id: &str,
+    user_id: &str,
+    amount_usd: f64,
+    payment_method_id: Option<&str>,
+    metadata: Option<Value>,
+) -> Value {
+    validate_payment_id(payment_id).or_raise();
+    validate_user_id(user_id).or_raise();
+    pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    if let Some(m) = payment_method_id {
+        validate_free_text("payment_method_id", m).or_raise();
+    }
+    Spi::connect_mut(|client| {
+        let exists = !client
+            .update("SELECT 1 FROM quota.users WHERE id = $1 FOR KEY SHARE", Some(1), &[user_id.into()])
+            .or_raise()
+            .is_empty();
+        if !exists {
+            raise(unknown_user(user_id));
+        }
+        let inserted = client
+            .update(
+                "INSERT INTO quota.payments (user_id, payment_id, amount_usd, payment_method_id, metadata)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (user_id, payment_id) DO NOTHING
+                 RETURNING quota._payment_json(payments) AS j",
+                Some(1),
+                &[
+                    user_id.into(),
+                    payment_id.into(),
+                    amount_usd.into(),
+                    payment_method_id.into(),
+                    metadata.map(JsonB).into(),
+                ],
+            )
+            .or_raise()
+            .into_iter()
+            .next()
+            .and_then(|r| r.get::<JsonB>(1).or_raise());
+        if let Some(JsonB(mut j)) = inserted {
+            j["created"] = json!(true);
+            return j;
+        }
+        let t = client
+            .update(
+                "SELECT quota._payment_json(p) AS j, p.amount_usd, p.payment_method_id
+                 FROM quota.payments p WHERE p.user_id = $1 AND p.payment_id = $2",
+                Some(1),
+                &[user_id.into(), payment_id.into()],
+            )
+            .or_raise();
+        let row = t.into_iter().next().unwrap_or_else(|| {
+            raise(QuotaError::new(
+                ErrorKind::InProgress,
+                format!("payment '{payment_id}' is being recorded by a concurrent call; retry"),
+            ))
+        });
+        let paid = row.get_by_name::<f64, _>("amount_usd").or_raise().unwrap_or_default();
+        let method = row.get_by_name::<String, _>("payment_method_id").or_raise();
+        if paid != amount_usd || method.as_deref() != payment_method_id {
+            raise(
+                QuotaError::new(
+                    ErrorKind::IdempotencyConflict,
+                    format!("payment '{payment_id}' of user '{user_id}' was already confirmed with other parameters"),
+                )
+                .with("payment_id", payment_id)
+                .with("amount_usd", paid),
+            );
+        }
+        let mut j = row.get_by_name::<JsonB, _>("j").or_raise().expect("json").0;
+        j["created"] = json!(false);
+        j
+    })
+}
 
-fn credit_row(r: LedgerRow) -> TableIterator<'static, CreditRow> {
+// ---------------------------------------------------------------------------------------------
+// SQL functions. Money-moving ones return one row; `transaction_id` is the ledger row.
+
+/// The row of every credit function (pgrx needs the tuple spelled out in each signature).
+type CreditRow = (bool, i64, String, String, Option<f64>, i64, Option<f64>, i64, i64, String);
+
+/// The purchase rate that priced an add (credits / (amount_usd * base_rate) is not exact after
+/// rounding, so it is read from the plan the user had: the wallet lock held it still).
+fn credit_row(r: LedgerRow, purchase_rate: Option<f64>) -> TableIterator<'static, CreditRow> {
     TableIterator::once((
         true,
         r.transaction_id,
@@ -627,10 +847,16 @@ fn credit_row(r: LedgerRow) -> TableIterator<'static, CreditRow> {
         r.transaction_type,
         r.amount_usd,
         r.credits,
+        purchase_rate,
         r.balance_before,
         r.balance_after,
         r.operation_id,
     ))
+}
+
+/// The purchase rate in force for a user now (after the operation, in its transaction).
+fn current_purchase_rate(user_id: &str) -> Option<f64> {
+    Spi::connect(|client| Some(plan_rates(client, user_id).1))
 }
 
 // quota.charge is the hot path, so it is a C-language function written against the fmgr ABI
@@ -657,7 +883,7 @@ CREATE FUNCTION quota.charge(
     description text DEFAULT NULL,
     metadata jsonb DEFAULT NULL
 ) RETURNS quota.charge_result
-VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'quota_charge';
 "#,
     name = "charge",
@@ -728,7 +954,8 @@ pub unsafe extern "C-unwind" fn quota_charge(fcinfo: pg_sys::FunctionCallInfo) -
     }
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn add(
     user_id: Option<&str>,
     amount_usd: Option<f64>,
@@ -744,6 +971,7 @@ fn add(
         name!(transaction_type, String),
         name!(amount_usd, Option<f64>),
         name!(credits_added, i64),
+        name!(purchase_rate, Option<f64>),
         name!(balance_before, i64),
         name!(balance_after, i64),
         name!(operation_id, String),
@@ -752,15 +980,18 @@ fn add(
     let user_id = required(user_id, "user_id");
     let amount_usd = required(amount_usd, "amount_usd");
     let operation_id = required(operation_id, "operation_id");
-    credit_row(add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0), None))
+    let r = add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0));
+    credit_row(r, current_purchase_rate(user_id))
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn purchase(
-    user_id: &str,
-    amount_usd: f64,
-    payment_method_id: &str,
-    operation_id: &str,
+    user_id: Option<&str>,
+    amount_usd: Option<f64>,
+    payment_method_id: Option<&str>,
+    operation_id: Option<&str>,
+    payment_id: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -770,15 +1001,37 @@ fn purchase(
         name!(transaction_type, String),
         name!(amount_usd, Option<f64>),
         name!(credits_added, i64),
+        name!(purchase_rate, Option<f64>),
         name!(balance_before, i64),
         name!(balance_after, i64),
         name!(operation_id, String),
     ),
 > {
-    credit_row(add_impl(user_id, amount_usd, operation_id, Some("credit purchase"), None, Some(payment_method_id)))
+    let user_id = required(user_id, "user_id");
+    let amount_usd = required(amount_usd, "amount_usd");
+    let payment_method_id = required(payment_method_id, "payment_method_id");
+    let operation_id = required(operation_id, "operation_id");
+    let r = purchase_impl(user_id, amount_usd, payment_method_id, operation_id, payment_id);
+    credit_row(r, current_purchase_rate(user_id))
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
+fn confirm_payment(
+    payment_id: Option<&str>,
+    user_id: Option<&str>,
+    amount_usd: Option<f64>,
+    payment_method_id: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> JsonB {
+    let payment_id = required(payment_id, "payment_id");
+    let user_id = required(user_id, "user_id");
+    let amount_usd = required(amount_usd, "amount_usd");
+    JsonB(confirm_payment_impl(payment_id, user_id, amount_usd, payment_method_id, metadata.map(|j| j.0)))
+}
+
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn bonus(
     user_id: Option<&str>,
     credits: Option<i64>,
@@ -794,6 +1047,7 @@ fn bonus(
         name!(transaction_type, String),
         name!(amount_usd, Option<f64>),
         name!(credits_added, i64),
+        name!(purchase_rate, Option<f64>),
         name!(balance_before, i64),
         name!(balance_after, i64),
         name!(operation_id, String),
@@ -802,10 +1056,11 @@ fn bonus(
     let user_id = required(user_id, "user_id");
     let credits = required(credits, "credits");
     let operation_id = required(operation_id, "operation_id");
-    credit_row(bonus_impl(user_id, credits, operation_id, description, metadata.map(|j| j.0)))
+    credit_row(bonus_impl(user_id, credits, operation_id, description, metadata.map(|j| j.0)), None)
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn refund(
     user_id: Option<&str>,
     charge_operation_id: Option<&str>,
@@ -821,6 +1076,7 @@ fn refund(
         name!(transaction_type, String),
         name!(amount_usd, Option<f64>),
         name!(credits_added, i64),
+        name!(purchase_rate, Option<f64>),
         name!(balance_before, i64),
         name!(balance_after, i64),
         name!(operation_id, String),
@@ -829,10 +1085,11 @@ fn refund(
     let user_id = required(user_id, "user_id");
     let charge_operation_id = required(charge_operation_id, "charge_operation_id");
     let operation_id = required(operation_id, "operation_id");
-    credit_row(refund_impl(user_id, charge_operation_id, operation_id, credits, description))
+    credit_row(refund_impl(user_id, charge_operation_id, operation_id, credits, description), None)
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn update_subscription(
     user_id: &str,
     subscription_tier: &str,
@@ -849,11 +1106,22 @@ fn update_subscription(
         name!(credits_added, i64),
         name!(balance_before, i64),
         name!(balance_after, i64),
+        name!(multiplier, f64),
+        name!(purchase_rate, f64),
         name!(operation_id, String),
     ),
 > {
     let (r, previous) = update_subscription_impl(user_id, subscription_tier, credits_to_add, operation_id);
     let tier = r.request["subscription_tier"].as_str().unwrap_or(subscription_tier).to_string();
+    let (multiplier, purchase_rate) = Spi::connect(|client| {
+        let t = client
+            .select("SELECT multiplier, purchase_rate FROM quota.plans WHERE tier = $1", Some(1), &[tier.as_str().into()])
+            .or_raise();
+        t.into_iter()
+            .next()
+            .map(|row| (row.get::<f64>(1).or_raise().unwrap_or(1.0), row.get::<f64>(2).or_raise().unwrap_or(1.0)))
+            .unwrap_or((1.0, 1.0))
+    });
     TableIterator::once((
         true,
         r.transaction_id,
@@ -863,43 +1131,73 @@ fn update_subscription(
         r.credits,
         r.balance_before,
         r.balance_after,
+        multiplier,
+        purchase_rate,
         r.operation_id,
     ))
 }
 
-#[pg_extern(stable, parallel_safe)]
+/// Whether a user's balance covers `required_credits` (always true when it is NULL), with the
+/// subscription that prices their charges. Reads only.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn check_credits(
-    user_id: &str,
-    required_credits: i64,
+    user_id: Option<&str>,
+    required_credits: default!(Option<i64>, "NULL"),
 ) -> TableIterator<
     'static,
     (
         name!(user_id, String),
-        name!(current_balance, i64),
-        name!(required_credits, i64),
-        name!(has_sufficient_credits, bool),
+        name!(has_subscription, bool),
+        name!(subscription_tier, Option<String>),
+        name!(balance, i64),
+        name!(multiplier, f64),
+        name!(required_credits, Option<i64>),
+        name!(sufficient, bool),
         name!(deficit, i64),
     ),
 > {
+    let user_id = required(user_id, "user_id");
     validate_user_id(user_id).or_raise();
-    validate_credits("required_credits", required_credits, true).or_raise();
-    let balance = Spi::get_one_with_args::<i64>(
-        "SELECT balance FROM quota.wallets WHERE user_id = $1",
-        &[user_id.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| raise(unknown_user(user_id)));
+    if let Some(r) = required_credits {
+        validate_credits("required_credits", r, true).or_raise();
+    }
+    let row = Spi::connect(|client| {
+        let t = client
+            .select(
+                "SELECT w.balance, w.multiplier, s.tier FROM quota.wallets w
+                 LEFT JOIN quota.subscriptions s ON s.user_id = w.user_id WHERE w.user_id = $1",
+                Some(1),
+                &[user_id.into()],
+            )
+            .or_raise();
+        t.into_iter().next().map(|r| {
+            (
+                r.get::<i64>(1).or_raise().unwrap_or(0),
+                r.get::<f64>(2).or_raise().unwrap_or(1.0),
+                r.get::<String>(3).or_raise(),
+            )
+        })
+    });
+    let (balance, multiplier, tier) = row.unwrap_or_else(|| raise(unknown_user(user_id)));
+    let need = required_credits.unwrap_or(0);
     TableIterator::once((
         user_id.to_string(),
+        tier.is_some(),
+        tier,
         balance,
+        multiplier,
         required_credits,
-        balance >= required_credits,
-        (required_credits - balance).max(0),
+        balance >= need,
+        (need - balance).max(0),
     ))
 }
 
-#[pg_extern(stable, parallel_safe)]
+/// The credits a cost would be charged (the charge's own formula and base rate: with no row in
+/// quota.settings it refuses, as the charge does), at a tier's multiplier, a user's plan, or
+/// multiplier 1; with a user, whether their balance covers it. Reads only.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn calculate_credits(
     cost_usd: Option<f64>,
     user_id: default!(Option<&str>, "NULL"),
@@ -907,59 +1205,74 @@ fn calculate_credits(
 ) -> TableIterator<
     'static,
     (
+        name!(user_id, Option<String>),
         name!(cost_usd, f64),
         name!(tier, Option<String>),
         name!(multiplier, f64),
         name!(base_rate, i64),
-        name!(credits, i64),
+        name!(credits_to_charge, i64),
+        name!(current_balance, Option<i64>),
+        name!(balance_after, Option<i64>),
+        name!(sufficient, Option<bool>),
     ),
 > {
     let cost_usd = required(cost_usd, "cost_usd");
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
-    let (multiplier, base_rate, tier) = Spi::connect_mut(|client| {
+    if let Some(t) = tier {
+        validate_tier(t).or_raise();
+    }
+    if let Some(u) = user_id {
+        validate_user_id(u).or_raise();
+    }
+    let base_rate = settings::base_rate();
+    let (multiplier, tier, balance) = Spi::connect(|client| {
+        let balance = match user_id {
+            None => None,
+            Some(u) => {
+                let t = client
+                    .select("SELECT balance, multiplier FROM quota.wallets WHERE user_id = $1", Some(1), &[u.into()])
+                    .or_raise();
+                let row = t.into_iter().next().unwrap_or_else(|| raise(unknown_user(u)));
+                Some((row.get::<i64>(1).or_raise().unwrap_or(0), row.get::<f64>(2).or_raise().unwrap_or(1.0)))
+            }
+        };
         if let Some(t) = tier {
-            validate_tier(t).or_raise();
             let r = client
-                .update(
-                    "SELECT p.multiplier, st.base_rate FROM quota.plans p, quota.settings st WHERE p.tier = $1",
-                    Some(1),
-                    &[t.into()],
-                )
+                .select("SELECT multiplier FROM quota.plans WHERE tier = $1", Some(1), &[t.into()])
                 .or_raise();
             let row = r.into_iter().next().unwrap_or_else(|| {
                 raise(QuotaError::not_found(format!("plan '{t}' not found")).with("tier", t))
             });
-            (
-                row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0),
-                row.get_by_name::<i64, _>("base_rate").or_raise().unwrap_or(10_000),
-                Some(t.to_string()),
-            )
-        } else if let Some(u) = user_id {
-            validate_user_id(u).or_raise();
-            let exists = client
-                .update("SELECT 1 FROM quota.users WHERE id = $1", Some(1), &[u.into()])
-                .or_raise();
-            if exists.is_empty() {
-                raise(unknown_user(u));
-            }
-            let (m, _, b, t) = rates_for_user(client, u);
-            (m, b, t)
-        } else {
-            let b = client
-                .update("SELECT base_rate FROM quota.settings", Some(1), &[])
+            (row.get::<f64>(1).or_raise().unwrap_or(1.0), Some(t.to_string()), balance.map(|b| b.0))
+        } else if let (Some(u), Some((b, m))) = (user_id, balance) {
+            // The wallet's multiplier is the one a charge prices with (kept equal to the plan's).
+            let t = client
+                .select("SELECT tier FROM quota.subscriptions WHERE user_id = $1", Some(1), &[u.into()])
                 .or_raise()
                 .into_iter()
                 .next()
-                .and_then(|r| r.get_by_name::<i64, _>("base_rate").or_raise())
-                .unwrap_or(10_000);
-            (1.0, b, None)
+                .and_then(|r| r.get::<String>(1).or_raise());
+            (m, t, Some(b))
+        } else {
+            (1.0, None, None)
         }
     });
     let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
-    TableIterator::once((cost_usd, tier, multiplier, base_rate, credits))
+    TableIterator::once((
+        user_id.map(str::to_string),
+        cost_usd,
+        tier,
+        multiplier,
+        base_rate,
+        credits,
+        balance,
+        balance.map(|b| b - credits),
+        balance.map(|b| b >= credits),
+    ))
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn balance(
     user_id: &str,
 ) -> TableIterator<
@@ -970,14 +1283,20 @@ fn balance(
         name!(total_earned, i64),
         name!(total_spent, i64),
         name!(subscription_tier, Option<String>),
+        name!(monthly_cost, Option<f64>),
+        name!(multiplier, f64),
+        name!(purchase_rate, f64),
     ),
 > {
     validate_user_id(user_id).or_raise();
     let row = Spi::connect(|client| {
         let t = client
             .select(
-                "SELECT w.balance, w.total_earned, w.total_spent, s.tier
-                 FROM quota.wallets w LEFT JOIN quota.subscriptions s USING (user_id)
+                "SELECT w.balance, w.total_earned, w.total_spent, s.tier, p.monthly_cost::float8,
+                        coalesce(p.multiplier, 1.0::float8), coalesce(p.purchase_rate, 1.0::float8)
+                 FROM quota.wallets w
+                 LEFT JOIN quota.subscriptions s ON s.user_id = w.user_id
+                 LEFT JOIN quota.plans p ON p.tier = s.tier
                  WHERE w.user_id = $1",
                 Some(1),
                 &[user_id.into()],
@@ -985,22 +1304,27 @@ fn balance(
             .or_raise();
         t.into_iter().next().map(|r| {
             (
-                r.get_by_name::<i64, _>("balance").or_raise().unwrap_or(0),
-                r.get_by_name::<i64, _>("total_earned").or_raise().unwrap_or(0),
-                r.get_by_name::<i64, _>("total_spent").or_raise().unwrap_or(0),
-                r.get_by_name::<String, _>("tier").or_raise(),
+                r.get::<i64>(1).or_raise().unwrap_or(0),
+                r.get::<i64>(2).or_raise().unwrap_or(0),
+                r.get::<i64>(3).or_raise().unwrap_or(0),
+                r.get::<String>(4).or_raise(),
+                r.get::<f64>(5).or_raise(),
+                r.get::<f64>(6).or_raise().unwrap_or(1.0),
+                r.get::<f64>(7).or_raise().unwrap_or(1.0),
             )
         })
     });
-    let (balance, earned, spent, tier) = row.unwrap_or_else(|| raise(unknown_user(user_id)));
-    TableIterator::once((user_id.to_string(), balance, earned, spent, tier))
+    let (balance, earned, spent, tier, monthly_cost, multiplier, purchase_rate) =
+        row.unwrap_or_else(|| raise(unknown_user(user_id)));
+    TableIterator::once((user_id.to_string(), balance, earned, spent, tier, monthly_cost, multiplier, purchase_rate))
 }
 
 const TRANSACTION_TYPES: &[&str] = &[
     "charge", "add", "subscription", "bonus", "refund", "reserve", "settle", "release", "recharge", "adjust",
 ];
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn transactions(
     user_id: Option<&str>,
     limit: default!(Option<i32>, 20),
@@ -1026,7 +1350,7 @@ fn transactions(
             .with("field", "type"));
         }
     }
-    let result = Spi::get_one_with_args::<JsonB>(
+    let result = read::one::<JsonB>(
         "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM quota.users WHERE id = $1) THEN NULL ELSE
            jsonb_build_object(
              'transactions', coalesce((
@@ -1039,15 +1363,15 @@ fn transactions(
              'limit', $2, 'offset', $3)
          END",
         &[user_id.into(), limit.into(), offset.into(), transaction_type.into()],
-    )
-    .or_raise();
+    );
     result.unwrap_or_else(|| raise(unknown_user(user_id)))
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn subscription(user_id: &str) -> JsonB {
     validate_user_id(user_id).or_raise();
-    Spi::get_one_with_args::<JsonB>(
+    read::one::<JsonB>(
         "SELECT jsonb_build_object(
                   'user_id', w.user_id, 'subscription_tier', s.tier, 'status', s.status,
                   'started_at', s.started_at,
@@ -1057,11 +1381,11 @@ fn subscription(user_id: &str) -> JsonB {
          WHERE w.user_id = $1",
         &[user_id.into()],
     )
-    .or_raise()
     .unwrap_or_else(|| raise(unknown_user(user_id)))
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, String))> {
     let rows = Spi::connect(|client| {
         client

@@ -24,9 +24,11 @@ mod error;
 mod gucs;
 mod ledger;
 mod plans;
+mod read;
 mod schedule;
 mod settings;
 mod strategies;
+mod subxact;
 mod users;
 mod worker;
 
@@ -38,7 +40,7 @@ mod tests;
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/strategies.sql", name = "strategies", requires = ["schema"]);
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["strategies"]);
-extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1,7 +1,7 @@
 //! Subscription plans, the exchange rate and statistics (SPEC 2, admin side). Every change is
 //! written to quota.audit_log in the same transaction.
 
-use crate::audit;
+use crate::{audit, read};
 use crate::error::{raise, required, OrRaise};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -42,7 +42,8 @@ fn name_taken(client: &mut SpiClient, name: &str, other_than_tier: Option<&str>)
         .is_empty()
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let plan = required(plan, "plan");
     let p = PlanInput::parse(plan.0).or_raise();
@@ -85,7 +86,8 @@ fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> Js
     })
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let tier = required(tier, "tier");
     let patch = required(patch, "patch");
@@ -135,7 +137,8 @@ fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<
     })
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let tier = required(tier, "tier");
     validate_tier(tier).or_raise();
@@ -165,16 +168,16 @@ fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> Jso
     })
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn list_plans(active_only: default!(bool, false)) -> JsonB {
-    Spi::get_one_with_args::<JsonB>(
+    read::one::<JsonB>(
         "SELECT jsonb_build_object(
             'plans', coalesce(jsonb_agg(quota._plan_json(p) ORDER BY p.monthly_cost, p.tier), '[]'::jsonb),
             'total', count(*))
          FROM quota.plans p WHERE p.active OR NOT $1",
         &[active_only.into()],
     )
-    .or_raise()
     .expect("an aggregate returns one row")
 }
 
@@ -192,7 +195,8 @@ fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB 
     })
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn set_plan_multiplier(tier: Option<&str>, multiplier: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let tier = required(tier, "tier");
     let multiplier = required(multiplier, "multiplier");
@@ -200,7 +204,8 @@ fn set_plan_multiplier(tier: Option<&str>, multiplier: Option<f64>, actor: defau
     set_rate(tier, "multiplier", multiplier, actor)
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn set_plan_purchase_rate(tier: Option<&str>, purchase_rate: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let tier = required(tier, "tier");
     let purchase_rate = required(purchase_rate, "purchase_rate");
@@ -208,7 +213,8 @@ fn set_plan_purchase_rate(tier: Option<&str>, purchase_rate: Option<f64>, actor:
     set_rate(tier, "purchase_rate", purchase_rate, actor)
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let base_rate = required(base_rate, "base_rate");
     validate_base_rate(base_rate).or_raise();
@@ -242,7 +248,8 @@ fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL
     })
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn statistics(
     start_date: default!(Option<TimestampWithTimeZone>, "NULL"),
     end_date: default!(Option<TimestampWithTimeZone>, "NULL"),
@@ -255,17 +262,11 @@ fn statistics(
     }
     if let Some(t) = tier {
         validate_tier(t).or_raise();
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM quota.plans WHERE tier = $1)",
-            &[t.into()],
-        )
-        .or_raise()
-        .unwrap_or(false);
-        if !exists {
+        if !read::exists("SELECT 1 FROM quota.plans WHERE tier = $1", &[t.into()]) {
             raise(unknown_plan(t));
         }
     }
-    Spi::get_one_with_args::<JsonB>(
+    read::one::<JsonB>(
         "WITH scope AS (
             SELECT u.id FROM quota.users u LEFT JOIN quota.subscriptions s ON s.user_id = u.id
             WHERE $3::text IS NULL OR s.tier = $3),
@@ -298,6 +299,5 @@ fn statistics(
                 'refund', count(*) FILTER (WHERE transaction_type = 'refund')) FROM tx))",
         &[start_date.into(), end_date.into(), tier.into()],
     )
-    .or_raise()
     .expect("one row")
 }

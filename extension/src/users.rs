@@ -1,6 +1,6 @@
 //! Users (the one users table of the product) and their API tokens for the public REST API.
 
-use crate::audit;
+use crate::{audit, read};
 use crate::error::{raise, required, OrRaise};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -101,7 +101,8 @@ fn check_body_id(user_id: &str, p: &UserProfile) {
     }
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn create_user(user_id: Option<&str>, profile: default!(Option<JsonB>, "'{}'"), actor: default!(Option<&str>, "NULL")) -> JsonB {
     let user_id = required(user_id, "user_id");
     let profile = required(profile, "profile");
@@ -117,7 +118,8 @@ fn create_user(user_id: Option<&str>, profile: default!(Option<JsonB>, "'{}'"), 
     })
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let user_id = required(user_id, "user_id");
     let patch = required(patch, "patch");
@@ -140,13 +142,15 @@ fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Opti
     })
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn get_user(user_id: &str) -> JsonB {
     validate_user_id(user_id).or_raise();
-    Spi::connect_mut(|client| JsonB(user_json(client, user_id).unwrap_or_else(|| raise(unknown_user(user_id)))))
+    read::one::<JsonB>("SELECT quota._user_json($1)", &[user_id.into()]).unwrap_or_else(|| raise(unknown_user(user_id)))
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
     if !(1..=1000).contains(&limit) {
         raise(QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}")).with("field", "limit"));
@@ -154,7 +158,7 @@ fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
     if offset < 0 {
         raise(QuotaError::invalid(format!("offset must be at least 0, got {offset}")).with("field", "offset"));
     }
-    Spi::get_one_with_args::<JsonB>(
+    read::one::<JsonB>(
         "SELECT jsonb_build_object(
             'users', coalesce((SELECT jsonb_agg(quota._user_json(id) ORDER BY id)
                                FROM (SELECT id FROM quota.users ORDER BY id LIMIT $1 OFFSET $2) page), '[]'::jsonb),
@@ -162,11 +166,11 @@ fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
             'limit', $1, 'offset', $2)",
         &[limit.into(), offset.into()],
     )
-    .or_raise()
     .expect("one row")
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn import_users(users: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let users = required(users, "users");
     let Value::Array(items) = users.0 else {
@@ -216,7 +220,8 @@ fn random_token() -> String {
     format!("{TOKEN_PREFIX}{hex}")
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn issue_api_token(
     user_id: Option<&str>,
     label: default!(Option<&str>, "NULL"),
@@ -267,7 +272,8 @@ fn issue_api_token(
     })
 }
 
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn revoke_api_token(token_id: Option<i64>, actor: default!(Option<&str>, "NULL")) -> bool {
     let token_id = required(token_id, "token_id");
     let actor = audit::actor_or_role(actor);
@@ -295,16 +301,15 @@ fn revoke_api_token(token_id: Option<i64>, actor: default!(Option<&str>, "NULL")
 }
 
 /// The user a bearer token belongs to, or NULL (unknown, revoked, or not a token at all).
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
 fn resolve_api_token(token: &str) -> Option<String> {
     if token.len() > TOKEN_LEN_MAX || !token.starts_with(TOKEN_PREFIX) {
         return None;
     }
-    Spi::get_one_with_args::<String>(
+    read::one::<String>(
         "SELECT user_id FROM quota.api_tokens
          WHERE token_sha256 = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL",
         &[token.into()],
     )
-    .ok()
-    .flatten()
 }

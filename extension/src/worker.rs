@@ -3,7 +3,9 @@
 //! heartbeat in shared memory, and exits cleanly on SIGTERM. Later features give it jobs; each
 //! job is a SQL-callable function so tests can drive it without the worker (pg_cron's lesson).
 
+use crate::error::OrRaise;
 use crate::gucs;
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
@@ -40,6 +42,13 @@ pub struct WorkerState {
     started_at: pg_sys::TimestampTz,
     heartbeat_at: pg_sys::TimestampTz,
     ticks: i64,
+    /// Since the worker started: users recharged, users skipped (balance limit), strategy fires
+    /// that raised an ERROR (the others went on), ticks that raised one (the worker went on).
+    recharged: i64,
+    skipped: i64,
+    strategy_errors: i64,
+    tick_errors: i64,
+    last_scan_at: pg_sys::TimestampTz,
 }
 
 unsafe impl PGRXSharedMemory for WorkerState {}
@@ -85,6 +94,7 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
             started_at: now(),
             heartbeat_at: now(),
             ticks: 0,
+            ..Default::default()
         };
     }
     let database = gucs::database();
@@ -97,45 +107,95 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let installed = BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_quota')")
-                .ok()
-                .flatten()
-                .unwrap_or(false)
-        });
-        if installed && gucs::scheduler_enabled() {
-            // Periodic strategies every tick; single ones every quota.scan_interval. An ERROR here
-            // ends the worker, which the postmaster restarts (pg_cron's launcher does the same).
-            let now = now();
-            let single = single_scanned_at == 0 || now - single_scanned_at >= gucs::scan_interval_s() * 1_000_000;
-            let recharged = BackgroundWorker::transaction(move || {
-                Spi::get_one_with_args::<i64>(
-                    "SELECT coalesce(sum(recharged), 0)::bigint FROM quota.scan(NULL, $1)",
-                    &[single.into()],
-                )
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-            });
-            if single {
-                single_scanned_at = now;
+        // One tick: never an ERROR out of it (that would restart the worker and, before this,
+        // stopped every strategy when one failed). The scan isolates strategies from each
+        // other; anything else is logged, its transaction aborted, and the next tick comes.
+        let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(tick(&mut single_scanned_at))))
+            .catch_others(|e| {
+                // SAFETY: the failed tick's transaction is still open; abort it as pg_cron's
+                // launcher does after an error (pgrx has copied and flushed the error state).
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                Err(e)
+            })
+            .execute();
+        let (installed, more) = match outcome {
+            Ok(t) => t,
+            Err(e) => {
+                let message = match &e {
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+                    CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+                };
+                warning!("pg_quota worker: tick failed, going on: {message}");
+                WORKER.exclusive().tick_errors += 1;
+                (true, false)
             }
-            if recharged > 0 {
-                log!("pg_quota worker: recharged {recharged} users");
-            }
-        }
+        };
         {
             let mut s = WORKER.exclusive();
             s.phase = if installed { WorkerPhase::Running } else { WorkerPhase::WaitingForExtension };
             s.heartbeat_at = now();
             s.ticks += 1;
         }
-        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(gucs::worker_naptime_ms()))) {
+        // A strategy with users left for its fire (bounded batch) continues at once.
+        let nap = if more { 0 } else { gucs::worker_naptime_ms() };
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(nap))) {
             break; // SIGTERM or postmaster death
         }
     }
     set_phase(WorkerPhase::Stopped);
     log!("pg_quota worker stopped");
+}
+
+/// One tick: is the extension installed; if so (and scheduling is on) run what is due, at most
+/// `quota.scan_batch_size` users per strategy. Returns (installed, more work due now).
+fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
+    let installed = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select("SELECT 1 FROM pg_extension WHERE extname = 'pg_quota'", Some(1), &[])
+                .map(|t| !t.is_empty())
+                .unwrap_or(false)
+        })
+    });
+    if !installed || !gucs::scheduler_enabled() {
+        return (installed, false);
+    }
+    // Periodic strategies every tick; single ones every quota.scan_interval.
+    let now = now();
+    let single = *single_scanned_at == 0 || now - *single_scanned_at >= gucs::scan_interval_s() * 1_000_000;
+    let batch = gucs::scan_batch_size();
+    let (recharged, skipped, errors, more) = BackgroundWorker::transaction(move || {
+        Spi::connect_mut(|c| {
+            let t = c
+                .update(
+                    "SELECT coalesce(sum(recharged), 0)::bigint, coalesce(sum(skipped), 0)::bigint,
+                            count(*) FILTER (WHERE error IS NOT NULL), coalesce(bool_or(more), false)
+                     FROM quota.scan(NULL, $1, NULL, $2)",
+                    Some(1),
+                    &[single.into(), batch.into()],
+                )
+                .or_raise();
+            let row = t.first();
+            (
+                row.get::<i64>(1).or_raise().unwrap_or(0),
+                row.get::<i64>(2).or_raise().unwrap_or(0),
+                row.get::<i64>(3).or_raise().unwrap_or(0),
+                row.get::<bool>(4).or_raise().unwrap_or(false),
+            )
+        })
+    });
+    // A single scan that ran out of batch is not done: it goes on next tick (at once).
+    if single && !more {
+        *single_scanned_at = now;
+    }
+    if recharged > 0 {
+        log!("pg_quota worker: recharged {recharged} users");
+    }
+    let mut s = WORKER.exclusive();
+    s.recharged += recharged;
+    s.skipped += skipped;
+    s.strategy_errors += errors;
+    s.last_scan_at = now;
+    (installed, more)
 }
 
 fn timestamp(ts: pg_sys::TimestampTz) -> Option<TimestampWithTimeZone> {
@@ -156,10 +216,15 @@ fn worker_status() -> TableIterator<
         name!(started_at, Option<TimestampWithTimeZone>),
         name!(last_heartbeat, Option<TimestampWithTimeZone>),
         name!(ticks, i64),
+        name!(last_scan_at, Option<TimestampWithTimeZone>),
+        name!(recharged, i64),
+        name!(skipped, i64),
+        name!(strategy_errors, i64),
+        name!(tick_errors, i64),
     ),
 > {
     if !PRELOADED.load(Ordering::Relaxed) {
-        return TableIterator::once((None, "not_preloaded".to_string(), gucs::database(), None, None, 0));
+        return TableIterator::once((None, "not_preloaded".to_string(), gucs::database(), None, None, 0, None, 0, 0, 0, 0));
     }
     let s = *WORKER.share();
     TableIterator::once((
@@ -169,5 +234,17 @@ fn worker_status() -> TableIterator<
         timestamp(s.started_at),
         timestamp(s.heartbeat_at),
         s.ticks,
+        timestamp(s.last_scan_at),
+        s.recharged,
+        s.skipped,
+        s.strategy_errors,
+        s.tick_errors,
     ))
+}
+
+/// The version of the loaded library (`pg_quota.so`); /health calls it to prove the library
+/// loads, which reading pg_extension (a catalog) does not.
+#[pg_extern(stable, parallel_safe)]
+fn library_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
 }

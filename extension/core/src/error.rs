@@ -24,6 +24,13 @@ pub enum ErrorKind {
     RefundExceedsCharge,
     /// The same operation_id is being applied by a concurrent call; retrying replays it. 40001.
     InProgress,
+    /// A purchase without a confirmed, unused payment of that user and amount. SQLSTATE 23514
+    /// (the rule "credits are bought with a payment" is violated); HTTP 402.
+    PaymentRequired,
+    /// A wallet would pass its balance or lifetime limit. SQLSTATE 22003.
+    BalanceLimit,
+    /// The caller's role may not do this (a test hook used by a non-superuser). SQLSTATE 42501.
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -35,6 +42,9 @@ impl ErrorKind {
             ErrorKind::InUse => "23503",
             ErrorKind::InsufficientCredits | ErrorKind::RefundExceedsCharge => "23514",
             ErrorKind::InProgress => "40001",
+            ErrorKind::PaymentRequired => "23514",
+            ErrorKind::BalanceLimit => "22003",
+            ErrorKind::PermissionDenied => "42501",
         }
     }
 
@@ -49,6 +59,9 @@ impl ErrorKind {
             ErrorKind::InsufficientCredits => "insufficient_credits",
             ErrorKind::RefundExceedsCharge => "refund_exceeds_charge",
             ErrorKind::InProgress => "in_progress",
+            ErrorKind::PaymentRequired => "payment_required",
+            ErrorKind::BalanceLimit => "balance_limit",
+            ErrorKind::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -130,7 +143,8 @@ mod tests {
     fn every_kind_has_a_five_char_sqlstate() {
         use ErrorKind::*;
         for k in [InvalidParameter, NotFound, Duplicate, IdempotencyConflict, InUse,
-                  InsufficientCredits, RefundExceedsCharge, InProgress] {
+                  InsufficientCredits, RefundExceedsCharge, InProgress, PaymentRequired,
+                  BalanceLimit, PermissionDenied] {
             assert_eq!(k.sqlstate().len(), 5);
             assert!(!k.code().is_empty());
         }

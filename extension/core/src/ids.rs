@@ -1,41 +1,100 @@
-//! Identifiers: operation ids, user ids, tiers. All bounded (TigerBeetle style: a limit on
-//! everything) and free of control characters so they are safe in logs and messages.
+//! Identifiers: operation ids, payment ids, user ids, tiers. All bounded (TigerBeetle style: a
+//! limit on everything) and made only of visible characters, so an id that looks equal on screen
+//! is equal in the database, and ids are safe in logs and messages.
+//!
+//! An id must be 1 to its maximum of characters (not bytes), must not start or end with
+//! whitespace, and must not hold control characters, other whitespace than the ASCII space, or
+//! invisible characters (Unicode's Default_Ignorable_Code_Point set: zero-width spaces and
+//! joiners, bidirectional controls, the BOM, variation selectors, tags, ...). Two ids that differ
+//! only by such characters would otherwise be two idempotency keys that look like one.
 
 use crate::error::{QuotaError, Result};
 
 pub const OPERATION_ID_LEN_MAX: usize = 255;
+pub const PAYMENT_ID_LEN_MAX: usize = 255;
 pub const USER_ID_LEN_MAX: usize = 255;
 pub const TIER_LEN_MAX: usize = 64;
 pub const TEXT_LEN_MAX: usize = 1024;
 
-fn validate_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
+/// Unicode 15 Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt), plus the line and
+/// paragraph separators: characters that render as nothing.
+const INVISIBLE: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+];
+
+/// Whether `c` renders as nothing (see [`INVISIBLE`]).
+pub fn is_invisible(c: char) -> bool {
+    let c = c as u32;
+    INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+/// The first character that may not appear in an id, if any: a control character, whitespace
+/// other than the ASCII space, or an invisible character.
+fn forbidden_char(value: &str) -> Option<char> {
+    value
+        .chars()
+        .find(|&c| c.is_control() || (c.is_whitespace() && c != ' ') || is_invisible(c))
+}
+
+fn describe(c: char) -> String {
+    format!("U+{:04X}", c as u32)
+}
+
+/// Validates an identifier (see the module documentation).
+pub fn validate_id(field: &str, value: &str, max_chars: usize) -> Result<()> {
+    let invalid = |why: String| Err(QuotaError::invalid(format!("{field} {why}")).with("field", field));
     let n = value.chars().count();
     if n == 0 {
-        return Err(QuotaError::invalid(format!("{field} must not be empty")).with("field", field));
+        return invalid("must not be empty".into());
     }
     if n > max_chars {
-        return Err(QuotaError::invalid(format!(
-            "{field} must be at most {max_chars} characters, got {n}"
-        ))
-        .with("field", field));
+        return invalid(format!("must be at most {max_chars} characters, got {n}"));
     }
-    if value.chars().any(char::is_control) {
-        return Err(QuotaError::invalid(format!("{field} must not contain control characters"))
-            .with("field", field));
+    if value.trim().is_empty() {
+        return invalid("must not be blank".into());
+    }
+    if value.trim() != value {
+        return invalid("must not start or end with whitespace".into());
+    }
+    if let Some(c) = forbidden_char(value) {
+        return invalid(format!(
+            "must hold only visible characters, found {}",
+            describe(c)
+        ));
     }
     Ok(())
 }
 
 pub fn validate_operation_id(operation_id: &str) -> Result<()> {
-    validate_text("operation_id", operation_id, OPERATION_ID_LEN_MAX)
+    validate_id("operation_id", operation_id, OPERATION_ID_LEN_MAX)
+}
+
+pub fn validate_payment_id(payment_id: &str) -> Result<()> {
+    validate_id("payment_id", payment_id, PAYMENT_ID_LEN_MAX)
 }
 
 pub fn validate_user_id(user_id: &str) -> Result<()> {
-    validate_text("user_id", user_id, USER_ID_LEN_MAX)
+    validate_id("user_id", user_id, USER_ID_LEN_MAX)
 }
 
 pub fn validate_tier(tier: &str) -> Result<()> {
-    validate_text("tier", tier, TIER_LEN_MAX)
+    validate_id("tier", tier, TIER_LEN_MAX)
 }
 
 /// Free text (descriptions, labels, payment method ids): bounded, may be empty.
@@ -46,6 +105,9 @@ pub fn validate_free_text(field: &str, value: &str) -> Result<()> {
             "{field} must be at most {TEXT_LEN_MAX} characters, got {n}"
         ))
         .with("field", field));
+    }
+    if value.contains('\0') {
+        return Err(QuotaError::invalid(format!("{field} must not contain NUL characters")).with("field", field));
     }
     Ok(())
 }
@@ -68,5 +130,44 @@ mod tests {
         assert!(validate_user_id("").is_err());
         assert!(validate_user_id("a\nb").is_err());
         assert!(validate_tier(&"t".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn blank_padded_and_invisible_ids_are_rejected() {
+        for bad in [
+            " ",
+            "   ",
+            "\t",
+            " op-1",
+            "op-1 ",
+            "op\u{00A0}1",    // no-break space
+            "op\u{200B}1",    // zero-width space
+            "op-1\u{200D}",   // zero-width joiner
+            "\u{FEFF}op-1",   // byte order mark
+            "op\u{202E}1",    // right-to-left override
+            "op\u{2066}1",    // left-to-right isolate
+            "op\u{FE0F}1",    // variation selector
+            "op\u{E0041}1",   // tag letter
+            "op\u{2028}1",    // line separator
+            "op\u{0085}1",    // next line (a control character)
+            "op\u{001B}[31m", // an escape sequence
+            "op\u{00AD}1",    // soft hyphen
+        ] {
+            let e = validate_operation_id(bad).expect_err(&format!("{bad:?} must be refused"));
+            assert_eq!(e.kind.sqlstate(), "22023", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn visible_ids_with_inner_spaces_and_any_script_are_accepted() {
+        for good in ["op-1", "req 42", "заказ-7", "注文:8", "a/b:c#d", "emoji-🎉", "x"] {
+            assert!(validate_operation_id(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn the_message_names_the_character() {
+        let e = validate_operation_id("a\u{200B}b").unwrap_err();
+        assert!(e.message.contains("U+200B"), "{}", e.message);
     }
 }

@@ -2,18 +2,27 @@
 //! IEEE double in that order (SPEC 2). The float product is the contract, not an accident: the
 //! worked cases (0.0123 at 1.5 gives 184) only hold for this evaluation order.
 
-use crate::error::{QuotaError, Result};
+use crate::error::{ErrorKind, QuotaError, Result};
 
 /// The largest number of credits one operation may move. Far below i64::MAX so that balances and
 /// totals cannot overflow after many operations.
 pub const CREDITS_PER_OPERATION_MAX: i64 = 1_000_000_000_000_000; // 1e15
-/// The largest USD amount one operation accepts.
-pub const USD_PER_OPERATION_MAX: f64 = 1_000_000_000.0; // $1e9
+/// The largest USD amount one operation (a charge, an add, a payment) accepts.
+pub const USD_PER_OPERATION_MAX: f64 = 1_000_000.0; // $1M
 /// Bounds of the exchange rate (credits per USD).
 pub const BASE_RATE_MIN: i64 = 1;
 pub const BASE_RATE_MAX: i64 = 1_000_000_000;
-/// Bounds of plan multipliers and purchase rates.
-pub const RATE_MAX: f64 = 1_000_000.0;
+/// Bounds of a plan's charge multiplier: a multiplier of 1e-320 would make every charge free.
+pub const MULTIPLIER_MIN: f64 = 0.001;
+pub const MULTIPLIER_MAX: f64 = 1000.0;
+/// Bounds of a plan's purchase rate (credits per USD bought, relative to base_rate).
+pub const PURCHASE_RATE_MIN: f64 = 1.0;
+pub const PURCHASE_RATE_MAX: f64 = 1000.0;
+/// The largest balance a wallet may hold, and the largest lifetime totals (earned, spent). Far
+/// below i64::MAX (9.2e18), so no sum in SQL overflows and a full wallet is refused by name
+/// instead of failing with "bigint out of range".
+pub const BALANCE_MAX: i64 = 1_000_000_000_000_000_000; // 1e18
+pub const TOTAL_MAX: i64 = 9_000_000_000_000_000_000; // 9e18
 
 /// Validates a USD amount: finite, > 0, at most `USD_PER_OPERATION_MAX`.
 pub fn validate_usd(field: &str, usd: f64) -> Result<()> {
@@ -47,9 +56,9 @@ pub fn validate_credits(field: &str, credits: i64, allow_zero: bool) -> Result<(
 }
 
 pub fn validate_multiplier(multiplier: f64) -> Result<()> {
-    if !(multiplier.is_finite() && multiplier > 0.0 && multiplier <= RATE_MAX) {
+    if !(multiplier.is_finite() && (MULTIPLIER_MIN..=MULTIPLIER_MAX).contains(&multiplier)) {
         return Err(QuotaError::invalid(format!(
-            "multiplier must be greater than 0 and at most {RATE_MAX}, got {multiplier}"
+            "multiplier must be between {MULTIPLIER_MIN} and {MULTIPLIER_MAX}, got {multiplier}"
         ))
         .with("field", "multiplier"));
     }
@@ -57,13 +66,35 @@ pub fn validate_multiplier(multiplier: f64) -> Result<()> {
 }
 
 pub fn validate_purchase_rate(purchase_rate: f64) -> Result<()> {
-    if !(purchase_rate.is_finite() && purchase_rate >= 1.0 && purchase_rate <= RATE_MAX) {
+    if !(purchase_rate.is_finite() && (PURCHASE_RATE_MIN..=PURCHASE_RATE_MAX).contains(&purchase_rate)) {
         return Err(QuotaError::invalid(format!(
-            "purchase_rate must be at least 1.0 and at most {RATE_MAX}, got {purchase_rate}"
+            "purchase_rate must be between {PURCHASE_RATE_MIN} and {PURCHASE_RATE_MAX}, got {purchase_rate}"
         ))
         .with("field", "purchase_rate"));
     }
     Ok(())
+}
+
+/// Whether a wallet can take `credits` more: the balance stays within [`BALANCE_MAX`] and the
+/// lifetime total earned within [`TOTAL_MAX`]. Refused by name (SQLSTATE 22003), not by an
+/// overflow.
+pub fn check_room(user_id: &str, balance: i64, total_earned: i64, credits: i64, earned: i64) -> Result<()> {
+    let fits = balance.checked_add(credits).is_some_and(|b| b <= BALANCE_MAX)
+        && total_earned.checked_add(earned).is_some_and(|t| t <= TOTAL_MAX);
+    if fits {
+        return Ok(());
+    }
+    Err(QuotaError::new(
+        ErrorKind::BalanceLimit,
+        format!(
+            "user '{user_id}' has {balance} credits ({total_earned} earned in all); {credits} more would pass the \
+             limit of {BALANCE_MAX} (balance) or {TOTAL_MAX} (total earned)"
+        ),
+    )
+    .with("user_id", user_id)
+    .with("current_balance", balance)
+    .with("credits", credits)
+    .with("balance_max", BALANCE_MAX))
 }
 
 pub fn validate_base_rate(base_rate: i64) -> Result<()> {
@@ -136,16 +167,35 @@ mod tests {
 
     #[test]
     fn rejects_results_beyond_one_operation() {
-        // $1e9 at rate 1e6 and base 1e9 is 1e24 credits.
-        assert!(charge_credits(1e9, 1e6, 1_000_000_000).is_err());
-        assert_eq!(charge_credits(1e9, 1.0, 1_000_000).unwrap(), 1_000_000_000_000_000);
+        // $1e6 at rate 1000 and base 1e9 is 1e18 credits.
+        assert!(charge_credits(1e6, 1000.0, 1_000_000_000).is_err());
+        assert_eq!(charge_credits(1e6, 1.0, 1_000_000_000).unwrap(), 1_000_000_000_000_000);
+        // More than $1M in one operation is refused whatever it would be worth.
+        assert!(charge_credits(1e6 + 0.01, 1.0, 1).is_err());
+    }
+
+    #[test]
+    fn room_is_bounded_by_balance_and_total_earned() {
+        assert!(check_room("u", 0, 0, 100, 100).is_ok());
+        assert!(check_room("u", BALANCE_MAX - 100, 0, 100, 100).is_ok());
+        let e = check_room("u", BALANCE_MAX - 99, 0, 100, 100).unwrap_err();
+        assert_eq!(e.kind.sqlstate(), "22003");
+        assert!(e.message.contains("user 'u'"), "{}", e.message);
+        assert!(check_room("u", 0, TOTAL_MAX, 1, 1).is_err());
+        assert!(check_room("u", i64::MAX, i64::MAX, i64::MAX, i64::MAX).is_err());
+        // A refund moves the balance but not total_earned.
+        assert!(check_room("u", 0, TOTAL_MAX, 5, 0).is_ok());
     }
 
     #[test]
     fn plan_rates_are_validated() {
         assert!(validate_multiplier(0.0).is_err());
+        assert!(validate_multiplier(1e-320).is_err());
         assert!(validate_multiplier(f64::NAN).is_err());
         assert!(validate_multiplier(0.01).is_ok());
+        assert!(validate_multiplier(1000.0).is_ok());
+        assert!(validate_multiplier(1000.5).is_err());
+        assert!(validate_purchase_rate(1001.0).is_err());
         assert!(validate_purchase_rate(0.99).is_err());
         assert!(validate_purchase_rate(1.0).is_ok());
         assert!(validate_base_rate(0).is_err());

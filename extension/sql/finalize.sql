@@ -1,10 +1,13 @@
--- Documentation of the public SQL API (finalize: runs after every function exists).
+-- Runs last (finalize), once every function exists: the documentation of the public SQL API,
+-- then the access rules (SPEC 1.6).
 COMMENT ON FUNCTION quota.charge(text, double precision, text, text, jsonb) IS
     'Charges round_half_even(cost_usd * plan multiplier * base_rate) credits. Idempotent by operation_id (replay returns the first result; other parameters: 23505). Insufficient credits: 23514, nothing recorded.';
 COMMENT ON FUNCTION quota.add(text, double precision, text, text, jsonb) IS
     'Adds round_half_even(amount_usd * plan purchase_rate * base_rate) credits (ledger type add). Idempotent by operation_id.';
-COMMENT ON FUNCTION quota.purchase(text, double precision, text, text) IS
-    'A credit purchase: like quota.add, recording the payment method. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.purchase(text, double precision, text, text, text) IS
+    'A credit purchase (the user''s own idempotency scope): like quota.add, but only against a payment confirmed by quota.confirm_payment for this user and amount and not used yet (payment_id, or the oldest such payment). No payment: 23514 payment_required (HTTP 402), nothing written. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.confirm_payment(text, text, double precision, text, jsonb) IS
+    'Records a payment the payment side confirmed (once per user and payment_id; the same again is a replay, other amount or method 23505), for one purchase to use.';
 COMMENT ON FUNCTION quota.bonus(text, bigint, text, text, jsonb) IS
     'Grants credits as a bonus (ledger type bonus). Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.refund(text, text, text, bigint, text) IS
@@ -12,9 +15,9 @@ COMMENT ON FUNCTION quota.refund(text, text, text, bigint, text) IS
 COMMENT ON FUNCTION quota.update_subscription(text, text, bigint, text) IS
     'Moves a user to a plan tier and adds credits_to_add (ledger type subscription). Same tier again: 23505. Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.check_credits(text, bigint) IS
-    'Whether a user has at least required_credits; writes nothing.';
+    'Whether a user has at least required_credits (true when NULL), with their subscription and multiplier; reads only.';
 COMMENT ON FUNCTION quota.calculate_credits(double precision, text, text) IS
-    'Credits a cost would be charged, at a tier''s multiplier, a user''s plan, or multiplier 1; writes nothing.';
+    'Credits a cost would be charged (the charge''s formula and base rate), at a tier''s multiplier, a user''s plan, or multiplier 1; with a user, their balance after it and whether it suffices. Reads only.';
 COMMENT ON FUNCTION quota.balance(text) IS 'A user''s balance, totals earned and spent, and tier.';
 COMMENT ON FUNCTION quota.transactions(text, integer, integer, text) IS
     'A user''s ledger entries, newest first, as JSON {transactions, total, limit, offset}; limit 1 to 100.';
@@ -39,7 +42,9 @@ COMMENT ON FUNCTION quota.import_users(jsonb, text) IS 'Creates or updates up to
 COMMENT ON FUNCTION quota.issue_api_token(text, text, text) IS 'Issues a user API token for the public REST API; only its SHA-256 is stored, so it is shown once. Audited.';
 COMMENT ON FUNCTION quota.revoke_api_token(bigint, text) IS 'Revokes a user API token; false if it was already revoked. Audited.';
 COMMENT ON FUNCTION quota.resolve_api_token(text) IS 'The user id of a valid (unrevoked) API token, or NULL.';
-COMMENT ON FUNCTION quota.worker_status() IS 'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries).';
+COMMENT ON FUNCTION quota.worker_status() IS
+    'State and heartbeat of the pg_quota background worker (needs shared_preload_libraries), and what its scans did since it started.';
+COMMENT ON FUNCTION quota.library_version() IS 'The version of the loaded pg_quota library (a call proves it loads).';
 COMMENT ON FUNCTION quota.price_credits(double precision, double precision, bigint) IS
     'The pricing formula: round_half_even(usd * rate * base_rate), computed in IEEE double in that order (seed 004).';
 COMMENT ON FUNCTION quota._settings_changed() IS
@@ -63,6 +68,63 @@ COMMENT ON FUNCTION quota.enable_strategy(bigint) IS 'Enables a strategy.';
 COMMENT ON FUNCTION quota.disable_strategy(bigint) IS 'Disables a strategy; a scan in progress finishes first.';
 COMMENT ON FUNCTION quota.delete_strategy(bigint) IS 'Deletes a strategy; its executions are kept.';
 COMMENT ON FUNCTION quota.strategy_executions(bigint, integer, integer) IS 'A strategy''s executions, newest first, as JSON {executions, total, limit, offset}.';
-COMMENT ON FUNCTION quota.scan(timestamptz, boolean, bigint) IS
-    'Runs the enabled strategies due at now (default quota.now()): single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Returns what each recharged. strategy_id limits it to one strategy.';
+COMMENT ON FUNCTION quota.scan(timestamptz, boolean, bigint, bigint) IS
+    'Runs the enabled strategies due now: single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Each strategy in its own subtransaction (a failure shows in error and last_error; the others go on); users whose balance would pass its limit are skipped and reported. strategy_id limits it to one strategy, batch_users the users per strategy (more = some left). now other than the current time: superusers only (a test hook).';
 COMMENT ON FUNCTION quota.next_fire(text, timestamptz, text) IS 'The next fire of a cron expression after a time, in quota.timezone or the given zone.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Access (SPEC 1.6). Nothing is executable by PUBLIC; each role gets the functions of its job
+-- (quota_admin includes quota_service, which includes quota_reader; schema.sql creates them).
+-- No role writes a table: the functions are SECURITY DEFINER with a pinned search_path and do
+-- the writes as the extension's owner. Functions named _* are internal: granted to nobody.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA quota FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA quota FROM PUBLIC;
+
+DO $grants$
+DECLARE
+    roles constant jsonb := jsonb_build_object(
+        -- reads (and pure helpers)
+        'quota_reader', jsonb_build_array(
+            'now', 'price_credits', 'parse_condition', 'next_fire', 'eval_condition', 'match_users',
+            'check_credits', 'calculate_credits', 'balance', 'transactions', 'subscription', 'verify',
+            'list_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
+            'strategy_executions', 'worker_status', 'library_version', 'relay_status'),
+        -- what a service does per request
+        'quota_service', jsonb_build_array(
+            'charge', 'add', 'purchase', 'confirm_payment', 'bonus', 'refund', 'update_subscription',
+            'resolve_api_token'),
+        -- plans, rates, users, tokens, strategies, the relay
+        'quota_admin', jsonb_build_array(
+            'create_plan', 'update_plan', 'delete_plan', 'set_plan_multiplier', 'set_plan_purchase_rate',
+            'set_exchange_rate', 'create_user', 'update_user', 'import_users', 'issue_api_token',
+            'revoke_api_token', 'create_strategy', 'update_strategy', 'delete_strategy', 'enable_strategy',
+            'disable_strategy', 'scan', 'outbox_claim', 'outbox_complete', 'outbox_retry', 'outbox_fail',
+            'outbox_unknown', 'retry_execution', 'confirm_execution'));
+    r text;
+    f regprocedure;
+    missing text;
+BEGIN
+    FOR r IN SELECT jsonb_object_keys(roles) LOOP
+        FOR f IN
+            SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+            WHERE p.pronamespace = 'quota'::regnamespace
+              AND p.proname IN (SELECT jsonb_array_elements_text(roles -> r))
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r);
+        END LOOP;
+    END LOOP;
+    -- Every public function has a role: a new function without one fails CREATE EXTENSION here.
+    SELECT string_agg(p.proname, ', ') INTO missing
+    FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = 'quota'::regnamespace AND p.proname NOT LIKE '\_%'
+      AND NOT EXISTS (SELECT 1 FROM jsonb_each(roles) e WHERE e.value ? p.proname);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_quota: functions without a role in finalize.sql: %', missing;
+    END IF;
+END
+$grants$;
+
+GRANT SELECT ON quota.users, quota.wallets, quota.plans, quota.settings, quota.subscriptions,
+                quota.ledger, quota.payments, quota.strategies, quota.executions, quota.ledger_problems
+    TO quota_reader;
+GRANT SELECT ON quota.audit_log, quota.outbox TO quota_admin;
