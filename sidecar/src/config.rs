@@ -1,16 +1,29 @@
-//! Sidecar configuration, read once from the environment at start-up.
+//! Sidecar configuration, read once at start-up from the command line or the environment
+//! (clap's `env` support: every option has a `QUOTA_*` variable, `--help` lists them with their
+//! defaults). [`Args`] is what clap parses; [`Config`] is the checked result the sidecar runs on.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::builder::{BoolishValueParser, RangedU64ValueParser};
+use clap::error::ContextKind;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use subtle::ConstantTimeEq;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 pub const DATABASE_URL_DEFAULT: &str = "host=/tmp port=5432 user=postgres dbname=postgres";
 pub const DB_POOL_SIZE_DEFAULT: usize = 16;
-pub const DB_POOL_SIZE_MAX: usize = 1024;
+pub const DB_POOL_SIZE_MAX: u64 = 1024;
 pub const REQUEST_TIMEOUT_S_DEFAULT: u64 = 30;
 pub const REQUEST_TIMEOUT_S_MAX: u64 = 3600;
+pub const REQUEST_TIMEOUT_MS_MIN: u64 = 100;
+pub const HEADER_READ_TIMEOUT_S_DEFAULT: u64 = 10;
+pub const IDLE_TIMEOUT_S_DEFAULT: u64 = 60;
+/// The server-side `statement_timeout` of pooled connections is the request timeout plus this:
+/// a backstop for a statement whose cancel request was lost.
+pub const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 pub const AIGATEWAY_ADMIN_PATH_DEFAULT: &str = "/v1/chat/completions";
 pub const RELAY_MAX_ATTEMPTS_DEFAULT: u32 = 5;
 pub const RELAY_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -19,92 +32,6 @@ pub const RELAY_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
 pub const RELAY_BATCH_DEFAULT: u32 = 100;
 pub const RELAY_LEASE_S_DEFAULT: u32 = 60;
 pub const RELAY_POLL_MS_DEFAULT: u64 = 1_000;
-
-/// Every variable the sidecar reads, with its default, for `--help` and the README.
-pub const ENV_VARS: &[(&str, &str, &str)] = &[
-    ("QUOTA_LISTEN", LISTEN_DEFAULT, "address:port to listen on"),
-    (
-        "QUOTA_DATABASE_URL",
-        DATABASE_URL_DEFAULT,
-        "libpq key=value string or postgres:// URL (no TLS)",
-    ),
-    (
-        "QUOTA_DB_POOL_SIZE",
-        "16",
-        "maximum pooled connections (1..1024)",
-    ),
-    (
-        "QUOTA_ADMIN_TOKEN",
-        "(unset)",
-        "admin bearer / X-Admin-Token; unset = admin API answers 403",
-    ),
-    (
-        "QUOTA_SERVICE_TOKEN",
-        "(unset)",
-        "X-Service-Token of the internal API; unset = internal API answers 403",
-    ),
-    (
-        "QUOTA_REQUEST_TIMEOUT_S",
-        "30",
-        "whole-request timeout in seconds (1..3600); on expiry 503",
-    ),
-    ("QUOTA_LOG_FORMAT", "text", "log line format: text | json"),
-    (
-        "QUOTA_AIGATEWAY_URL",
-        "(unset)",
-        "AiGateway base URL (http://host:port); unset = recharges complete in the ledger alone",
-    ),
-    (
-        "QUOTA_AIGATEWAY_ADMIN_PATH",
-        AIGATEWAY_ADMIN_PATH_DEFAULT,
-        "AiGateway admin path, prefix of /quota/delta",
-    ),
-    (
-        "QUOTA_AIGATEWAY_CREDENTIAL",
-        "(unset)",
-        "AiGateway bearer credential; required with QUOTA_AIGATEWAY_URL",
-    ),
-    (
-        "QUOTA_RELAY_MAX_ATTEMPTS",
-        "5",
-        "deliveries of one recharge before it is failed (1..100)",
-    ),
-    (
-        "QUOTA_RELAY_TIMEOUT_MS",
-        "5000",
-        "timeout of one delivery in ms (100..600000)",
-    ),
-    (
-        "QUOTA_RELAY_BACKOFF_BASE_MS",
-        "200",
-        "first retry delay in ms, doubled per attempt, plus 0..50% jitter",
-    ),
-    (
-        "QUOTA_RELAY_BACKOFF_MAX_MS",
-        "30000",
-        "retry delay cap in ms before jitter (>= base)",
-    ),
-    (
-        "QUOTA_RELAY_BATCH",
-        "100",
-        "outbox rows claimed at once (1..1000)",
-    ),
-    (
-        "QUOTA_RELAY_LEASE_S",
-        "60",
-        "seconds a claimed row stays reserved (> 2 x timeout); a crashed relay's rows return after it",
-    ),
-    (
-        "QUOTA_RELAY_POLL_MS",
-        "1000",
-        "outbox poll interval in ms when no NOTIFY arrives (10..3600000)",
-    ),
-    (
-        "RUST_LOG",
-        "info",
-        "tracing filter, e.g. info,quota_sidecar=debug",
-    ),
-];
 
 /// A secret from the environment: never printed, compared in constant time.
 #[derive(Clone)]
@@ -138,10 +65,118 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Parses a secret; the value is never echoed (a blank one is refused).
+fn secret(text: &str) -> Result<Secret, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Secret::new(text))
+}
+
+/// What clap reads. Every option has its environment variable; an empty variable counts as
+/// unset (`QUOTA_ADMIN_TOKEN=` must not enable an empty admin token).
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "quota-sidecar",
+    version,
+    about = "REST API of the pg_quota extension, and the relay of its recharges to the AiGateway"
+)]
+pub struct Args {
+    /// address:port to listen on
+    #[arg(long, env = "QUOTA_LISTEN", default_value = LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
+    /// libpq key=value string or postgres:// URL (no TLS)
+    #[arg(long, env = "QUOTA_DATABASE_URL", hide_env_values = true,
+          default_value = DATABASE_URL_DEFAULT, value_parser = secret)]
+    pub database_url: Secret,
+    /// maximum pooled connections
+    #[arg(long, env = "QUOTA_DB_POOL_SIZE", default_value_t = DB_POOL_SIZE_DEFAULT,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=DB_POOL_SIZE_MAX))]
+    pub db_pool_size: usize,
+    /// admin bearer / X-Admin-Token; unset = the admin API answers 403
+    #[arg(long, env = "QUOTA_ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<Secret>,
+    /// X-Service-Token of the internal API; unset = the internal API answers 403
+    #[arg(long, env = "QUOTA_SERVICE_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub service_token: Option<Secret>,
+    /// whole-request timeout in seconds; on expiry the SQL statement is cancelled and the answer
+    /// is 503 {"error": "timeout"}
+    #[arg(long, env = "QUOTA_REQUEST_TIMEOUT_S", default_value_t = REQUEST_TIMEOUT_S_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(1..=REQUEST_TIMEOUT_S_MAX))]
+    pub request_timeout_s: u64,
+    /// the same in milliseconds; when set it takes precedence over QUOTA_REQUEST_TIMEOUT_S
+    #[arg(long, env = "QUOTA_REQUEST_TIMEOUT_MS",
+          value_parser = RangedU64ValueParser::<u64>::new()
+              .range(REQUEST_TIMEOUT_MS_MIN..=REQUEST_TIMEOUT_S_MAX * 1000))]
+    pub request_timeout_ms: Option<u64>,
+    /// seconds a connection has to send a request's headers once it has sent their first byte
+    #[arg(long, env = "QUOTA_HEADER_READ_TIMEOUT_S", default_value_t = HEADER_READ_TIMEOUT_S_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
+    pub header_read_timeout_s: u64,
+    /// seconds a connection may stay open with no request in flight and no bytes moving
+    /// (idle keep-alive connections)
+    #[arg(long, env = "QUOTA_IDLE_TIMEOUT_S", default_value_t = IDLE_TIMEOUT_S_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(1..=86_400))]
+    pub idle_timeout_s: u64,
+    /// log line format (the filter is RUST_LOG, default info)
+    #[arg(long, env = "QUOTA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// AiGateway base URL (http:// or https://host:port); unset = recharges complete in the
+    /// ledger alone
+    #[arg(long, env = "QUOTA_AIGATEWAY_URL")]
+    pub aigateway_url: Option<String>,
+    /// AiGateway admin path, prefix of /quota/delta
+    #[arg(long, env = "QUOTA_AIGATEWAY_ADMIN_PATH", default_value = AIGATEWAY_ADMIN_PATH_DEFAULT)]
+    pub aigateway_admin_path: String,
+    /// AiGateway bearer credential; required with QUOTA_AIGATEWAY_URL
+    #[arg(long, env = "QUOTA_AIGATEWAY_CREDENTIAL", hide_env_values = true, value_parser = secret)]
+    pub aigateway_credential: Option<Secret>,
+    /// whether the gateway deduplicates deliveries by Idempotency-Key; false (Higress): a
+    /// delivery whose outcome is unknown is not re-sent but marked `unknown` for an operator
+    #[arg(long, env = "QUOTA_AIGATEWAY_IDEMPOTENT", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub aigateway_idempotent: bool,
+    /// PEM file of extra CA certificates trusted for an https:// gateway (besides the
+    /// built-in web roots)
+    #[arg(long, env = "QUOTA_AIGATEWAY_CA_FILE")]
+    pub aigateway_ca_file: Option<PathBuf>,
+    /// deliveries of one recharge before it is failed
+    #[arg(long, env = "QUOTA_RELAY_MAX_ATTEMPTS", default_value_t = RELAY_MAX_ATTEMPTS_DEFAULT,
+          value_parser = RangedU64ValueParser::<u32>::new().range(1..=100))]
+    pub relay_max_attempts: u32,
+    /// timeout of one delivery in ms
+    #[arg(long, env = "QUOTA_RELAY_TIMEOUT_MS", default_value_t = RELAY_TIMEOUT_MS_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(100..=600_000))]
+    pub relay_timeout_ms: u64,
+    /// first retry delay in ms, doubled per attempt, plus 0..50% jitter
+    #[arg(long, env = "QUOTA_RELAY_BACKOFF_BASE_MS", default_value_t = RELAY_BACKOFF_BASE_MS_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(1..=3_600_000))]
+    pub relay_backoff_base_ms: u64,
+    /// retry delay cap in ms before jitter (>= base)
+    #[arg(long, env = "QUOTA_RELAY_BACKOFF_MAX_MS", default_value_t = RELAY_BACKOFF_MAX_MS_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
+    pub relay_backoff_max_ms: u64,
+    /// outbox rows claimed at once
+    #[arg(long, env = "QUOTA_RELAY_BATCH", default_value_t = RELAY_BATCH_DEFAULT,
+          value_parser = RangedU64ValueParser::<u32>::new().range(1..=1000))]
+    pub relay_batch: u32,
+    /// seconds a claimed row stays reserved (>= 2 x the delivery timeout); a crashed relay's
+    /// rows return after it
+    #[arg(long, env = "QUOTA_RELAY_LEASE_S", default_value_t = RELAY_LEASE_S_DEFAULT,
+          value_parser = RangedU64ValueParser::<u32>::new().range(1..=86_400))]
+    pub relay_lease_s: u32,
+    /// outbox poll interval in ms when no NOTIFY arrives
+    #[arg(long, env = "QUOTA_RELAY_POLL_MS", default_value_t = RELAY_POLL_MS_DEFAULT,
+          value_parser = RangedU64ValueParser::<u64>::new().range(10..=3_600_000))]
+    pub relay_poll_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -152,19 +187,33 @@ pub struct Config {
     pub db_pool_size: usize,
     pub admin_token: Option<Secret>,
     pub service_token: Option<Secret>,
-    pub request_timeout_s: u64,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub log_format: LogFormat,
     pub relay: RelayConfig,
+}
+
+impl Config {
+    /// The server-side `statement_timeout` set on every pooled connection.
+    pub fn statement_timeout(&self) -> Duration {
+        self.request_timeout + STATEMENT_TIMEOUT_MARGIN
+    }
 }
 
 /// Where the relay delivers recharges (SPEC 6.5).
 #[derive(Clone, Debug)]
 pub struct AiGatewayConfig {
-    /// `http://host:port[/prefix]`, without a trailing `/`.
+    /// `http(s)://host:port[/prefix]`, without a trailing `/`.
     pub url: String,
     /// Empty, or starts with `/` without a trailing `/`.
     pub admin_path: String,
     pub credential: Secret,
+    /// The gateway drops a repeated `Idempotency-Key`, so re-sending a delivery whose outcome is
+    /// unknown is safe.
+    pub idempotent: bool,
+    /// Extra trusted CA certificates (PEM) for an https gateway.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AiGatewayConfig {
@@ -203,96 +252,23 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<RelayConfig, ConfigError> {
-        let bounded = |name: &str, default: u64, min: u64, max: u64| match get(name) {
-            None => Ok(default),
-            Some(text) => parse_bounded(name, &text, min, max),
-        };
-        let gateway = match get("QUOTA_AIGATEWAY_URL") {
-            None => None,
-            Some(url) => {
-                let url = gateway_url(&url)?;
-                let admin_path = admin_path(
-                    &get("QUOTA_AIGATEWAY_ADMIN_PATH")
-                        .unwrap_or_else(|| AIGATEWAY_ADMIN_PATH_DEFAULT.to_owned()),
-                )?;
-                let credential = get("QUOTA_AIGATEWAY_CREDENTIAL").ok_or_else(|| {
-                    ConfigError(
-                        "QUOTA_AIGATEWAY_CREDENTIAL is required when QUOTA_AIGATEWAY_URL is set"
-                            .into(),
-                    )
-                })?;
-                Some(AiGatewayConfig {
-                    url,
-                    admin_path,
-                    credential: Secret::new(credential.trim()),
-                })
-            }
-        };
-        let relay = RelayConfig {
-            gateway,
-            max_attempts: bounded(
-                "QUOTA_RELAY_MAX_ATTEMPTS",
-                RELAY_MAX_ATTEMPTS_DEFAULT.into(),
-                1,
-                100,
-            )? as u32,
-            timeout_ms: bounded(
-                "QUOTA_RELAY_TIMEOUT_MS",
-                RELAY_TIMEOUT_MS_DEFAULT,
-                100,
-                600_000,
-            )?,
-            backoff_base_ms: bounded(
-                "QUOTA_RELAY_BACKOFF_BASE_MS",
-                RELAY_BACKOFF_BASE_MS_DEFAULT,
-                1,
-                3_600_000,
-            )?,
-            backoff_max_ms: bounded(
-                "QUOTA_RELAY_BACKOFF_MAX_MS",
-                RELAY_BACKOFF_MAX_MS_DEFAULT,
-                1,
-                86_400_000,
-            )?,
-            batch: bounded("QUOTA_RELAY_BATCH", RELAY_BATCH_DEFAULT.into(), 1, 1000)? as u32,
-            lease_s: bounded(
-                "QUOTA_RELAY_LEASE_S",
-                RELAY_LEASE_S_DEFAULT.into(),
-                1,
-                86_400,
-            )? as u32,
-            poll_ms: bounded("QUOTA_RELAY_POLL_MS", RELAY_POLL_MS_DEFAULT, 10, 3_600_000)?,
-        };
-        if relay.backoff_max_ms < relay.backoff_base_ms {
-            return Err(ConfigError(format!(
-                "QUOTA_RELAY_BACKOFF_MAX_MS={} is below QUOTA_RELAY_BACKOFF_BASE_MS={}",
-                relay.backoff_max_ms, relay.backoff_base_ms
-            )));
-        }
-        // A lease shorter than a delivery would let a second relay take a row in flight.
-        if u64::from(relay.lease_s) * 1000 < 2 * relay.timeout_ms {
-            return Err(ConfigError(format!(
-                "QUOTA_RELAY_LEASE_S={} must be at least twice QUOTA_RELAY_TIMEOUT_MS={} ms",
-                relay.lease_s, relay.timeout_ms
-            )));
-        }
-        Ok(relay)
+    /// True when the gateway is configured and deduplicates by `Idempotency-Key`.
+    pub fn gateway_idempotent(&self) -> bool {
+        self.gateway.as_ref().is_some_and(|g| g.idempotent)
     }
 }
 
-/// `http://host:port[/prefix]` without a trailing `/`. This build speaks plain HTTP only (no TLS
-/// stack is compiled in): an https gateway is reached through a local TLS proxy.
+/// `http(s)://host:port[/prefix]` without a trailing `/`.
 fn gateway_url(text: &str) -> Result<String, ConfigError> {
     let text = text.trim().trim_end_matches('/');
     let bad = |why: &str| {
         ConfigError(format!(
-            "QUOTA_AIGATEWAY_URL={text:?}: {why} (expected http://host:port)"
+            "QUOTA_AIGATEWAY_URL={text:?}: {why} (expected http://host:port or https://host:port)"
         ))
     };
     let url = reqwest::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(bad("only http:// is supported by this build"));
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad("only http:// and https:// are supported"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -328,98 +304,144 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A listen address from `name`'s value (unset: `default`); the error names the variable.
-pub fn parse_listen(name: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
-    let text = value.unwrap_or_else(|| default.to_owned());
-    text.trim()
-        .parse::<SocketAddr>()
-        .map_err(|e| ConfigError(format!("{name}={text:?} is not an address:port ({e})")))
-}
-
-/// `--help` text of a binary: its title, then one line per environment variable.
-pub fn usage(title: &str, vars: &[(&str, &str, &str)]) -> String {
-    let width = vars.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0) + 2;
-    let mut text = format!("{title}\n\nEnvironment:\n");
-    for (name, default, about) in vars {
-        text.push_str(&format!("  {name:<width$}{about} (default: {default})\n"));
-    }
-    text
-}
-
-/// Whether the command line asks for `--help` / `-h`.
-pub fn help_requested() -> bool {
-    std::env::args().skip(1).any(|arg| arg == "--help" || arg == "-h")
+/// What start-up does with the command line: run with a configuration, or print (help,
+/// version) and exit.
+pub enum Startup {
+    Run(Box<Config>),
+    Exit(clap::Error),
 }
 
 impl Config {
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+    /// The real command line and environment. Blank variables are removed first, so they count
+    /// as unset; call it before any other thread exists (the sidecar's `main` does).
+    pub fn from_env() -> Result<Startup, ConfigError> {
+        for arg in Args::command().get_arguments() {
+            if let Some(name) = arg.get_env() {
+                if std::env::var_os(name).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+                    std::env::remove_var(name);
+                }
+            }
+        }
+        match Args::try_parse() {
+            Ok(args) => Config::from_args(args).map(|c| Startup::Run(Box::new(c))),
+            Err(err) if !err.use_stderr() => Ok(Startup::Exit(err)),
+            Err(err) => Err(clap_error(&err)),
+        }
     }
 
-    /// Reads through `lookup` so tests need not mutate the process environment.
-    /// Empty values count as unset: `QUOTA_ADMIN_TOKEN=` must not enable an empty admin token.
+    /// Reads through `lookup` instead of the process environment, so tests need not mutate it.
+    /// Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let command = Args::command();
+        let mut argv = vec!["quota-sidecar".to_owned()];
+        for arg in command.get_arguments() {
+            let (Some(name), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            if let Some(value) = lookup(&name.to_string_lossy()).filter(|v| !v.trim().is_empty()) {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        let command = command.mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(argv)
+            .map_err(|e| clap_error(&e))?;
+        let args = Args::from_arg_matches(&matches).map_err(|e| clap_error(&e))?;
+        Config::from_args(args)
+    }
 
-        let listen = parse_listen("QUOTA_LISTEN", get("QUOTA_LISTEN"), LISTEN_DEFAULT)?;
-
-        let database_url =
-            get("QUOTA_DATABASE_URL").unwrap_or_else(|| DATABASE_URL_DEFAULT.to_owned());
+    /// The checks that span several options.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         // Parse now so a typo fails at start-up; the message of tokio-postgres does not echo
         // the string, which may contain a password.
-        database_url
+        args.database_url
+            .expose()
             .parse::<tokio_postgres::Config>()
             .map_err(|e| {
                 ConfigError(format!(
                     "QUOTA_DATABASE_URL is not a valid connection string: {e}"
                 ))
             })?;
-
-        let db_pool_size = match get("QUOTA_DB_POOL_SIZE") {
-            None => DB_POOL_SIZE_DEFAULT,
-            Some(text) => {
-                parse_bounded("QUOTA_DB_POOL_SIZE", &text, 1, DB_POOL_SIZE_MAX as u64)? as usize
+        let request_timeout = match args.request_timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(args.request_timeout_s),
+        };
+        let gateway = match args.aigateway_url {
+            None => None,
+            Some(url) => {
+                let credential = args.aigateway_credential.ok_or_else(|| {
+                    ConfigError(
+                        "QUOTA_AIGATEWAY_CREDENTIAL is required when QUOTA_AIGATEWAY_URL is set"
+                            .into(),
+                    )
+                })?;
+                Some(AiGatewayConfig {
+                    url: gateway_url(&url)?,
+                    admin_path: admin_path(&args.aigateway_admin_path)?,
+                    credential,
+                    idempotent: args.aigateway_idempotent,
+                    ca_file: args.aigateway_ca_file,
+                })
             }
         };
-
-        let request_timeout_s = match get("QUOTA_REQUEST_TIMEOUT_S") {
-            None => REQUEST_TIMEOUT_S_DEFAULT,
-            Some(text) => {
-                parse_bounded("QUOTA_REQUEST_TIMEOUT_S", &text, 1, REQUEST_TIMEOUT_S_MAX)?
-            }
+        let relay = RelayConfig {
+            gateway,
+            max_attempts: args.relay_max_attempts,
+            timeout_ms: args.relay_timeout_ms,
+            backoff_base_ms: args.relay_backoff_base_ms,
+            backoff_max_ms: args.relay_backoff_max_ms,
+            batch: args.relay_batch,
+            lease_s: args.relay_lease_s,
+            poll_ms: args.relay_poll_ms,
         };
-
-        let log_format = match get("QUOTA_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError(format!(
-                    "QUOTA_LOG_FORMAT={other:?}: expected text or json"
-                )))
-            }
-        };
-
-        let relay = RelayConfig::from_lookup(&get)?;
-
+        if relay.backoff_max_ms < relay.backoff_base_ms {
+            return Err(ConfigError(format!(
+                "QUOTA_RELAY_BACKOFF_MAX_MS={} is below QUOTA_RELAY_BACKOFF_BASE_MS={}",
+                relay.backoff_max_ms, relay.backoff_base_ms
+            )));
+        }
+        // A lease shorter than a delivery would let a second relay take a row in flight.
+        if u64::from(relay.lease_s) * 1000 < 2 * relay.timeout_ms {
+            return Err(ConfigError(format!(
+                "QUOTA_RELAY_LEASE_S={} must be at least twice QUOTA_RELAY_TIMEOUT_MS={} ms",
+                relay.lease_s, relay.timeout_ms
+            )));
+        }
         Ok(Config {
-            listen,
-            database_url: Secret::new(database_url),
-            db_pool_size,
-            admin_token: get("QUOTA_ADMIN_TOKEN").map(Secret::new),
-            service_token: get("QUOTA_SERVICE_TOKEN").map(Secret::new),
-            request_timeout_s,
-            log_format,
+            listen: args.listen,
+            database_url: args.database_url,
+            db_pool_size: args.db_pool_size,
+            admin_token: args.admin_token,
+            service_token: args.service_token,
+            request_timeout,
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_s),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            log_format: args.log_format,
             relay,
         })
     }
 }
 
-fn parse_bounded(name: &str, text: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    match text.trim().parse::<u64>() {
-        Ok(value) if (min..=max).contains(&value) => Ok(value),
-        _ => Err(ConfigError(format!(
-            "{name}={text:?}: expected an integer in {min}..={max}"
-        ))),
+/// A clap error as one line that names the environment variable of the offending option.
+fn clap_error(err: &clap::Error) -> ConfigError {
+    let rendered = err.to_string();
+    let line = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    let variable = err.get(ContextKind::InvalidArg).and_then(|invalid| {
+        let invalid = invalid.to_string();
+        Args::command().get_arguments().find_map(|arg| {
+            let long = format!("--{}", arg.get_long()?);
+            let starts = invalid == long || invalid.starts_with(&format!("{long} "));
+            starts.then(|| arg.get_env().map(|e| e.to_string_lossy().into_owned()))?
+        })
+    });
+    match variable {
+        Some(name) => ConfigError(format!("{name}: {line}")),
+        None => ConfigError(line),
     }
 }
 
@@ -444,7 +466,10 @@ mod tests {
         assert_eq!(config.db_pool_size, 16);
         assert!(config.admin_token.is_none());
         assert!(config.service_token.is_none());
-        assert_eq!(config.request_timeout_s, 30);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.statement_timeout(), Duration::from_secs(31));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.log_format, LogFormat::Text);
     }
 
@@ -460,6 +485,8 @@ mod tests {
             ("QUOTA_ADMIN_TOKEN", "adm"),
             ("QUOTA_SERVICE_TOKEN", "svc"),
             ("QUOTA_REQUEST_TIMEOUT_S", "5"),
+            ("QUOTA_HEADER_READ_TIMEOUT_S", "3"),
+            ("QUOTA_IDLE_TIMEOUT_S", "7"),
             ("QUOTA_LOG_FORMAT", "json"),
         ])
         .unwrap();
@@ -467,8 +494,22 @@ mod tests {
         assert_eq!(config.db_pool_size, 4);
         assert!(config.admin_token.unwrap().matches("adm"));
         assert!(config.service_token.unwrap().matches("svc"));
-        assert_eq!(config.request_timeout_s, 5);
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(config.idle_timeout, Duration::from_secs(7));
         assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn request_timeout_in_ms_takes_precedence() {
+        let config = config_from(&[
+            ("QUOTA_REQUEST_TIMEOUT_S", "5"),
+            ("QUOTA_REQUEST_TIMEOUT_MS", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert_eq!(config.statement_timeout(), Duration::from_millis(2500));
+        assert!(config_from(&[("QUOTA_REQUEST_TIMEOUT_MS", "99")]).is_err());
     }
 
     #[test]
@@ -484,10 +525,15 @@ mod tests {
         for (name, value) in [
             ("QUOTA_LISTEN", "localhost"),
             ("QUOTA_DB_POOL_SIZE", "0"),
+            ("QUOTA_DB_POOL_SIZE", "1025"),
             ("QUOTA_DB_POOL_SIZE", "many"),
             ("QUOTA_REQUEST_TIMEOUT_S", "0"),
+            ("QUOTA_REQUEST_TIMEOUT_S", "3601"),
+            ("QUOTA_HEADER_READ_TIMEOUT_S", "0"),
+            ("QUOTA_IDLE_TIMEOUT_S", "x"),
             ("QUOTA_LOG_FORMAT", "xml"),
             ("QUOTA_DATABASE_URL", "postgres://host:notaport/db"),
+            ("QUOTA_AIGATEWAY_IDEMPOTENT", "maybe"),
         ] {
             let err = config_from(&[(name, value)]).unwrap_err();
             assert!(err.0.contains(name), "{name}={value}: {err}");
@@ -495,9 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_is_never_echoed() {
+        let err =
+            config_from(&[("QUOTA_DATABASE_URL", "postgres://u:hunter2@h:x/db")]).unwrap_err();
+        assert!(!err.0.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn relay_defaults_and_no_gateway() {
         let relay = config_from(&[]).unwrap().relay;
         assert!(relay.gateway.is_none());
+        assert!(!relay.gateway_idempotent());
         assert_eq!(relay.max_attempts, 5);
         assert_eq!(relay.timeout_ms, 5000);
         assert_eq!(relay.backoff_base_ms, 200);
@@ -530,6 +584,10 @@ mod tests {
             "http://127.0.0.1:1002/v1/chat/completions/quota/delta"
         );
         assert!(gateway.credential.matches("gw-secret"));
+        assert!(
+            !gateway.idempotent,
+            "Higress does not deduplicate: default false"
+        );
         assert!(!format!("{relay:?}").contains("gw-secret"));
         assert_eq!(
             (
@@ -543,15 +601,20 @@ mod tests {
         assert_eq!((relay.batch, relay.lease_s, relay.poll_ms), (10, 5, 250));
 
         let root = config_from(&[
-            ("QUOTA_AIGATEWAY_URL", "http://gw:8080"),
+            ("QUOTA_AIGATEWAY_URL", "https://gw.example:8443"),
             ("QUOTA_AIGATEWAY_CREDENTIAL", "c"),
             ("QUOTA_AIGATEWAY_ADMIN_PATH", "/"),
+            ("QUOTA_AIGATEWAY_IDEMPOTENT", "true"),
+            ("QUOTA_AIGATEWAY_CA_FILE", "/etc/ssl/private-ca.pem"),
         ])
         .unwrap()
         .relay;
+        assert!(root.gateway_idempotent());
+        let gateway = root.gateway.unwrap();
+        assert_eq!(gateway.delta_url(), "https://gw.example:8443/quota/delta");
         assert_eq!(
-            root.gateway.unwrap().delta_url(),
-            "http://gw:8080/quota/delta"
+            gateway.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ssl/private-ca.pem"))
         );
     }
 
@@ -571,7 +634,7 @@ mod tests {
                 "QUOTA_AIGATEWAY_URL",
             ),
             (
-                vec![("QUOTA_AIGATEWAY_URL", "https://gw"), gw[1]],
+                vec![("QUOTA_AIGATEWAY_URL", "ftp://gw"), gw[1]],
                 "QUOTA_AIGATEWAY_URL",
             ),
             (
@@ -618,6 +681,22 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("super-secret-admin"));
         assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let help = Args::command().render_long_help().to_string();
+        for arg in Args::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let name = arg.get_env().expect("every option has a variable");
+            assert!(
+                help.contains(name.to_str().unwrap()),
+                "{name:?} missing from --help"
+            );
+        }
+        assert!(help.contains("QUOTA_AIGATEWAY_IDEMPOTENT"));
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! The connection pool and the one way handlers call SQL: a cached prepared statement, one row,
 //! one column, with the 40001 retry of concurrent same-operation_id calls.
+//!
+//! A call that is dropped before it finishes (the request's deadline passed, lib.rs) cancels its
+//! statement on the server (a cancel request) and takes its connection out of the pool, so the
+//! statement cannot commit later and the cancel cannot hit the next request's statement. Every
+//! pooled connection also runs with `statement_timeout` = the request timeout + 1 s, a backstop
+//! for a cancel request that got lost.
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::NoTls;
@@ -34,6 +40,16 @@ pub fn build_pool(config: &Config) -> Result<Pool, ConfigError> {
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("quota-sidecar");
     }
+    // A startup option, not a SET: no round trip, and a plain user may set it.
+    let statement_timeout = format!(
+        "-c statement_timeout={}",
+        config.statement_timeout().as_millis()
+    );
+    let options = match pg_config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {statement_timeout}"),
+        _ => statement_timeout,
+    };
+    pg_config.options(&options);
     let manager = Manager::from_config(
         pg_config,
         NoTls,
@@ -63,7 +79,20 @@ pub async fn call_opt<T>(
 where
     T: for<'a> FromSql<'a>,
 {
-    let client = pool.get().await?;
+    let call = CancelOnDrop(Some(pool.get().await?));
+    let result = query_opt(call.client(), sql, params).await;
+    call.finish();
+    result
+}
+
+async fn query_opt<T>(
+    client: &Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<T>, AppError>
+where
+    T: for<'a> FromSql<'a>,
+{
     let statement = client.prepare_cached(sql).await?;
     let mut retries = 0;
     loop {
@@ -80,6 +109,41 @@ where
             }
             Err(err) => return Err(err.into()),
         }
+    }
+}
+
+/// A pooled connection in use by a call. Finished: back to the pool. Dropped unfinished: its
+/// statement is cancelled and the connection leaves the pool (closed once the cancel is sent).
+struct CancelOnDrop(Option<Object>);
+
+impl CancelOnDrop {
+    fn client(&self) -> &Object {
+        self.0.as_ref().expect("present until finished or dropped")
+    }
+
+    fn finish(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        let token = client.cancel_token();
+        let client = Object::take(client);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // shutting down: closing the connection ends the session
+        };
+        runtime.spawn(async move {
+            match token.cancel_query(NoTls).await {
+                Ok(()) => tracing::debug!("statement of an abandoned call cancelled"),
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "cannot cancel the statement of an abandoned call; statement_timeout will end it"
+                ),
+            }
+            drop(client);
+        });
     }
 }
 

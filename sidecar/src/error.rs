@@ -27,6 +27,9 @@ pub enum AppError {
     InProgress,
     /// An ERROR raised by SQL (the extension's domain errors and everything else).
     Sql(SqlError),
+    /// The request ran out of time (QUOTA_REQUEST_TIMEOUT_S); its statement was cancelled, but
+    /// it may have committed just before: 503, outcome unknown.
+    Timeout(std::time::Duration),
     /// Database unreachable, pool exhausted: 503, details logged only.
     Unavailable(String),
     /// Our bug or an unexpected database answer: 500, details logged only.
@@ -128,7 +131,7 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::InProgress => StatusCode::CONFLICT,
             AppError::Sql(sql) => sql.class().status(),
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Timeout(_) | AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +172,15 @@ impl AppError {
                     body
                 }
             },
+            AppError::Timeout(after) => simple(
+                "timeout",
+                &format!(
+                    "the request did not complete within {} ms and its statement was cancelled, \
+                     but the outcome is unknown: retry with the same operation_id (a money-moving \
+                     call applies at most once: the retry replays it or applies it)",
+                    after.as_millis()
+                ),
+            ),
             AppError::Unavailable(_) => simple("database_unavailable", "database unavailable"),
             AppError::Internal(_) => simple("internal_error", "internal error"),
         }
@@ -177,6 +189,10 @@ impl AppError {
     fn log(&self) {
         match self {
             AppError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
+            AppError::Timeout(after) => tracing::warn!(
+                timeout_ms = after.as_millis() as u64,
+                "request timed out; its statement was cancelled"
+            ),
             AppError::Internal(cause) => tracing::error!(%cause, "internal error"),
             AppError::Sql(sql) => match sql.class() {
                 SqlClass::Unavailable => tracing::warn!(
@@ -403,6 +419,18 @@ mod tests {
         assert_eq!(err.status(), StatusCode::CONFLICT);
         assert_eq!(err.body()["error"], "refund_exceeds_charge");
         assert!(insufficient_credits_reply(&AppError::InProgress).is_none());
+    }
+
+    #[test]
+    fn timeout_is_503_and_says_to_retry_with_the_same_operation_id() {
+        let err = AppError::Timeout(std::time::Duration::from_millis(1500));
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = err.body();
+        assert_eq!(body["error"], "timeout");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("1500 ms"), "{message}");
+        assert!(message.contains("outcome is unknown"), "{message}");
+        assert!(message.contains("same operation_id"), "{message}");
     }
 
     #[test]

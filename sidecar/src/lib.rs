@@ -4,7 +4,6 @@
 //! that SQL callers and HTTP callers get the same behaviour. This crate does authentication,
 //! JSON parsing, the SQL call, the SQLSTATE -> HTTP mapping (error.rs), logging and shutdown.
 
-pub mod aigateway_mock;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -13,26 +12,30 @@ pub mod extract;
 pub mod logging;
 pub mod openapi;
 pub mod relay;
-pub mod shutdown;
 pub mod request_id;
 pub mod routes;
+pub mod serve;
+pub mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::{middleware, Router};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Config;
+use crate::error::AppError;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     pub config: Arc<Config>,
+    /// What this sidecar's relay has done (for /health).
+    pub relay: Arc<relay::RelayStats>,
 }
 
 impl AppState {
@@ -42,13 +45,14 @@ impl AppState {
         Ok(AppState {
             pool,
             config: Arc::new(config),
+            relay: Arc::new(relay::RelayStats::default()),
         })
     }
 }
 
 /// The whole HTTP service: routes from routes::table(), plus request id, tracing and timeout.
 pub fn app(state: AppState) -> Router {
-    let request_timeout = Duration::from_secs(state.config.request_timeout_s);
+    let request_timeout = state.config.request_timeout;
     let mut router = Router::new();
     for route in routes::table() {
         router = router.route(route.doc.path, route.method_router);
@@ -59,19 +63,25 @@ pub fn app(state: AppState) -> Router {
         // Routes that need more (the user import) set their own limit, which takes precedence.
         .layer(DefaultBodyLimit::max(routes::BODY_BYTES_MAX))
         .layer(
-            // Outermost first: the id exists before the span is made, and the timeout covers
-            // everything the handler does.
+            // Outermost first: the id is checked and exists before the span is made, and the
+            // deadline covers everything the handler does.
             ServiceBuilder::new()
+                .layer(middleware::map_request(request_id::drop_unacceptable))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(logging::trace_layer())
                 .layer(PropagateRequestIdLayer::x_request_id())
-                // 503, not 408: a request that ran out of time was waiting on the database,
-                // not on a slow client.
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    request_timeout,
-                ))
-                .layer(middleware::from_fn(request_id::scope_request_id)),
+                .layer(middleware::from_fn(request_id::scope_request_id))
+                .layer(middleware::from_fn_with_state(request_timeout, deadline)),
         )
         .with_state(state)
+}
+
+/// The request timeout. tower-http's TimeoutLayer answers with an empty body; this one answers
+/// our JSON error. Dropping the handler's future at the deadline cancels its SQL statement
+/// (db::call_opt), so a timed-out charge does not commit later.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::Timeout(timeout).into_response(),
+    }
 }

@@ -1,26 +1,47 @@
-//! quota-sidecar binary: configuration from the environment, then serve until SIGTERM/SIGINT.
+//! quota-sidecar binary: configuration from the command line and the environment, then serve
+//! until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use quota_sidecar::config::{help_requested, usage, Config, ENV_VARS};
+use quota_sidecar::config::{Config, Startup};
+use quota_sidecar::serve::{serve, ServeConfig};
 use quota_sidecar::shutdown::shutdown_signal;
 use quota_sidecar::{app, logging, relay, AppState};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    if help_requested() {
-        print!("{}", usage("quota-sidecar: REST API of the pg_quota extension", ENV_VARS));
-        return ExitCode::SUCCESS;
-    }
+/// After the signal, requests in flight get at most their own timeout plus this.
+const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    // Before any thread exists: reading the configuration removes blank variables.
     let config = match Config::from_env() {
-        Ok(config) => config,
+        Ok(Startup::Run(config)) => *config,
+        Ok(Startup::Exit(message)) => {
+            // --help, --version
+            let _ = message.print();
+            return ExitCode::SUCCESS;
+        }
         Err(err) => {
             eprintln!("quota-sidecar: {err}");
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("quota-sidecar: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
     logging::init(config.log_format);
 
     let listen = config.listen;
@@ -31,12 +52,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let gateway = state.config.relay.gateway.as_ref();
     tracing::info!(
         %listen,
         db_pool_size = state.config.db_pool_size,
         admin_api = state.config.admin_token.is_some(),
         internal_api = state.config.service_token.is_some(),
-        aigateway = state.config.relay.gateway.as_ref().map_or("(none)", |g| g.url.as_str()),
+        request_timeout_ms = state.config.request_timeout.as_millis() as u64,
+        aigateway = gateway.map_or("(none)", |g| g.url.as_str()),
+        aigateway_idempotent = gateway.is_some_and(|g| g.idempotent),
         "starting quota-sidecar"
     );
     // Not fatal: the database may come up after us; /health says 503 meanwhile.
@@ -57,14 +81,23 @@ async fn main() -> ExitCode {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let relay_budget = relay::shutdown_budget(&state.config.relay);
-    let relay_task = relay::spawn(state.pool.clone(), state.config.clone(), stop_rx);
+    let relay_task = relay::spawn(
+        state.pool.clone(),
+        state.config.clone(),
+        state.relay.clone(),
+        stop_rx,
+    );
+    let serve_config = ServeConfig {
+        header_read_timeout: state.config.header_read_timeout,
+        idle_timeout: state.config.idle_timeout,
+        shutdown_grace: state.config.request_timeout + SHUTDOWN_GRACE_EXTRA,
+    };
     let signal_stop = stop_tx.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = signal_stop.send(true);
-        })
-        .await;
+    serve(listener, app(state), serve_config, async move {
+        shutdown_signal().await;
+        let _ = signal_stop.send(true);
+    })
+    .await;
     let _ = stop_tx.send(true);
     if tokio::time::timeout(relay_budget, relay_task)
         .await
@@ -75,15 +108,6 @@ async fn main() -> ExitCode {
         );
     }
     pool.close();
-    match served {
-        Ok(()) => {
-            tracing::info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            tracing::error!(%err, "server error");
-            ExitCode::FAILURE
-        }
-    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }
-

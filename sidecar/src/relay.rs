@@ -15,9 +15,17 @@
 //!   `value`, `Authorization: Bearer <credential>` and `Idempotency-Key: execution-<id>`, within
 //!   `QUOTA_RELAY_TIMEOUT_MS`. Then:
 //!   - 200: `quota.outbox_complete` (the execution is `completed`);
-//!   - network error, timeout, 408, 425, 429, 5xx: `quota.outbox_retry` after
+//!   - 408, 425, 429, 5xx, or a connection that could not be made (refused, DNS, connect
+//!     timeout: the request was never sent): `quota.outbox_retry` after
 //!     `min(max, base * 2^(attempts-1))` plus 0..50% jitter, and never before a `Retry-After`
 //!     (seconds) of the gateway; after `QUOTA_RELAY_MAX_ATTEMPTS` deliveries, `quota.outbox_fail`;
+//!   - no answer after the request was sent (a timeout, a connection reset or closed while
+//!     waiting): the gateway may have applied it. With `QUOTA_AIGATEWAY_IDEMPOTENT=true` (the
+//!     gateway drops a repeated `Idempotency-Key`) it is retried like the above. Otherwise
+//!     (Higress) re-sending could apply it twice, so `quota.outbox_unknown` marks the execution
+//!     `unknown` and removes its outbox row: an operator checks the gateway and either
+//!     confirms it (`POST /api/v1/executions/{id}/confirm`, `quota.confirm_execution`) or
+//!     queues it again (`POST /api/v1/executions/{id}/retry`, `quota.retry_execution`);
 //!   - any other status (400, 401, 403, 404, 3xx, other 2xx): the request itself is wrong and
 //!     would be wrong again, so `quota.outbox_fail` at once with the status and the start of the
 //!     body. A failed execution keeps its ledger credit and is queued again by
@@ -32,16 +40,16 @@
 //!
 //! The one unavoidable window: the gateway's 200 and `outbox_complete` are two systems, so a
 //! crash (or a lost database connection) after the gateway applied the delta and before the row
-//! is marked leaves the row leased; after the lease it is delivered again. The same holds for a
-//! delivery that times out after the gateway applied it (a stalled gateway). Every delivery of an
+//! is marked leaves the row leased; after the lease it is delivered again. Every delivery of an
 //! execution carries the same `Idempotency-Key`, so a gateway that deduplicates on it applies the
 //! delta once; the mock records such double deliveries in `duplicate_keys`. Higress itself does
 //! not deduplicate, so the window is kept small: the mark is retried a few times before the row
-//! is left to its lease.
+//! is left to its lease. (A delivery that times out is no longer part of that window: see
+//! `unknown` above.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -72,6 +80,47 @@ pub const SQL_CLAIM: &str = "SELECT outbox_id, execution_id, consumer, value, at
 pub const SQL_COMPLETE: &str = "SELECT quota.outbox_complete($1::int8)";
 pub const SQL_RETRY: &str = "SELECT quota.outbox_retry($1::int8, $2::text, $3::int4)";
 pub const SQL_FAIL: &str = "SELECT quota.outbox_fail($1::int8, $2::text)";
+pub const SQL_UNKNOWN: &str = "SELECT quota.outbox_unknown($1::int8, $2::text)";
+
+/// What this sidecar's relay has done since it started (in memory; /health reports it).
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    last_delivery_at: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    deliveries: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl RelayStats {
+    fn delivered(&self) {
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_delivery_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(chrono::Utc::now());
+    }
+
+    fn outcome_unknown(&self) {
+        self.unknown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// When this sidecar last had a delivery confirmed by the gateway.
+    pub fn last_delivery_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self
+            .last_delivery_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Deliveries confirmed by the gateway since start.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries this sidecar marked `unknown` since start.
+    pub fn unknown(&self) -> u64 {
+        self.unknown.load(Ordering::Relaxed)
+    }
+}
 
 /// One claimed outbox row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,14 +156,27 @@ pub enum Outcome {
     Permanent {
         error: String,
     },
+    /// Sent, but no answer: the gateway may or may not have applied it.
+    Unknown {
+        error: String,
+    },
 }
 
 /// What to do with the outbox row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Complete,
-    Retry { error: String, delay: Duration },
-    Fail { error: String },
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    Fail {
+        error: String,
+    },
+    /// Not re-sent: the execution waits for an operator.
+    MarkUnknown {
+        error: String,
+    },
 }
 
 /// The relay's reading of a gateway answer. Only 200 is success (SPEC 6.5).
@@ -172,10 +234,19 @@ pub fn backoff(attempts: i32, base_ms: u64, max_ms: u64, jitter: f64) -> Duratio
 }
 
 /// The row's fate after a delivery, given the deliveries so far (this one included).
+/// An unknown outcome is retried only when the gateway deduplicates by `Idempotency-Key`.
 pub fn decide(outcome: Outcome, attempts: i32, config: &RelayConfig, jitter: f64) -> Action {
+    let outcome = match outcome {
+        Outcome::Unknown { error } if config.gateway_idempotent() => Outcome::Retryable {
+            error,
+            retry_after: None,
+        },
+        other => other,
+    };
     match outcome {
         Outcome::Delivered => Action::Complete,
         Outcome::Permanent { error } => Action::Fail { error },
+        Outcome::Unknown { error } => Action::MarkUnknown { error },
         Outcome::Retryable { error, .. } if attempts >= config.max_attempts as i32 => {
             Action::Fail {
                 error: format!("gave up after {attempts} attempts: {error}"),
@@ -196,29 +267,22 @@ pub fn decide(outcome: Outcome, attempts: i32, config: &RelayConfig, jitter: f64
     }
 }
 
-/// 0.0..1.0 from a xorshift64 seeded by the clock: jitter needs spread, not quality.
+/// 0.0..1.0, uniform: spreads the retries of many rows that failed together.
 pub fn jitter() -> f64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let mut x = STATE.load(Ordering::Relaxed);
-    if x == 0 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        x = nanos ^ (u64::from(std::process::id()) << 32) | 1;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    STATE.store(x, Ordering::Relaxed);
-    (x >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 // ---------------------------------------------------------------------------------------------
 // The task
 
 /// Starts the relay; it runs until `stop` turns true (or its sender is dropped).
-pub fn spawn(pool: Pool, config: Arc<Config>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(run(pool, config, stop))
+pub fn spawn(
+    pool: Pool,
+    config: Arc<Config>,
+    stats: Arc<RelayStats>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(pool, config, stats, stop))
 }
 
 /// How long the caller should wait for the task after signalling stop.
@@ -230,9 +294,45 @@ struct Relay {
     pool: Pool,
     config: RelayConfig,
     http: Option<(reqwest::Client, AiGatewayConfig)>,
+    stats: Arc<RelayStats>,
 }
 
-async fn run(pool: Pool, app_config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+/// The HTTP client of the relay: no redirects, the delivery timeout, rustls with the web PKI
+/// roots plus the certificates of `QUOTA_AIGATEWAY_CA_FILE`.
+pub fn http_client(
+    gateway: &AiGatewayConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_max_idle_per_host(CONCURRENCY);
+    if let Some(path) = &gateway.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("QUOTA_AIGATEWAY_CA_FILE={}: {e}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("QUOTA_AIGATEWAY_CA_FILE={}: {e}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "QUOTA_AIGATEWAY_CA_FILE={}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+async fn run(
+    pool: Pool,
+    app_config: Arc<Config>,
+    stats: Arc<RelayStats>,
+    mut stop: watch::Receiver<bool>,
+) {
     let config = app_config.relay.clone();
     let http = match &config.gateway {
         None => {
@@ -242,17 +342,13 @@ async fn run(pool: Pool, app_config: Arc<Config>, mut stop: watch::Receiver<bool
             None
         }
         Some(gateway) => {
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_millis(config.timeout_ms))
-                .timeout(Duration::from_millis(config.timeout_ms))
-                .pool_max_idle_per_host(CONCURRENCY)
-                .build();
+            let client = http_client(gateway, Duration::from_millis(config.timeout_ms));
             match client {
                 Ok(client) => {
                     tracing::info!(
                         url = %gateway.url,
                         admin_path = %gateway.admin_path,
+                        idempotent = gateway.idempotent,
                         max_attempts = config.max_attempts,
                         timeout_ms = config.timeout_ms,
                         "AiGateway relay started"
@@ -276,7 +372,12 @@ async fn run(pool: Pool, app_config: Arc<Config>, mut stop: watch::Receiver<bool
     };
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen_loop(pg_config, wake.clone(), stop.clone()));
-    let relay = Arc::new(Relay { pool, config, http });
+    let relay = Arc::new(Relay {
+        pool,
+        config,
+        http,
+        stats,
+    });
 
     let poll = Duration::from_millis(relay.config.poll_ms);
     let mut db_retry = DB_RETRY_MIN;
@@ -413,7 +514,21 @@ impl Relay {
         match decide(outcome, row.attempts, &self.config, jitter()) {
             Action::Complete => {
                 tracing::debug!(execution_id = row.execution_id, consumer = %row.consumer, value = row.value, "delta delivered");
+                self.stats.delivered();
                 self.mark_complete(&row).await;
+                None
+            }
+            Action::MarkUnknown { error } => {
+                tracing::warn!(
+                    execution_id = row.execution_id,
+                    attempts = row.attempts,
+                    %error,
+                    "delta sent but its outcome is unknown and the gateway does not deduplicate: \
+                     execution marked unknown for an operator (confirm or retry it)"
+                );
+                self.stats.outcome_unknown();
+                self.mark(&row, SQL_UNKNOWN, &[&row.outbox_id, &error])
+                    .await;
                 None
             }
             Action::Retry { error, delay } => {
@@ -549,12 +664,12 @@ pub async fn deliver(
     classify_status(status, retry_after, &String::from_utf8_lossy(&body))
 }
 
+/// A request that got no answer. A connection that was never made (refused, DNS, connect
+/// timeout) means the gateway never saw it: retryable. Anything after that (a timeout while
+/// waiting, a reset, the connection closed before an answer) leaves the outcome unknown.
 fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
-    let error = if err.is_timeout() {
-        format!("AiGateway did not answer within {} ms", timeout.as_millis())
-    } else {
-        // The chain names the cause (connection refused, reset...); no credential is in it.
-        let mut text = String::from("AiGateway unreachable");
+    // The chain names the cause (connection refused, reset...); no credential is in it.
+    let chain = |mut text: String| {
         let mut source: Option<&dyn std::error::Error> = Some(err);
         while let Some(cause) = source {
             text.push_str(": ");
@@ -563,9 +678,22 @@ fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
         }
         text
     };
-    Outcome::Retryable {
-        error,
-        retry_after: None,
+    let error = if err.is_connect() {
+        chain("AiGateway unreachable".to_owned())
+    } else if err.is_timeout() {
+        format!("AiGateway did not answer within {} ms", timeout.as_millis())
+    } else {
+        chain("AiGateway connection failed after the request was sent".to_owned())
+    };
+    if err.is_connect() {
+        Outcome::Retryable {
+            error,
+            retry_after: None,
+        }
+    } else {
+        Outcome::Unknown {
+            error: format!("outcome unknown: {error}"),
+        }
     }
 }
 
@@ -831,8 +959,8 @@ mod tests {
 
     // --- deliver() against the in-process mock gateway ---
 
-    use crate::aigateway_mock::{router, FaultMode, FaultRequest, MockState};
     use crate::config::Secret;
+    use aigateway_mock::{router, FaultMode, FaultRequest, MockState};
 
     async fn mock_gateway() -> (MockState, AiGatewayConfig) {
         let state = MockState::new("gw-cred", "/v1/chat/completions");
@@ -844,6 +972,8 @@ mod tests {
             url: format!("http://{addr}"),
             admin_path: "/v1/chat/completions".into(),
             credential: Secret::new("gw-cred"),
+            idempotent: false,
+            ca_file: None,
         };
         (state, gateway)
     }
@@ -936,12 +1066,13 @@ mod tests {
 
         mock.set_fault(fault(FaultMode::Stall, None, Some(1), Some(1500)))
             .unwrap();
-        let Outcome::Retryable { error, .. } = deliver(&client, &gateway, &row(1), timeout).await
-        else {
-            panic!("a timeout must be retryable")
+        let Outcome::Unknown { error } = deliver(&client, &gateway, &row(1), timeout).await else {
+            panic!("a timeout after sending leaves the outcome unknown")
         };
         assert!(error.contains("500 ms"), "{error}");
-        // Nothing applied yet; the stalled delta lands later (the documented window).
+        // Nothing applied yet; the stalled delta lands later: re-sending it (below, as an
+        // idempotent-gateway config would) applies it twice at a gateway that does not
+        // deduplicate, which is why a non-idempotent config marks it unknown instead.
         assert!(mock.deltas().is_empty());
         assert_eq!(
             deliver(&client, &gateway, &row(1), timeout).await,
@@ -966,5 +1097,113 @@ mod tests {
         };
         assert!(error.starts_with("AiGateway unreachable"), "{error}");
         assert!(!error.contains("gw-cred"));
+    }
+
+    /// A gateway that reads the request and closes the connection without answering.
+    async fn hang_up_gateway() -> AiGatewayConfig {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                drop(socket);
+            }
+        });
+        AiGatewayConfig {
+            url: format!("http://{addr}"),
+            admin_path: "/v1/chat/completions".into(),
+            credential: Secret::new("gw-cred"),
+            idempotent: false,
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_sending_is_unknown_a_refused_one_retryable() {
+        let client = reqwest::Client::new();
+        let timeout = Duration::from_millis(2000);
+        let gateway = hang_up_gateway().await;
+        let Outcome::Unknown { error } = deliver(&client, &gateway, &row(5), timeout).await else {
+            panic!("a connection closed while waiting for the answer leaves the outcome unknown")
+        };
+        assert!(error.contains("after the request was sent"), "{error}");
+
+        // Refused: nothing was sent, so it is safe to send again.
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let refused = AiGatewayConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            ..gateway
+        };
+        assert!(matches!(
+            deliver(&client, &refused, &row(5), timeout).await,
+            Outcome::Retryable { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_outcomes_are_retried_only_at_an_idempotent_gateway() {
+        let unknown = || Outcome::Unknown {
+            error: "outcome unknown: AiGateway did not answer within 500 ms".into(),
+        };
+        let gateway = AiGatewayConfig {
+            url: "http://gw".into(),
+            admin_path: String::new(),
+            credential: Secret::new("c"),
+            idempotent: false,
+            ca_file: None,
+        };
+        let higress = RelayConfig {
+            gateway: Some(gateway.clone()),
+            ..config()
+        };
+        assert!(matches!(
+            decide(unknown(), 1, &higress, 0.0),
+            Action::MarkUnknown { .. }
+        ));
+        // Even on the last attempt it is not "failed": it may have been applied.
+        assert!(matches!(
+            decide(unknown(), 4, &higress, 0.0),
+            Action::MarkUnknown { .. }
+        ));
+        let deduplicating = RelayConfig {
+            gateway: Some(AiGatewayConfig {
+                idempotent: true,
+                ..gateway
+            }),
+            ..config()
+        };
+        assert!(matches!(
+            decide(unknown(), 1, &deduplicating, 0.0),
+            Action::Retry { .. }
+        ));
+        assert!(matches!(
+            decide(unknown(), 4, &deduplicating, 0.0),
+            Action::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let gateway = |ca_file: Option<std::path::PathBuf>| AiGatewayConfig {
+            url: "https://gw".into(),
+            admin_path: String::new(),
+            credential: Secret::new("c"),
+            idempotent: false,
+            ca_file,
+        };
+        let timeout = Duration::from_secs(1);
+        assert!(http_client(&gateway(None), timeout).is_ok());
+        let missing = http_client(&gateway(Some("/nonexistent/ca.pem".into())), timeout);
+        assert!(missing.unwrap_err().contains("QUOTA_AIGATEWAY_CA_FILE"));
+        let empty = std::env::temp_dir().join(format!("quota-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let result = http_client(&gateway(Some(empty.clone())), timeout);
+        let _ = std::fs::remove_file(&empty);
+        assert!(result.unwrap_err().contains("no PEM certificate"));
     }
 }

@@ -1,4 +1,4 @@
-//! Graceful shutdown, shared by the sidecar and the AiGateway mock.
+//! Graceful shutdown of the sidecar.
 
 /// Resolves on SIGINT or SIGTERM; the caller then lets in-flight work finish before exiting.
 pub async fn shutdown_signal() {

@@ -167,6 +167,80 @@ async fn client_request_id_is_kept_and_echoed() {
 }
 
 #[tokio::test]
+async fn unacceptable_request_ids_are_replaced_by_a_generated_one() {
+    let too_long = "r".repeat(129);
+    let longest = "r".repeat(128);
+    for (sent, kept) in [
+        (too_long.as_str(), false),
+        ("has space", false),
+        ("", false),
+        (longest.as_str(), true),
+        ("trace-0af7651916cd43dd", true),
+    ] {
+        let req = request(
+            Method::POST,
+            "/api/internal/credits/charge",
+            &[("x-service-token", SERVICE), ("x-request-id", sent)],
+            "nope",
+        );
+        let (status, headers, body) = send(test_app(), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let echoed = headers["x-request-id"].to_str().unwrap();
+        assert_eq!(body["request_id"], echoed, "{sent:?}");
+        if kept {
+            assert_eq!(echoed, sent);
+        } else {
+            assert_ne!(echoed, sent);
+            assert_eq!(
+                echoed.len(),
+                36,
+                "a generated UUID replaces {sent:?}: {echoed}"
+            );
+        }
+    }
+    // Two ids: neither is trusted.
+    let mut req = request(Method::GET, "/api/nowhere", &[("x-request-id", "a")], "");
+    req.headers_mut()
+        .append("x-request-id", "b".parse().unwrap());
+    let (_, headers, _) = send(test_app(), req).await;
+    assert_eq!(headers.get_all("x-request-id").iter().count(), 1);
+    assert_eq!(headers["x-request-id"].len(), 36);
+}
+
+/// A database that accepts connections and never answers: the request times out.
+#[tokio::test]
+async fn a_request_past_its_deadline_is_503_timeout_json() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let url = format!("host=127.0.0.1 port={port} user=nobody dbname=none connect_timeout=10");
+    let app = app(AppState::new(config(&[
+        ("QUOTA_SERVICE_TOKEN", SERVICE),
+        ("QUOTA_DATABASE_URL", &url),
+        ("QUOTA_REQUEST_TIMEOUT_MS", "300"),
+    ]))
+    .unwrap());
+    let started = std::time::Instant::now();
+    let (status, headers, body) = send(
+        app,
+        service_post(
+            "/api/internal/credits/charge",
+            r#"{"user_id":"u1","cost_usd":0.5,"operation_id":"op-1"}"#,
+        ),
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "timeout", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("same operation_id"), "{message}");
+    assert_eq!(
+        body["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    drop(hole);
+}
+
+#[tokio::test]
 async fn missing_credentials_are_401_and_wrong_ones_403() {
     type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], u16);
     let cases: &[Case] = &[
@@ -412,6 +486,7 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/v1/strategies/{id}/executions"),
     ("post", "/api/v1/conditions/preview"),
     ("post", "/api/v1/executions/{id}/retry"),
+    ("post", "/api/v1/executions/{id}/confirm"),
 ];
 
 #[tokio::test]

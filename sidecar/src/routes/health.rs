@@ -1,4 +1,11 @@
 //! Open operational endpoints: /health and /openapi.json.
+//!
+//! /health answers 503 (status "degraded") when the sidecar cannot serve: the database is
+//! unreachable, or the extension is installed but its library cannot be loaded (a missing or
+//! unreadable `pg_quota.so`: every call would fail with 58P01 although the catalog says the
+//! extension is there). Conditions that need an operator but not a load balancer (executions
+//! whose delivery outcome is unknown, the extension not installed) answer 200 with status
+//! "degraded" and the reasons in `problems`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,20 +18,31 @@ use crate::AppState;
 
 pub const SQL_EXTENSION_VERSION: &str =
     "SELECT extversion FROM pg_extension WHERE extname = 'pg_quota'";
+/// A function of the shared library: calling it proves the library loads.
+pub const SQL_LIBRARY_VERSION: &str = "SELECT quota.library_version()";
 pub const SQL_WORKER_STATUS: &str = "SELECT to_jsonb(w) FROM quota.worker_status() w LIMIT 1";
+pub const SQL_RELAY_STATUS: &str = "SELECT to_jsonb(r) FROM quota.relay_status() r LIMIT 1";
 
 pub const HEALTH: RouteDoc = RouteDoc {
     method: HttpMethod::Get,
     path: "/health",
     auth: AuthKind::Open,
     tag: "system",
-    summary: "Database, extension and worker state (503 when the database is unreachable)",
+    summary: "Database, extension library, worker and relay state (503 when the database is \
+              unreachable or the extension's library cannot be loaded)",
     query: &[],
     body: None,
     success_status: 200,
-    response: "{status: ok|degraded, database: ok|error, extension: <version>|null, worker: {pid, state, database, \
-               started_at, last_heartbeat, ticks}|null}",
-    sql: &[SQL_EXTENSION_VERSION, SQL_WORKER_STATUS],
+    response: "{status: ok|degraded, database: ok|error, extension: <version>|null, library: \
+               {status: ok|unavailable, version, sqlstate}, worker: {...}|null, relay: {gateway, \
+               idempotent, last_delivery_at, deliveries, backlog, due, unknown, failed, \
+               oldest_due_at}, problems: [...]}",
+    sql: &[
+        SQL_EXTENSION_VERSION,
+        SQL_LIBRARY_VERSION,
+        SQL_WORKER_STATUS,
+        SQL_RELAY_STATUS,
+    ],
 };
 
 pub const OPENAPI: RouteDoc = RouteDoc {
@@ -35,17 +53,20 @@ pub const OPENAPI: RouteDoc = RouteDoc {
     ..HEALTH
 };
 
-/// `status` is "ok" when the database answers and the extension is installed; the worker state
-/// is reported but does not make the sidecar unhealthy (the worker needs
-/// shared_preload_libraries, which a SQL-only deployment may not have).
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let unreachable = |cause: String| {
         tracing::warn!(%cause, "health: database unreachable");
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "degraded", "database": "error", "extension": null, "worker": null}),
-            ),
+            Json(json!({
+                "status": "degraded",
+                "database": "error",
+                "extension": null,
+                "library": null,
+                "worker": null,
+                "relay": relay_memory(&state),
+                "problems": ["the database is unreachable"],
+            })),
         )
     };
     let client = match state.pool.get().await {
@@ -56,25 +77,80 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         Ok(row) => row.and_then(|row| row.try_get(0).ok().flatten()),
         Err(err) => return unreachable(err.to_string()),
     };
-    let worker: Option<Value> = match &extension {
-        None => None,
-        Some(_) => match client.query_opt(SQL_WORKER_STATUS, &[]).await {
-            Ok(row) => row.and_then(|row| row.try_get(0).ok().flatten()),
-            Err(err) => {
-                tracing::warn!(error = %err, "health: quota.worker_status() failed");
-                None
-            }
-        },
-    };
-    let status = if extension.is_some() {
-        "ok"
+    let mut problems: Vec<String> = Vec::new();
+    let mut status = StatusCode::OK;
+    let mut relay = relay_memory(&state);
+    let (library, worker) = if extension.is_none() {
+        problems.push("the pg_quota extension is not installed in this database".into());
+        (Value::Null, Value::Null)
     } else {
-        "degraded"
+        let library = match client.query_one(SQL_LIBRARY_VERSION, &[]).await {
+            Ok(row) => {
+                json!({"status": "ok", "version": row.try_get::<_, Option<String>>(0).ok().flatten()})
+            }
+            Err(err) => {
+                let sqlstate = err.as_db_error().map(|db| db.code().code().to_owned());
+                // The message names the library file; it is logged, not served.
+                tracing::error!(error = %err, "health: the extension's library cannot be loaded");
+                status = StatusCode::SERVICE_UNAVAILABLE;
+                problems.push(
+                    "the extension's library cannot be loaded: every quota.* call fails".into(),
+                );
+                json!({"status": "unavailable", "version": null, "sqlstate": sqlstate})
+            }
+        };
+        let worker = read_json(&client, SQL_WORKER_STATUS, "quota.worker_status()").await;
+        if let Some(Value::Object(counts)) =
+            read_json(&client, SQL_RELAY_STATUS, "quota.relay_status()").await
+        {
+            let unknown = counts.get("unknown").and_then(Value::as_i64).unwrap_or(0);
+            if unknown > 0 {
+                problems.push(format!(
+                    "{unknown} recharge execution(s) have an unknown delivery outcome: check the \
+                     AiGateway, then confirm or retry each (POST /api/v1/executions/{{id}}/confirm \
+                     or /retry)"
+                ));
+            }
+            if let Value::Object(relay) = &mut relay {
+                relay.extend(counts);
+            }
+        }
+        (library, worker.unwrap_or(Value::Null))
     };
-    (
-        StatusCode::OK,
-        Json(json!({"status": status, "database": "ok", "extension": extension, "worker": worker})),
-    )
+    let body = json!({
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "database": "ok",
+        "extension": extension,
+        "library": library,
+        "worker": worker,
+        "relay": relay,
+        "problems": problems,
+    });
+    (status, Json(body))
+}
+
+/// What this sidecar's relay knows without the database.
+fn relay_memory(state: &AppState) -> Value {
+    let gateway = state.config.relay.gateway.as_ref();
+    json!({
+        "gateway": gateway.is_some(),
+        "idempotent": gateway.is_some_and(|g| g.idempotent),
+        "last_delivery_at": state.relay.last_delivery_at(),
+        "deliveries": state.relay.deliveries(),
+        "marked_unknown": state.relay.unknown(),
+    })
+}
+
+/// A one-row JSON read; a failure is logged and reported as absent (the worker and relay
+/// counts are information, not a reason to take the sidecar out of service).
+async fn read_json(client: &deadpool_postgres::Object, sql: &str, what: &str) -> Option<Value> {
+    match client.query_opt(sql, &[]).await {
+        Ok(row) => row.and_then(|row| row.try_get(0).ok().flatten()),
+        Err(err) => {
+            tracing::warn!(error = %err, "health: {what} failed");
+            None
+        }
+    }
 }
 
 pub async fn openapi_json() -> impl IntoResponse {

@@ -94,6 +94,7 @@ pub fn table() -> Vec<Route> {
         route(strategies::EXECUTIONS, strategies::executions),
         route(strategies::PREVIEW, strategies::preview),
         route(executions::RETRY, executions::retry),
+        route(executions::CONFIRM, executions::confirm),
     ]
 }
 

@@ -11,7 +11,9 @@ use super::JsonResult;
 use crate::auth::AdminAuth;
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery};
-use crate::openapi::{optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc};
+use crate::openapi::{
+    optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
+};
 use crate::{db, AppState};
 
 pub const SQL_CREATE: &str = "SELECT quota.create_strategy($1::jsonb)";
@@ -53,14 +55,26 @@ const STRATEGY_FIELDS: &str = "name (unique), title, type single|periodic, amoun
      max_exec_per_user (0 = no cap)";
 
 pub const CREATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc { required: true, about: STRATEGY_FIELDS, schema: BodySchema::AnyObject }),
+    body: Some(BodyDoc {
+        required: true,
+        about: STRATEGY_FIELDS,
+        schema: BodySchema::AnyObject,
+    }),
     success_status: 201,
     sql: &[SQL_CREATE],
-    ..strategy(HttpMethod::Post, "/api/v1/strategies", "Create a strategy (status false is honoured)")
+    ..strategy(
+        HttpMethod::Post,
+        "/api/v1/strategies",
+        "Create a strategy (status false is honoured)",
+    )
 };
 
 pub const LIST: RouteDoc = RouteDoc {
-    query: &[optional("status", T::String, "enabled|true or disabled|false")],
+    query: &[optional(
+        "status",
+        T::String,
+        "enabled|true or disabled|false",
+    )],
     response: "{strategies: [...], total}",
     sql: &[SQL_LIST],
     ..strategy(HttpMethod::Get, "/api/v1/strategies", "List strategies")
@@ -78,25 +92,41 @@ pub const UPDATE: RouteDoc = RouteDoc {
         schema: BodySchema::AnyObject,
     }),
     sql: &[SQL_UPDATE],
-    ..strategy(HttpMethod::Put, "/api/v1/strategies/{id}", "Update a strategy")
+    ..strategy(
+        HttpMethod::Put,
+        "/api/v1/strategies/{id}",
+        "Update a strategy",
+    )
 };
 
 pub const DELETE: RouteDoc = RouteDoc {
     response: "{message: \"strategy deleted successfully\"}",
     sql: &[SQL_DELETE],
-    ..strategy(HttpMethod::Delete, "/api/v1/strategies/{id}", "Delete a strategy (its executions are kept)")
+    ..strategy(
+        HttpMethod::Delete,
+        "/api/v1/strategies/{id}",
+        "Delete a strategy (its executions are kept)",
+    )
 };
 
 pub const ENABLE: RouteDoc = RouteDoc {
     response: "{message: \"strategy enabled successfully\"}",
     sql: &[SQL_ENABLE],
-    ..strategy(HttpMethod::Post, "/api/v1/strategies/{id}/enable", "Enable a strategy")
+    ..strategy(
+        HttpMethod::Post,
+        "/api/v1/strategies/{id}/enable",
+        "Enable a strategy",
+    )
 };
 
 pub const DISABLE: RouteDoc = RouteDoc {
     response: "{message: \"strategy disabled successfully\"}",
     sql: &[SQL_DISABLE],
-    ..strategy(HttpMethod::Post, "/api/v1/strategies/{id}/disable", "Disable a strategy")
+    ..strategy(
+        HttpMethod::Post,
+        "/api/v1/strategies/{id}/disable",
+        "Disable a strategy",
+    )
 };
 
 pub const EXECUTIONS: RouteDoc = RouteDoc {
@@ -106,13 +136,22 @@ pub const EXECUTIONS: RouteDoc = RouteDoc {
     ],
     response: "{executions: [...], total, limit, offset}, newest first",
     sql: &[SQL_EXECUTIONS],
-    ..strategy(HttpMethod::Get, "/api/v1/strategies/{id}/executions", "A strategy's executions")
+    ..strategy(
+        HttpMethod::Get,
+        "/api/v1/strategies/{id}/executions",
+        "A strategy's executions",
+    )
 };
 
 pub const SCAN: RouteDoc = RouteDoc {
-    response: "{message, strategies: [{strategy_id, strategy_name, fire_time, recharged}], recharged}",
+    response:
+        "{message, strategies: [{strategy_id, strategy_name, fire_time, recharged}], recharged}",
     sql: &[SQL_SCAN],
-    ..strategy(HttpMethod::Post, "/api/v1/strategies/scan", "Run the due strategies now")
+    ..strategy(
+        HttpMethod::Post,
+        "/api/v1/strategies/scan",
+        "Run the due strategies now",
+    )
 };
 
 pub const PREVIEW: RouteDoc = RouteDoc {
@@ -123,7 +162,11 @@ pub const PREVIEW: RouteDoc = RouteDoc {
     }),
     response: "{condition (canonical), users (up to 1000 ids), total}",
     sql: &[SQL_PREVIEW],
-    ..strategy(HttpMethod::Post, "/api/v1/conditions/preview", "The users a condition matches")
+    ..strategy(
+        HttpMethod::Post,
+        "/api/v1/conditions/preview",
+        "The users a condition matches",
+    )
 };
 
 #[derive(Debug, Deserialize)]
@@ -142,7 +185,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-pub async fn list(_: AdminAuth, State(state): State<AppState>, ApiQuery(query): ApiQuery<ListQuery>) -> JsonResult {
+pub async fn list(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> JsonResult {
     let status: Option<bool> = match query.status.as_deref() {
         None | Some("") => None,
         Some("enabled") | Some("true") => Some(true),
@@ -153,10 +200,16 @@ pub async fn list(_: AdminAuth, State(state): State<AppState>, ApiQuery(query): 
             )))
         }
     };
-    db::call_json(&state.pool, SQL_LIST, &[&status]).await.map(Json)
+    db::call_json(&state.pool, SQL_LIST, &[&status])
+        .await
+        .map(Json)
 }
 
-pub async fn get(_: AdminAuth, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> JsonResult {
+pub async fn get(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> JsonResult {
     db::call_json(&state.pool, SQL_GET, &[&id]).await.map(Json)
 }
 
@@ -167,19 +220,39 @@ pub async fn update(
     ApiJson(patch): ApiJson<Map<String, Value>>,
 ) -> JsonResult {
     let patch = Value::Object(patch);
-    db::call_json(&state.pool, SQL_UPDATE, &[&id, &patch]).await.map(Json)
+    db::call_json(&state.pool, SQL_UPDATE, &[&id, &patch])
+        .await
+        .map(Json)
 }
 
-pub async fn delete(_: AdminAuth, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> JsonResult {
-    db::call_json(&state.pool, SQL_DELETE, &[&id]).await.map(Json)
+pub async fn delete(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> JsonResult {
+    db::call_json(&state.pool, SQL_DELETE, &[&id])
+        .await
+        .map(Json)
 }
 
-pub async fn enable(_: AdminAuth, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> JsonResult {
-    db::call_json(&state.pool, SQL_ENABLE, &[&id]).await.map(Json)
+pub async fn enable(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> JsonResult {
+    db::call_json(&state.pool, SQL_ENABLE, &[&id])
+        .await
+        .map(Json)
 }
 
-pub async fn disable(_: AdminAuth, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> JsonResult {
-    db::call_json(&state.pool, SQL_DISABLE, &[&id]).await.map(Json)
+pub async fn disable(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> JsonResult {
+    db::call_json(&state.pool, SQL_DISABLE, &[&id])
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,7 +270,9 @@ pub async fn executions(
     ApiQuery(query): ApiQuery<ExecutionsQuery>,
 ) -> JsonResult {
     let (limit, offset) = (query.limit.unwrap_or(50), query.offset.unwrap_or(0));
-    db::call_json(&state.pool, SQL_EXECUTIONS, &[&id, &limit, &offset]).await.map(Json)
+    db::call_json(&state.pool, SQL_EXECUTIONS, &[&id, &limit, &offset])
+        .await
+        .map(Json)
 }
 
 pub async fn scan(_: AdminAuth, State(state): State<AppState>) -> JsonResult {
@@ -215,5 +290,7 @@ pub async fn preview(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<PreviewBody>,
 ) -> JsonResult {
-    db::call_json(&state.pool, SQL_PREVIEW, &[&body.condition]).await.map(Json)
+    db::call_json(&state.pool, SQL_PREVIEW, &[&body.condition])
+        .await
+        .map(Json)
 }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use aigateway_mock::{router, MockState};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use quota_sidecar::aigateway_mock::{router, MockState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -422,10 +422,7 @@ async fn stalled_delta_applies_after_the_stall() {
     let deltas = state.deltas();
     assert_eq!(deltas.len(), 1);
     assert!(deltas[0].stalled);
-    assert_eq!(
-        state.fault().mode,
-        quota_sidecar::aigateway_mock::FaultMode::Ok
-    );
+    assert_eq!(state.fault().mode, aigateway_mock::FaultMode::Ok);
 
     // A client that gives up mid-stall: the gateway still applies the delta.
     set_fault(&app, json!({"mode": "stall", "stall_ms": 100})).await;

@@ -1,15 +1,13 @@
 //! aigateway-mock binary: an in-memory AiGateway (Higress ai-quota admin API) for development
-//! and tests. Configuration from the environment (see `--help`), serves until SIGTERM/SIGINT.
-//! The endpoints, the fault switch and the test hooks are described in
-//! `quota_sidecar::aigateway_mock`.
+//! and tests. Configuration from the command line or the environment (see `--help`); serves
+//! until SIGTERM/SIGINT. The endpoints, the fault switch and the test hooks are described in the
+//! library (`aigateway_mock`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quota_sidecar::aigateway_mock::{router, MockConfig, MockState, ENV_VARS};
-use quota_sidecar::config::{help_requested, usage};
-use quota_sidecar::shutdown::shutdown_signal;
-use quota_sidecar::logging;
+use aigateway_mock::{init_logging, router, shutdown_signal, MockConfig, MockState};
+use clap::Parser;
 use tokio::net::TcpListener;
 
 /// After the signal, in-flight requests get this long (a stalled one may be waiting 30 s).
@@ -17,26 +15,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if help_requested() {
-        print!(
-            "{}",
-            usage(
-                "aigateway-mock: in-memory AiGateway (Higress ai-quota admin API) for pg_quota tests\n\n\
-                 Endpoints: POST {admin}/quota/delta, POST {admin}/quota/refresh, GET {admin}/quota,\n\
-                 GET /health, GET|DELETE /mock/deltas, GET /mock/quotas, GET|POST /mock/fault",
-                ENV_VARS,
-            )
-        );
-        return ExitCode::SUCCESS;
-    }
-    let config = match MockConfig::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("aigateway-mock: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    logging::init(config.log_format);
+    let config = MockConfig::parse();
+    init_logging(config.log_format);
 
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,

@@ -44,6 +44,7 @@
 //! consumer beyond that answers 507 and changes nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -54,124 +55,136 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Json, Router};
+use clap::builder::RangedU64ValueParser;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-use crate::config::{parse_listen, ConfigError, LogFormat, Secret};
+use subtle::ConstantTimeEq;
+use tower_http::trace::TraceLayer;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:1002";
 pub const ADMIN_PATH_DEFAULT: &str = "/v1/chat/completions";
 pub const MAX_DELTAS_DEFAULT: usize = 1_000_000;
+pub const MAX_DELTAS_MAX: u64 = 100_000_000;
 pub const MAX_CONSUMERS_DEFAULT: usize = 1_000_000;
 pub const CONSUMER_CHARS_MAX: usize = 256;
 pub const STALL_MS_DEFAULT: u64 = 30_000;
 pub const STALL_MS_MAX: u64 = 3_600_000;
 pub const RETRY_AFTER_S_DEFAULT: u64 = 1;
 
-/// Every variable the mock reads: (name, default, meaning), for `--help`.
-pub const ENV_VARS: &[(&str, &str, &str)] = &[
-    (
-        "AIGATEWAY_MOCK_LISTEN",
-        LISTEN_DEFAULT,
-        "address:port to listen on",
-    ),
-    (
-        "AIGATEWAY_MOCK_CREDENTIAL",
-        "(required)",
-        "the bearer credential the admin endpoints expect",
-    ),
-    (
-        "AIGATEWAY_MOCK_ADMIN_PATH",
-        ADMIN_PATH_DEFAULT,
-        "prefix of /quota, /quota/delta, /quota/refresh",
-    ),
-    (
-        "AIGATEWAY_MOCK_MAX_DELTAS",
-        "1000000",
-        "deltas kept in the /mock/deltas log (oldest dropped beyond)",
-    ),
-    (
-        "AIGATEWAY_MOCK_LOG_FORMAT",
-        "text",
-        "log line format: text | json",
-    ),
-    ("RUST_LOG", "info", "tracing filter"),
-];
+/// The expected bearer credential: never printed, compared in constant time.
+#[derive(Clone)]
+pub struct Secret(String);
 
-#[derive(Clone, Debug)]
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.0.as_bytes().ct_eq(candidate.as_bytes()).into()
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Configuration, from the command line or the environment (`--help` lists both).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "aigateway-mock",
+    version,
+    about = "In-memory AiGateway (Higress ai-quota admin API) for pg_quota tests",
+    long_about = "In-memory AiGateway (Higress ai-quota admin API) for pg_quota tests.\n\n\
+        Endpoints: POST {admin}/quota/delta, POST {admin}/quota/refresh, GET {admin}/quota,\n\
+        GET /health, GET|DELETE /mock/deltas, GET /mock/quotas, GET|POST /mock/fault"
+)]
 pub struct MockConfig {
+    /// address:port to listen on
+    #[arg(long, env = "AIGATEWAY_MOCK_LISTEN", default_value = LISTEN_DEFAULT)]
     pub listen: SocketAddr,
+    /// the bearer credential the admin endpoints expect (required)
+    #[arg(long, env = "AIGATEWAY_MOCK_CREDENTIAL", hide_env_values = true, value_parser = credential)]
     pub credential: Secret,
-    /// Normalised: empty, or starts with `/` and has no trailing `/`.
+    /// prefix of /quota, /quota/delta, /quota/refresh
+    #[arg(long, env = "AIGATEWAY_MOCK_ADMIN_PATH", default_value = ADMIN_PATH_DEFAULT,
+          value_parser = normalize_admin_path)]
     pub admin_path: String,
+    /// deltas kept in the /mock/deltas log (oldest dropped beyond)
+    #[arg(long, env = "AIGATEWAY_MOCK_MAX_DELTAS", default_value_t = MAX_DELTAS_DEFAULT,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_DELTAS_MAX))]
     pub max_deltas: usize,
+    /// log line format (the filter is RUST_LOG, default info)
+    #[arg(
+        long,
+        env = "AIGATEWAY_MOCK_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
-impl MockConfig {
-    pub fn from_env() -> Result<MockConfig, ConfigError> {
-        MockConfig::from_lookup(|name| std::env::var(name).ok())
+fn credential(text: &str) -> Result<Secret, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the credential must not be empty".into());
     }
-
-    /// Empty values count as unset.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<MockConfig, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-
-        let listen = parse_listen("AIGATEWAY_MOCK_LISTEN", get("AIGATEWAY_MOCK_LISTEN"), LISTEN_DEFAULT)?;
-
-        let credential = get("AIGATEWAY_MOCK_CREDENTIAL").ok_or_else(|| {
-            ConfigError("AIGATEWAY_MOCK_CREDENTIAL is required (the expected bearer)".into())
-        })?;
-
-        let admin_text =
-            get("AIGATEWAY_MOCK_ADMIN_PATH").unwrap_or_else(|| ADMIN_PATH_DEFAULT.into());
-        let admin_path = normalize_admin_path(&admin_text)?;
-
-        let max_deltas = match get("AIGATEWAY_MOCK_MAX_DELTAS") {
-            None => MAX_DELTAS_DEFAULT,
-            Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=100_000_000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "AIGATEWAY_MOCK_MAX_DELTAS={text:?}: expected an integer in 1..=100000000"
-                    )))
-                }
-            },
-        };
-
-        let log_format = match get("AIGATEWAY_MOCK_LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError(format!(
-                    "AIGATEWAY_MOCK_LOG_FORMAT={other:?}: expected text or json"
-                )))
-            }
-        };
-
-        Ok(MockConfig {
-            listen,
-            credential: Secret::new(credential),
-            admin_path,
-            max_deltas,
-            log_format,
-        })
-    }
+    Ok(Secret::new(text))
 }
 
 /// `/v1/chat/completions/` -> `/v1/chat/completions`; `/` -> `` (endpoints at `/quota...`).
 /// Only plain path characters: `{`, `}`, `*`, `:` would be read as route captures.
-pub fn normalize_admin_path(text: &str) -> Result<String, ConfigError> {
+pub fn normalize_admin_path(text: &str) -> Result<String, String> {
     let text = text.trim();
     let ok_chars = text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
     if !text.starts_with('/') || !ok_chars || text.contains("//") {
-        return Err(ConfigError(format!(
-            "AIGATEWAY_MOCK_ADMIN_PATH={text:?}: expected a path like /v1/chat/completions"
-        )));
+        return Err(format!(
+            "{text:?}: expected a path like /v1/chat/completions"
+        ));
     }
     Ok(text.trim_end_matches('/').to_owned())
+}
+
+/// Logs to stdout: text or JSON lines, filtered by RUST_LOG (default info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("signal received, shutting down");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,7 +553,7 @@ pub fn router(state: MockState) -> Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
-        .layer(crate::logging::trace_layer())
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -857,28 +870,29 @@ async fn fault_post(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, FromArgMatches};
 
-    fn cfg(pairs: &[(&str, &str)]) -> Result<MockConfig, ConfigError> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        MockConfig::from_lookup(|name| env.get(name).cloned())
+    /// Parses `args` without reading the process environment.
+    fn cfg(args: &[&str]) -> Result<MockConfig, clap::Error> {
+        let command = MockConfig::command().mut_args(|arg| arg.env(None::<&str>));
+        let argv = std::iter::once("aigateway-mock").chain(args.iter().copied());
+        MockConfig::from_arg_matches(&command.try_get_matches_from(argv)?)
     }
 
     #[test]
     fn defaults_and_required_credential() {
         assert!(cfg(&[]).is_err());
-        assert!(cfg(&[("AIGATEWAY_MOCK_CREDENTIAL", " ")]).is_err());
-        let c = cfg(&[("AIGATEWAY_MOCK_CREDENTIAL", "cred")]).unwrap();
+        assert!(cfg(&["--credential", " "]).is_err());
+        let c = cfg(&["--credential", "cred"]).unwrap();
         assert_eq!(c.listen, LISTEN_DEFAULT.parse().unwrap());
         assert_eq!(c.admin_path, ADMIN_PATH_DEFAULT);
         assert_eq!(c.max_deltas, MAX_DELTAS_DEFAULT);
+        assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.credential.matches("cred"));
+        assert!(!format!("{c:?}").contains("cred\""));
     }
 
     #[test]
@@ -888,10 +902,20 @@ mod tests {
         for bad in ["a/b", "/a/{x}", "/a/*", "/a//b", "/a:b"] {
             assert!(normalize_admin_path(bad).is_err(), "{bad}");
         }
-        assert!(cfg(&[
-            ("AIGATEWAY_MOCK_CREDENTIAL", "c"),
-            ("AIGATEWAY_MOCK_LISTEN", "nope")
-        ])
-        .is_err());
+        assert!(cfg(&["--credential", "c", "--listen", "nope"]).is_err());
+        assert!(cfg(&["--credential", "c", "--max-deltas", "0"]).is_err());
+        assert!(cfg(&["--credential", "c", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn every_option_has_its_environment_variable() {
+        let command = MockConfig::command();
+        for arg in command.get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert!(env.starts_with("AIGATEWAY_MOCK_"), "{:?}", arg.get_id());
+        }
     }
 }
