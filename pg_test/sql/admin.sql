@@ -24,7 +24,7 @@ SELECT quota.set_plan_purchase_rate('standard', 1.3, 'dba') ->> 'purchase_rate' 
 SELECT jsonb_array_length(quota.list_plans(true) -> 'plans') AS active_plans,
        (quota.list_plans(false) -> 'total')::int AS all_plans;
 SELECT quota.set_exchange_rate(20000, 'dba') - 'updated_at' AS rate;
-SELECT tier, multiplier, base_rate, credits FROM quota.calculate_credits(0.01, tier => 'standard');
+SELECT tier, multiplier, base_rate, credits_to_charge FROM quota.calculate_credits(0.01, tier => 'standard');
 -- a plan with subscribers cannot be deleted
 SAVEPOINT e; SELECT quota.delete_plan('standard');
 \echo :LAST_ERROR_SQLSTATE

@@ -46,5 +46,34 @@ ROLLBACK TO p;
 SELECT quota.statistics('2025-01-02', '2025-01-01');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
+-- purchases are bounded ($1M) and need a confirmed payment of that user and amount (23514)
+SELECT * FROM quota.purchase('carol', 1e9, 'pm_card', 'e8');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT * FROM quota.purchase('carol', 10, '', 'e9');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT quota.confirm_payment('pay-x', 'carol', 10) ->> 'status' AS payment;
+SELECT * FROM quota.purchase('carol', 9.99, 'pm_card', 'e10', 'pay-x');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+-- rates are bounded: a multiplier of 1e-320 would make every charge free
+SELECT quota.create_plan('{"tier":"free","name":"Free","multiplier":1e-320}');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT quota.create_plan('{"tier":"e-plan","name":"E plan"}') ->> 'tier' AS tier;
+UPDATE quota.plans SET multiplier = '1e-320'::float8 WHERE tier = 'e-plan';
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+-- with no settings row, pricing refuses everywhere (P0002), the calculation as the charge
+DELETE FROM quota.settings;
+SELECT * FROM quota.calculate_credits(0.01);
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+DELETE FROM quota.settings;
+SELECT * FROM quota.charge('carol', 0.001, 'e11');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT credits_to_charge FROM quota.calculate_credits(0.01);
 SELECT count(*) AS ledger_rows FROM quota.ledger WHERE user_id = 'carol';
 ROLLBACK;

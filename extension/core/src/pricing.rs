@@ -24,19 +24,30 @@ pub const PURCHASE_RATE_MAX: f64 = 1000.0;
 pub const BALANCE_MAX: i64 = 1_000_000_000_000_000_000; // 1e18
 pub const TOTAL_MAX: i64 = 9_000_000_000_000_000_000; // 9e18
 
+/// A number for a message: plain decimals, but exponent notation for the very small or large
+/// (a multiplier of 1e-320 is "1e-320", not 320 zeros).
+pub fn show(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && (v.abs() < 1e-6 || v.abs() >= 1e16) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Validates a USD amount: finite, > 0, at most `USD_PER_OPERATION_MAX`.
 pub fn validate_usd(field: &str, usd: f64) -> Result<()> {
     if !usd.is_finite() {
-        return Err(QuotaError::invalid(format!("{field} must be a finite number, got {usd}"))
+        return Err(QuotaError::invalid(format!("{field} must be a finite number, got {}", show(usd)))
             .with("field", field));
     }
     if usd <= 0.0 {
-        return Err(QuotaError::invalid(format!("{field} must be greater than 0, got {usd}"))
+        return Err(QuotaError::invalid(format!("{field} must be greater than 0, got {}", show(usd)))
             .with("field", field));
     }
     if usd > USD_PER_OPERATION_MAX {
         return Err(QuotaError::invalid(format!(
-            "{field} must be at most {USD_PER_OPERATION_MAX}, got {usd}"
+            "{field} must be at most {USD_PER_OPERATION_MAX}, got {}",
+            show(usd)
         ))
         .with("field", field));
     }
@@ -58,7 +69,8 @@ pub fn validate_credits(field: &str, credits: i64, allow_zero: bool) -> Result<(
 pub fn validate_multiplier(multiplier: f64) -> Result<()> {
     if !(multiplier.is_finite() && (MULTIPLIER_MIN..=MULTIPLIER_MAX).contains(&multiplier)) {
         return Err(QuotaError::invalid(format!(
-            "multiplier must be between {MULTIPLIER_MIN} and {MULTIPLIER_MAX}, got {multiplier}"
+            "multiplier must be between {MULTIPLIER_MIN} and {MULTIPLIER_MAX}, got {}",
+            show(multiplier)
         ))
         .with("field", "multiplier"));
     }
@@ -68,7 +80,8 @@ pub fn validate_multiplier(multiplier: f64) -> Result<()> {
 pub fn validate_purchase_rate(purchase_rate: f64) -> Result<()> {
     if !(purchase_rate.is_finite() && (PURCHASE_RATE_MIN..=PURCHASE_RATE_MAX).contains(&purchase_rate)) {
         return Err(QuotaError::invalid(format!(
-            "purchase_rate must be between {PURCHASE_RATE_MIN} and {PURCHASE_RATE_MAX}, got {purchase_rate}"
+            "purchase_rate must be between {PURCHASE_RATE_MIN} and {PURCHASE_RATE_MAX}, got {}",
+            show(purchase_rate)
         ))
         .with("field", "purchase_rate"));
     }
