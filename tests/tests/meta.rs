@@ -11,9 +11,25 @@ async fn health_reports_database_extension_and_worker() {
         .send()
         .await
         .expect(200);
-    assert_eq!(body["status"], "ok", "{body}");
+    assert_healthy(&body);
     assert_eq!(body["database"], "ok", "{body}");
     assert!(body["extension"].is_string(), "extension version in {body}");
+    // The library loads (a call into it answered) and says its version.
+    assert_eq!(body["library"]["status"], "ok", "{body}");
+    assert!(body["library"]["version"].is_string(), "{body}");
+    // The relay: this sidecar's memory and the outbox counts.
+    let relay = &body["relay"];
+    assert_eq!(relay["gateway"], true, "{body}");
+    for field in ["backlog", "due", "unknown", "failed", "deliveries"] {
+        assert!(
+            relay[field].is_i64() || relay[field].is_u64(),
+            "relay.{field} in {body}"
+        );
+    }
+    assert!(
+        relay["last_delivery_at"].is_null() || relay["last_delivery_at"].is_string(),
+        "{body}"
+    );
     let worker = &body["worker"];
     assert!(worker.is_object(), "worker object in {body}");
     let state = worker["state"]
@@ -62,6 +78,24 @@ async fn health_reports_database_extension_and_worker() {
         .unwrap()
         .get(0);
     assert_eq!(sql_state, "running");
+}
+
+/// `ok`, or `degraded` only because a concurrent test (relay_unknown.rs) holds an execution whose
+/// delivery outcome is unknown: that needs an operator, and keeps HTTP 200.
+fn assert_healthy(body: &Value) {
+    if body["status"] == "ok" {
+        assert_eq!(body["problems"], json!([]), "{body}");
+        return;
+    }
+    assert_eq!(body["status"], "degraded", "{body}");
+    let problems = body["problems"].as_array().expect("problems array");
+    assert!(
+        !problems.is_empty()
+            && problems.iter().all(|p| p
+                .as_str()
+                .is_some_and(|p| p.contains("unknown delivery outcome"))),
+        "{body}"
+    );
 }
 
 /// Every path the end-to-end tests call, as templates.
