@@ -2,8 +2,8 @@
 -- then the access rules (SPEC 1.6).
 COMMENT ON FUNCTION quota.charge(text, double precision, text, text, jsonb) IS
     'Charges round_half_even(cost_usd * plan multiplier * base_rate) credits. Idempotent by operation_id (replay returns the first result; other parameters: 23505). Insufficient credits: 23514, nothing recorded.';
-COMMENT ON FUNCTION quota.add(text, double precision, text, text, jsonb) IS
-    'Adds round_half_even(amount_usd * plan purchase_rate * base_rate) credits (ledger type add). Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.add(text, double precision, text, text, jsonb, text) IS
+    'Adds round_half_even(amount_usd * plan purchase_rate * base_rate) credits (ledger type add); source (where the money came from) is kept in the metadata. Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.purchase(text, double precision, text, text, text) IS
     'A credit purchase (the user''s own idempotency scope): like quota.add, but only against a payment confirmed by quota.confirm_payment for this user and amount and not used yet (payment_id, or the oldest such payment). No payment: 23514 payment_required (HTTP 402), nothing written. Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.confirm_payment(text, text, double precision, text, jsonb) IS
@@ -28,7 +28,10 @@ COMMENT ON FUNCTION quota.create_plan(jsonb, text) IS
     'Creates a plan from JSON (tier, name, monthly_cost, fixed_cost, credits_included, bonus_credits, multiplier > 0, purchase_rate >= 1, active). Duplicate tier or name: 23505. Audited.';
 COMMENT ON FUNCTION quota.update_plan(text, jsonb, text) IS 'Partially updates a plan from JSON. Audited.';
 COMMENT ON FUNCTION quota.delete_plan(text, text) IS 'Deletes a plan; refused (23503) while users are subscribed. Audited.';
-COMMENT ON FUNCTION quota.list_plans(boolean) IS 'Plans as JSON {plans, total}, each with total_credits = credits_included + bonus_credits.';
+COMMENT ON FUNCTION quota.list_plans(boolean) IS
+    'Plans as the admin API shows them, JSON {plans, total}: tier, name, monthly_cost, fixed_cost, credits_included, bonus_credits, multiplier, purchase_rate, active, users_count, created_at, updated_at.';
+COMMENT ON FUNCTION quota.subscription_plans() IS
+    'The active plans as users see them, JSON {plans, total}: tier, name, monthly_cost, fixed_cost, credits_included, bonus_credits, multiplier, purchase_rate, total_credits.';
 COMMENT ON FUNCTION quota.set_plan_multiplier(text, double precision, text) IS 'Sets a plan''s charge multiplier (> 0). Audited.';
 COMMENT ON FUNCTION quota.set_plan_purchase_rate(text, double precision, text) IS 'Sets a plan''s purchase rate (>= 1). Audited.';
 COMMENT ON FUNCTION quota.set_exchange_rate(bigint, text) IS 'Sets base_rate, the credits per USD; applies on the first call too. Audited.';
@@ -87,7 +90,7 @@ DECLARE
         'quota_reader', jsonb_build_array(
             'now', 'price_credits', 'parse_condition', 'next_fire', 'eval_condition', 'match_users',
             'check_credits', 'calculate_credits', 'balance', 'transactions', 'subscription', 'verify',
-            'list_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
+            'list_plans', 'subscription_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
             'strategy_executions', 'worker_status', 'library_version', 'relay_status'),
         -- what a service does per request
         'quota_service', jsonb_build_array(

@@ -222,16 +222,29 @@ SELECT pg_catalog.pg_extension_config_dump('quota.payments', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.api_tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.audit_log', '');
 
--- JSON shapes shared by the SQL API and REST (one rendering per concept).
+-- JSON shapes shared by the SQL API and REST (one rendering per concept). The two plan shapes
+-- are seed 004's, key for key: its clients count them.
+-- A plan as the admin API shows it (12 keys).
 CREATE FUNCTION quota._plan_json(p quota.plans) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'tier', p.tier, 'name', p.name,
-        'monthly_cost', p.monthly_cost, 'fixed_cost', p.fixed_cost,
+        'monthly_cost', p.monthly_cost::float8, 'fixed_cost', p.fixed_cost::float8,
         'credits_included', p.credits_included, 'bonus_credits', p.bonus_credits,
-        'total_credits', p.credits_included + p.bonus_credits,
         'multiplier', p.multiplier, 'purchase_rate', p.purchase_rate, 'active', p.active,
+        'users_count', (SELECT count(*) FROM quota.subscriptions s WHERE s.tier = p.tier),
         'created_at', p.created_at, 'updated_at', p.updated_at)
+$$;
+
+-- A plan as users see it (9 keys): what it costs and gives, total_credits = included + bonus.
+CREATE FUNCTION quota._public_plan_json(p quota.plans) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'tier', p.tier, 'name', p.name,
+        'monthly_cost', p.monthly_cost::float8, 'fixed_cost', p.fixed_cost::float8,
+        'credits_included', p.credits_included, 'bonus_credits', p.bonus_credits,
+        'multiplier', p.multiplier, 'purchase_rate', p.purchase_rate,
+        'total_credits', p.credits_included + p.bonus_credits)
 $$;
 
 CREATE FUNCTION quota._user_json(user_id text) RETURNS jsonb
@@ -249,15 +262,21 @@ LANGUAGE sql STABLE AS $$
     WHERE u.id = $1
 $$;
 
--- STABLE, not IMMUTABLE: it renders timestamptz, which depends on the session's TimeZone.
+-- A ledger entry as seed 004's transaction history shows it (id, type, date, credits,
+-- balance_after, description, operation_id; cost_usd to 4 places on charges, amount_usd to 2 on
+-- adds), plus balance_before and metadata. STABLE, not IMMUTABLE: it renders timestamptz, which
+-- depends on the session's TimeZone.
 CREATE FUNCTION quota._transaction_json(l quota.ledger) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
-        'transaction_id', l.transaction_id, 'transaction_type', l.transaction_type,
+        'id', l.transaction_id::text, 'type', l.transaction_type, 'date', l.created_at,
         'credits', l.credits, 'balance_before', l.balance_before, 'balance_after', l.balance_after,
-        'cost_usd', l.cost_usd, 'amount_usd', l.amount_usd, 'refund_of', l.refund_of,
-        'description', l.description, 'metadata', l.metadata,
-        'operation_id', l.operation_id, 'created_at', l.created_at)
+        'description', l.description, 'operation_id', l.operation_id, 'metadata', l.metadata)
+        || CASE WHEN l.transaction_type = 'charge' AND l.cost_usd IS NOT NULL
+                THEN jsonb_build_object('cost_usd', round(l.cost_usd::numeric, 4)::float8) ELSE '{}' END
+        || CASE WHEN l.transaction_type = 'add' AND l.amount_usd IS NOT NULL
+                THEN jsonb_build_object('amount_usd', round(l.amount_usd::numeric, 2)::float8) ELSE '{}' END
+        || CASE WHEN l.refund_of IS NOT NULL THEN jsonb_build_object('refund_of', l.refund_of) ELSE '{}' END
 $$;
 
 CREATE FUNCTION quota._payment_json(p quota.payments) RETURNS jsonb

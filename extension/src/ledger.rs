@@ -23,7 +23,8 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
 use quota_core::ids::{
-    validate_free_text, validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
+    validate_free_text, validate_id, validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
+    PAYMENT_ID_LEN_MAX,
 };
 use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
@@ -442,20 +443,27 @@ fn plan_rates(client: &SpiClient, user_id: &str) -> (f64, f64, Option<String>) {
     )
 }
 
+/// An add: credits bought at the plan's purchase rate. `source` (seed 004's field: where the
+/// money came from) is recorded in the entry's metadata; it is not part of the idempotency key.
 pub fn add_impl(
     user_id: &str,
     amount_usd: f64,
     operation_id: &str,
     description: Option<&str>,
     metadata: Option<Value>,
+    source: Option<&str>,
 ) -> LedgerRow {
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    if let Some(s) = source {
+        validate_free_text("source", s).or_raise();
+    }
     let request = json!({ "user_id": user_id, "amount_usd": amount_usd });
+    let extra = source.map(|s| json!({ "source": s }));
     let mut decide = |client: &mut SpiClient| {
         let (_, purchase_rate, _) = plan_rates(client, user_id);
         let credits = pricing::purchase_credits(amount_usd, purchase_rate, settings::base_rate())?;
-        Ok((credits, credits, 0, None))
+        Ok((credits, credits, 0, extra.clone()))
     };
     apply_credit(
         Credit {
@@ -491,7 +499,7 @@ pub fn purchase_impl(
 ) -> LedgerRow {
     validate_common(user_id, operation_id, None).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
-    validate_free_text("payment_method_id", payment_method_id).or_raise();
+    validate_id("payment_method_id", payment_method_id, PAYMENT_ID_LEN_MAX).or_raise();
     if let Some(p) = payment_id {
         validate_payment_id(p).or_raise();
     }
@@ -766,7 +774,7 @@ pub fn confirm_payment_impl(
     validate_user_id(user_id).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
     if let Some(m) = payment_method_id {
-        validate_free_text("payment_method_id", m).or_raise();
+        validate_id("payment_method_id", m, PAYMENT_ID_LEN_MAX).or_raise();
     }
     Spi::connect_mut(|client| {
         let exists = !client
@@ -962,6 +970,7 @@ fn add(
     operation_id: Option<&str>,
     description: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
+    source: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -980,7 +989,7 @@ fn add(
     let user_id = required(user_id, "user_id");
     let amount_usd = required(amount_usd, "amount_usd");
     let operation_id = required(operation_id, "operation_id");
-    let r = add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0));
+    let r = add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0), source);
     credit_row(r, current_purchase_rate(user_id))
 }
 
@@ -1371,13 +1380,18 @@ fn transactions(
 #[search_path(pg_catalog, quota, pg_temp)]
 fn subscription(user_id: &str) -> JsonB {
     validate_user_id(user_id).or_raise();
+    // Seed 004's shape: the plan as users see it (null without one), with the subscription's
+    // status and start, and the wallet.
     read::one::<JsonB>(
         "SELECT jsonb_build_object(
-                  'user_id', w.user_id, 'subscription_tier', s.tier, 'status', s.status,
-                  'started_at', s.started_at,
-                  'plan', (SELECT quota._plan_json(p) FROM quota.plans p WHERE p.tier = s.tier),
-                  'balance', w.balance, 'total_earned', w.total_earned, 'total_spent', w.total_spent)
-         FROM quota.wallets w LEFT JOIN quota.subscriptions s USING (user_id)
+                  'user_id', w.user_id,
+                  'subscription', CASE WHEN p.tier IS NULL THEN NULL ELSE
+                      quota._public_plan_json(p) || jsonb_build_object('status', s.status, 'started_at', s.started_at) END,
+                  'credits', jsonb_build_object(
+                      'balance', w.balance, 'total_earned', w.total_earned, 'total_spent', w.total_spent))
+         FROM quota.wallets w
+         LEFT JOIN quota.subscriptions s ON s.user_id = w.user_id
+         LEFT JOIN quota.plans p ON p.tier = s.tier
          WHERE w.user_id = $1",
         &[user_id.into()],
     )

@@ -10,7 +10,7 @@ use quota_core::ids::validate_tier;
 use quota_core::plan::{PlanInput, PlanPatch};
 use quota_core::pricing::{validate_base_rate, validate_multiplier, validate_purchase_rate};
 use quota_core::{ErrorKind, QuotaError};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn plan_json(client: &mut SpiClient, tier: &str, lock: bool) -> Option<Value> {
     let sql = if lock {
@@ -82,7 +82,7 @@ fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> Js
             .or_raise();
         let created = plan_json(client, &p.tier, false).expect("just inserted");
         audit::record(client, &actor, "create_plan", &format!("plan:{}", p.tier), None, Some(created.clone()));
-        JsonB(created)
+        JsonB(json!({ "success": true, "plan": created }))
     })
 }
 
@@ -133,7 +133,7 @@ fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<
             .or_raise();
         let new = plan_json(client, tier, false).expect("exists");
         audit::record(client, &actor, "update_plan", &format!("plan:{tier}"), Some(old), Some(new.clone()));
-        JsonB(new)
+        JsonB(json!({ "success": true, "plan": new }))
     })
 }
 
@@ -164,7 +164,7 @@ fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> Jso
         }
         client.update("DELETE FROM quota.plans WHERE tier = $1", None, &[tier.into()]).or_raise();
         audit::record(client, &actor, "delete_plan", &format!("plan:{tier}"), Some(old), None);
-        JsonB(serde_json::json!({ "message": "plan deleted", "tier": tier }))
+        JsonB(json!({ "success": true, "message": "plan deleted", "tier": tier }))
     })
 }
 
@@ -181,6 +181,23 @@ fn list_plans(active_only: default!(bool, false)) -> JsonB {
     .expect("an aggregate returns one row")
 }
 
+/// Sets one rate of a plan; the result is seed 004's `{success, tier, old_<column>,
+/// new_<column>, updated_at}` plus the plan.
+/// The active plans as users see them (seed 004's `GET /api/v1/subscription/plans`): 9 keys each,
+/// cheapest first.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
+fn subscription_plans() -> JsonB {
+    read::one::<JsonB>(
+        "SELECT jsonb_build_object(
+            'plans', coalesce(jsonb_agg(quota._public_plan_json(p) ORDER BY p.monthly_cost, p.tier), '[]'::jsonb),
+            'total', count(*))
+         FROM quota.plans p WHERE p.active",
+        &[],
+    )
+    .expect("an aggregate returns one row")
+}
+
 fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB {
     validate_tier(tier).or_raise();
     let actor = audit::actor_or_role(actor);
@@ -190,8 +207,15 @@ fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB 
         let sql = format!("UPDATE quota.plans SET {column} = $2, updated_at = now() WHERE tier = $1");
         client.update(sql.as_str(), None, &[tier.into(), value.into()]).or_raise();
         let new = plan_json(client, tier, false).expect("exists");
-        audit::record(client, &actor, &format!("set_plan_{column}"), &format!("plan:{tier}"), Some(old), Some(new.clone()));
-        JsonB(new)
+        audit::record(client, &actor, &format!("set_plan_{column}"), &format!("plan:{tier}"), Some(old.clone()), Some(new.clone()));
+        let mut result = serde_json::Map::new();
+        result.insert("success".into(), json!(true));
+        result.insert("tier".into(), json!(tier));
+        result.insert(format!("old_{column}"), old[column].clone());
+        result.insert(format!("new_{column}"), new[column].clone());
+        result.insert("updated_at".into(), new["updated_at"].clone());
+        result.insert("plan".into(), new);
+        JsonB(Value::Object(result))
     })
 }
 
@@ -225,8 +249,8 @@ fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL
             .update(
                 "WITH old AS (SELECT base_rate FROM quota.settings FOR UPDATE)
                  UPDATE quota.settings s SET base_rate = $1, updated_at = now() FROM old
-                 RETURNING jsonb_build_object('base_rate', s.base_rate,
-                     'previous_base_rate', old.base_rate, 'updated_at', s.updated_at) AS result",
+                 RETURNING jsonb_build_object('success', true, 'old_base_rate', old.base_rate,
+                     'new_base_rate', s.base_rate, 'updated_at', s.updated_at) AS result",
                 Some(1),
                 &[base_rate.into()],
             )
@@ -241,8 +265,8 @@ fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL
             &actor,
             "set_exchange_rate",
             "settings:base_rate",
-            Some(serde_json::json!({ "base_rate": row["previous_base_rate"] })),
-            Some(serde_json::json!({ "base_rate": base_rate })),
+            Some(json!({ "base_rate": row["old_base_rate"] })),
+            Some(json!({ "base_rate": base_rate })),
         );
         JsonB(row)
     })
@@ -275,28 +299,29 @@ fn statistics(
             WHERE ($1::timestamptz IS NULL OR l.created_at >= $1)
               AND ($2::timestamptz IS NULL OR l.created_at < $2))
          SELECT jsonb_build_object(
-            'period', jsonb_build_object('start_date', $1, 'end_date', $2),
+            'period', jsonb_build_object('start', $1, 'end', $2),
             'tier', $3,
-            'users', jsonb_build_object(
-                'total', (SELECT count(*) FROM scope),
-                'with_subscription', (SELECT count(*) FROM scope JOIN quota.subscriptions s ON s.user_id = scope.id)),
-            'subscriptions', coalesce((
-                SELECT jsonb_object_agg(tier, n) FROM (
-                    SELECT s.tier, count(*) AS n FROM quota.subscriptions s JOIN scope ON scope.id = s.user_id
-                    GROUP BY s.tier) x), '{}'::jsonb),
+            'total_users', (SELECT count(*) FROM scope),
+            'subscriptions', jsonb_build_object(
+                'subscriptions', coalesce((
+                    SELECT jsonb_object_agg(tier, n) FROM (
+                        SELECT s.tier, count(*) AS n FROM quota.subscriptions s JOIN scope ON scope.id = s.user_id
+                        GROUP BY s.tier) x), '{}'::jsonb),
+                'total', (SELECT count(*) FROM scope JOIN quota.subscriptions s ON s.user_id = scope.id)),
             'credits', jsonb_build_object(
-                'earned', coalesce((SELECT sum(credits) FROM tx
-                                    WHERE transaction_type IN ('add', 'subscription', 'bonus', 'recharge')), 0),
-                'spent', coalesce((SELECT -sum(credits) FROM tx
-                                   WHERE transaction_type IN ('charge', 'settle', 'refund')), 0),
-                'balance', (SELECT coalesce(sum(w.balance), 0) FROM quota.wallets w JOIN scope ON scope.id = w.user_id)),
+                'total_earned', coalesce((SELECT sum(credits) FROM tx
+                                          WHERE transaction_type IN ('add', 'subscription', 'bonus', 'recharge')), 0),
+                'total_spent', coalesce((SELECT -sum(credits) FROM tx
+                                         WHERE transaction_type IN ('charge', 'settle', 'refund')), 0),
+                'current_balance', (SELECT coalesce(sum(w.balance), 0) FROM quota.wallets w JOIN scope ON scope.id = w.user_id)),
             'transactions', (SELECT jsonb_build_object(
                 'total', count(*),
-                'charge', count(*) FILTER (WHERE transaction_type = 'charge'),
-                'add', count(*) FILTER (WHERE transaction_type = 'add'),
-                'subscription', count(*) FILTER (WHERE transaction_type = 'subscription'),
-                'bonus', count(*) FILTER (WHERE transaction_type = 'bonus'),
-                'refund', count(*) FILTER (WHERE transaction_type = 'refund')) FROM tx))",
+                'charges', count(*) FILTER (WHERE transaction_type = 'charge'),
+                'additions', count(*) FILTER (WHERE transaction_type = 'add'),
+                'subscriptions', count(*) FILTER (WHERE transaction_type = 'subscription'),
+                'bonuses', count(*) FILTER (WHERE transaction_type = 'bonus'),
+                'refunds', count(*) FILTER (WHERE transaction_type = 'refund'),
+                'recharges', count(*) FILTER (WHERE transaction_type = 'recharge')) FROM tx))",
         &[start_date.into(), end_date.into(), tier.into()],
     )
     .expect("one row")

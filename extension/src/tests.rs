@@ -66,10 +66,11 @@ mod tests {
         assert_eq!(sqlstate_of("PERFORM quota.charge('t2', 0.02, 'op-2')").as_deref(), Some("23505"));
         assert_eq!(sqlstate_of("PERFORM quota.add('t2', 0.01, 'op-2')").as_deref(), Some("23505"));
         assert_eq!(sqlstate_of("PERFORM quota.bonus('t2', 5, 'op-2')").as_deref(), Some("23505"));
+        // Keys are scoped per user: another user's op-2 is theirs, neither a conflict nor a replay.
         setup_user("t2b", 1000);
-        assert_eq!(sqlstate_of("PERFORM quota.charge('t2b', 0.01, 'op-2')").as_deref(), Some("23505"));
+        assert_eq!(sqlstate_of("PERFORM quota.charge('t2b', 0.02, 'op-2')"), None);
         assert_eq!(balance("t2"), 900);
-        assert_eq!(balance("t2b"), 1000);
+        assert_eq!(balance("t2b"), 800);
         assert_clean();
     }
 
@@ -120,6 +121,12 @@ mod tests {
         assert_eq!(sqlstate_of(r#"PERFORM quota.create_plan('{"tier":"p","name":"Q"}')"#).as_deref(), Some("23505"));
         assert_eq!(sqlstate_of(r#"PERFORM quota.create_plan('{"tier":"q","name":"P"}')"#).as_deref(), Some("23505"));
         assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('p', 0)").as_deref(), Some("22023"));
+        // A multiplier that makes charges free (1e-320, or anything below 0.001) is refused,
+        // through the function and through a DBA's direct UPDATE (the table's CHECK).
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('p', 1e-320)").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('p', 0.0009)").as_deref(), Some("22023"));
+        assert_eq!(sqlstate_of("UPDATE quota.plans SET multiplier = 1e-320 WHERE tier = 'p'").as_deref(), Some("23514"));
+        assert_eq!(sqlstate_of("PERFORM quota.set_plan_purchase_rate('p', 1001)").as_deref(), Some("22023"));
         assert_eq!(sqlstate_of("PERFORM quota.set_plan_purchase_rate('p', 0.5)").as_deref(), Some("22023"));
         assert_eq!(sqlstate_of("PERFORM quota.set_plan_multiplier('nope', 2)").as_deref(), Some("P0002"));
         assert_eq!(one_i64("SELECT count(*) FROM quota.audit_log WHERE subject = 'plan:p'"), 1);
@@ -131,7 +138,7 @@ mod tests {
         run(r#"SELECT quota.create_plan('{"tier":"x1","name":"x1","multiplier":1}')"#);
         run("SELECT quota.set_exchange_rate(10000)");
         let credits = |cost: &str, tier: &str| {
-            one_i64(&format!("SELECT credits FROM quota.calculate_credits({cost}, tier => '{tier}')"))
+            one_i64(&format!("SELECT credits_to_charge FROM quota.calculate_credits({cost}, tier => '{tier}')"))
         };
         assert_eq!(credits("0.0123", "x15"), 184);
         assert_eq!(credits("0.00025", "x1"), 2);

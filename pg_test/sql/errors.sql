@@ -50,7 +50,10 @@ ROLLBACK TO p;
 SELECT * FROM quota.purchase('carol', 1e9, 'pm_card', 'e8');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
-SELECT * FROM quota.purchase('carol', 10, '', 'e9');
+SELECT * FROM quota.purchase('carol', 10, '', 'e8');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT * FROM quota.purchase('carol', 10, 'pm_card', 'e9');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
 SELECT quota.confirm_payment('pay-x', 'carol', 10) ->> 'status' AS payment;
@@ -61,7 +64,7 @@ ROLLBACK TO p;
 SELECT quota.create_plan('{"tier":"free","name":"Free","multiplier":1e-320}');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
-SELECT quota.create_plan('{"tier":"e-plan","name":"E plan"}') ->> 'tier' AS tier;
+SELECT quota.create_plan('{"tier":"e-plan","name":"E plan"}') -> 'plan' ->> 'tier' AS tier;
 UPDATE quota.plans SET multiplier = '1e-320'::float8 WHERE tier = 'e-plan';
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;

@@ -97,7 +97,7 @@ ROLLBACK TO q;
 SET ROLE quota_admin;
 SELECT count(*) >= 0 AS scan_now_works FROM quota.scan();
 -- The audit log names the calling role, not the functions' owner.
-SELECT quota.set_exchange_rate(10000) ->> 'base_rate' AS base_rate;
+SELECT quota.set_exchange_rate(10000) ->> 'new_base_rate' AS base_rate;
 RESET ROLE;
 SELECT actor, action FROM quota.audit_log ORDER BY id DESC LIMIT 1;
 -- The balance the application's charge left, and the ledger agrees.

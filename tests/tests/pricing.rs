@@ -278,3 +278,91 @@ async fn charge_sees_base_rate_changes_of_other_sessions() {
     assert_eq!(ctx.balance(&user).await, 1_000_000 - 100 * 4 - 200 - 300 - 400);
     ctx.assert_verify_clean().await;
 }
+
+/// The per-backend base_rate cache is never filled from an old snapshot (issue 9): a backend that
+/// ran a REPEATABLE READ transaction while the rate changed, and a READ COMMITTED transaction that
+/// spans a committed change, both charge at the committed rate from then on.
+#[tokio::test]
+async fn base_rate_cache_follows_commits_across_isolation_levels() {
+    let ctx = Ctx::exclusive("rate_snapshots").await;
+    let user = ctx.create_user().await;
+    ctx.db
+        .execute("SELECT quota.bonus($1, 10000000, $2)", &[&user, &ctx.id("b")])
+        .await
+        .unwrap();
+    let charger = connect_db().await;
+    let changer = connect_db().await;
+    let charge = |n: &'static str| {
+        let (charger, user, op) = (&charger, user.clone(), ctx.id(n));
+        async move {
+            charger
+                .query_one(
+                    "SELECT credits_charged FROM quota.charge($1, 0.01, $2)",
+                    &[&user, &op],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    let mut seen: Vec<(&str, i64, String)> = Vec::new();
+    let mut check = |what: &'static str, expected: i64, got: Result<i64, tokio_postgres::Error>| {
+        seen.push((what, expected, format!("{got:?}")));
+    };
+
+    // A REPEATABLE READ transaction takes its snapshot, the rate changes and commits, then the
+    // transaction's first charge fills the cache: from the latest snapshot, not the old one.
+    let _ = charger
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await;
+    let _ = changer
+        .execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[])
+        .await;
+    check("REPEATABLE READ, first charge after a commit", 200, charge("rr1").await);
+    let _ = charger.batch_execute("COMMIT").await;
+    check("the next transaction", 200, charge("rr2").await);
+
+    // A REPEATABLE READ transaction that cached the rate sees a change committed meanwhile.
+    let _ = charger
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await;
+    check("REPEATABLE READ, cached", 200, charge("rr3").await);
+    let _ = changer
+        .execute("SELECT quota.set_exchange_rate(30000, 'e2e')", &[])
+        .await;
+    check("REPEATABLE READ, after a commit", 300, charge("rr4").await);
+    let _ = charger.batch_execute("COMMIT").await;
+    check("after COMMIT", 300, charge("rr5").await);
+
+    // One READ COMMITTED transaction: a charge after a committed change uses the new rate.
+    let _ = charger.batch_execute("BEGIN").await;
+    check("READ COMMITTED, cached", 300, charge("rc1").await);
+    let _ = changer
+        .execute("SELECT quota.set_exchange_rate(40000, 'e2e')", &[])
+        .await;
+    check("READ COMMITTED, after a commit", 400, charge("rc2").await);
+    let _ = charger.batch_execute("COMMIT").await;
+    check("after COMMIT", 400, charge("rc3").await);
+
+    // calculate_credits prices with the same rule.
+    let calculated = charger
+        .query_one(
+            "SELECT credits_to_charge FROM quota.calculate_credits(0.01)",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0));
+    check("calculate_credits", 400, calculated);
+
+    ctx.db
+        .query(
+            "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
+            &[&DEFAULT_BASE_RATE],
+        )
+        .await
+        .expect("restore the base rate");
+    check("after the restore", 100, charge("end").await);
+    for (what, expected, got) in &seen {
+        assert_eq!(got, &format!("{:?}", Ok::<i64, ()>(*expected)), "{what}: {seen:#?}");
+    }
+    ctx.assert_verify_clean().await;
+}
