@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, env = "QUOTA_DATABASE_URL", hide_env_values = true,
           default_value = DATABASE_URL_DEFAULT, value_parser = secret)]
     pub database_url: Secret,
-    /// maximum pooled connections
+    /// maximum pooled connections (1..1024)
     #[arg(long, env = "QUOTA_DB_POOL_SIZE", default_value_t = DB_POOL_SIZE_DEFAULT,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=DB_POOL_SIZE_MAX))]
     pub db_pool_size: usize,
@@ -106,21 +106,24 @@ pub struct Args {
     /// X-Service-Token of the internal API; unset = the internal API answers 403
     #[arg(long, env = "QUOTA_SERVICE_TOKEN", hide_env_values = true, value_parser = secret)]
     pub service_token: Option<Secret>,
-    /// whole-request timeout in seconds; on expiry the SQL statement is cancelled and the answer
+    /// whole-request timeout in seconds (1..3600); on expiry the SQL statement is cancelled and the answer
     /// is 503 {"error": "timeout"}
     #[arg(long, env = "QUOTA_REQUEST_TIMEOUT_S", default_value_t = REQUEST_TIMEOUT_S_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=REQUEST_TIMEOUT_S_MAX))]
     pub request_timeout_s: u64,
-    /// the same in milliseconds; when set it takes precedence over QUOTA_REQUEST_TIMEOUT_S
+    /// the same in milliseconds (100..3600000); when set it takes precedence over
+    /// QUOTA_REQUEST_TIMEOUT_S
     #[arg(long, env = "QUOTA_REQUEST_TIMEOUT_MS",
           value_parser = RangedU64ValueParser::<u64>::new()
               .range(REQUEST_TIMEOUT_MS_MIN..=REQUEST_TIMEOUT_S_MAX * 1000))]
     pub request_timeout_ms: Option<u64>,
-    /// seconds a connection has to send a request's headers once it has sent their first byte
+    /// seconds (1..3600) a connection has to send a request's headers once it has sent their
+    /// first byte
     #[arg(long, env = "QUOTA_HEADER_READ_TIMEOUT_S", default_value_t = HEADER_READ_TIMEOUT_S_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
     pub header_read_timeout_s: u64,
-    /// seconds a connection may stay open with no request in flight and no bytes moving
+    /// seconds (1..86400) a connection may stay open with no request in flight and no bytes
+    /// moving
     /// (idle keep-alive connections)
     #[arg(long, env = "QUOTA_IDLE_TIMEOUT_S", default_value_t = IDLE_TIMEOUT_S_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=86_400))]
@@ -148,23 +151,23 @@ pub struct Args {
     /// built-in web roots)
     #[arg(long, env = "QUOTA_AIGATEWAY_CA_FILE")]
     pub aigateway_ca_file: Option<PathBuf>,
-    /// deliveries of one recharge before it is failed
+    /// deliveries of one recharge before it is failed (1..100)
     #[arg(long, env = "QUOTA_RELAY_MAX_ATTEMPTS", default_value_t = RELAY_MAX_ATTEMPTS_DEFAULT,
           value_parser = RangedU64ValueParser::<u32>::new().range(1..=100))]
     pub relay_max_attempts: u32,
-    /// timeout of one delivery in ms
+    /// timeout of one delivery in ms (100..600000)
     #[arg(long, env = "QUOTA_RELAY_TIMEOUT_MS", default_value_t = RELAY_TIMEOUT_MS_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(100..=600_000))]
     pub relay_timeout_ms: u64,
-    /// first retry delay in ms, doubled per attempt, plus 0..50% jitter
+    /// first retry delay in ms (1..3600000), doubled per attempt, plus 0..50% jitter
     #[arg(long, env = "QUOTA_RELAY_BACKOFF_BASE_MS", default_value_t = RELAY_BACKOFF_BASE_MS_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=3_600_000))]
     pub relay_backoff_base_ms: u64,
-    /// retry delay cap in ms before jitter (>= base)
+    /// retry delay cap in ms before jitter (>= base, ..86400000)
     #[arg(long, env = "QUOTA_RELAY_BACKOFF_MAX_MS", default_value_t = RELAY_BACKOFF_MAX_MS_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
     pub relay_backoff_max_ms: u64,
-    /// outbox rows claimed at once
+    /// outbox rows claimed at once (1..1000)
     #[arg(long, env = "QUOTA_RELAY_BATCH", default_value_t = RELAY_BATCH_DEFAULT,
           value_parser = RangedU64ValueParser::<u32>::new().range(1..=1000))]
     pub relay_batch: u32,
@@ -173,7 +176,7 @@ pub struct Args {
     #[arg(long, env = "QUOTA_RELAY_LEASE_S", default_value_t = RELAY_LEASE_S_DEFAULT,
           value_parser = RangedU64ValueParser::<u32>::new().range(1..=86_400))]
     pub relay_lease_s: u32,
-    /// outbox poll interval in ms when no NOTIFY arrives
+    /// outbox poll interval in ms when no NOTIFY arrives (10..3600000)
     #[arg(long, env = "QUOTA_RELAY_POLL_MS", default_value_t = RELAY_POLL_MS_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(10..=3_600_000))]
     pub relay_poll_ms: u64,

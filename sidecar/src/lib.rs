@@ -50,13 +50,10 @@ impl AppState {
     }
 }
 
-/// The whole HTTP service: routes from routes::table(), plus request id, tracing and timeout.
+/// The whole HTTP service: routes from routes::router(), plus request id, tracing and timeout.
 pub fn app(state: AppState) -> Router {
     let request_timeout = state.config.request_timeout;
-    let mut router = Router::new();
-    for route in routes::table() {
-        router = router.route(route.doc.path, route.method_router);
-    }
+    let (router, _) = routes::router().split_for_parts();
     router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

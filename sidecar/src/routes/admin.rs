@@ -6,14 +6,12 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::JsonResult;
 use crate::auth::{AdminAuth, ADMIN_ACTOR};
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery, Flag, OptionalJson};
-use crate::openapi::{
-    optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
-};
 use crate::{db, AppState};
 
 pub const SQL_PLAN_CREATE: &str = "SELECT quota.create_plan($1::jsonb, $2::text)";
@@ -30,151 +28,22 @@ pub const SQL_EXCHANGE_RATE: &str = "SELECT quota.set_exchange_rate($1::int8, $2
 pub const SQL_STATISTICS: &str =
     "SELECT quota.statistics($1::text::timestamptz, $2::text::timestamptz, $3::text)";
 
-const fn admin(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        auth: AuthKind::Admin,
-        tag: "admin",
-        summary,
-        query: &[],
-        body: None,
-        success_status: 200,
-        response: "the plan object",
-        sql: &[],
-    }
-}
+/// The plan fields of a create body or an update patch (the extension validates them).
+pub const PLAN_FIELDS: &str = "plan fields: tier (1..64 chars), name (1..255), monthly_cost, \
+     fixed_cost (>= 0), credits_included, bonus_credits (>= 0), multiplier (> 0), purchase_rate \
+     (>= 1), active";
 
-const PLAN_FIELDS: &str = "plan fields: tier (1..64 chars), name (1..255), monthly_cost, fixed_cost (>= 0), \
-                           credits_included, bonus_credits (>= 0), multiplier (> 0), purchase_rate (>= 1), active";
-
-pub const PLAN_CREATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: PLAN_FIELDS,
-        schema: BodySchema::AnyObject,
-    }),
-    success_status: 201,
-    sql: &[SQL_PLAN_CREATE],
-    ..admin(
-        HttpMethod::Post,
-        "/api/admin/subscription-plans",
-        "Create a plan (409 on duplicate tier or name)",
-    )
-};
-
-pub const PLAN_UPDATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "partial: only the given fields change",
-        schema: BodySchema::AnyObject,
-    }),
-    sql: &[SQL_PLAN_UPDATE],
-    ..admin(
-        HttpMethod::Put,
-        "/api/admin/subscription-plans/{tier}",
-        "Update a plan",
-    )
-};
-
-pub const PLAN_DELETE: RouteDoc = RouteDoc {
-    response: "{message: \"plan deleted\", tier}",
-    sql: &[SQL_PLAN_DELETE],
-    ..admin(
-        HttpMethod::Delete,
-        "/api/admin/subscription-plans/{tier}",
-        "Delete a plan (409 while users are subscribed)",
-    )
-};
-
-pub const PLAN_LIST: RouteDoc = RouteDoc {
-    query: &[optional(
-        "active_only",
-        T::Boolean,
-        "only active plans; default false",
-    )],
-    response: "{plans: [...], total}",
-    sql: &[SQL_PLAN_LIST],
-    ..admin(
-        HttpMethod::Get,
-        "/api/admin/subscription-plans",
-        "List plans",
-    )
-};
-
-pub const PLAN_MULTIPLIER: RouteDoc = RouteDoc {
-    query: &[optional(
-        "multiplier",
-        T::Number,
-        "> 0; or JSON body {\"multiplier\": n}",
-    )],
-    body: Some(BodyDoc {
-        required: false,
-        about: "alternative to the query parameter",
-        schema: BodySchema::Fields(&[required("multiplier", T::Number, "> 0")]),
-    }),
-    sql: &[SQL_PLAN_MULTIPLIER],
-    ..admin(
-        HttpMethod::Patch,
-        "/api/admin/subscription-plans/{tier}/multiplier",
-        "Set a plan's charge multiplier",
-    )
-};
-
-pub const PLAN_PURCHASE_RATE: RouteDoc = RouteDoc {
-    query: &[optional(
-        "purchase_rate",
-        T::Number,
-        ">= 1; or JSON body {\"purchase_rate\": n}",
-    )],
-    body: Some(BodyDoc {
-        required: false,
-        about: "alternative to the query parameter",
-        schema: BodySchema::Fields(&[required("purchase_rate", T::Number, ">= 1")]),
-    }),
-    sql: &[SQL_PLAN_PURCHASE_RATE],
-    ..admin(
-        HttpMethod::Patch,
-        "/api/admin/subscription-plans/{tier}/purchase-rate",
-        "Set a plan's purchase rate",
-    )
-};
-
-pub const EXCHANGE_RATE: RouteDoc = RouteDoc {
-    query: &[optional(
-        "base_rate",
-        T::Integer,
-        "credits per USD; or JSON body {\"base_rate\": n}",
-    )],
-    body: Some(BodyDoc {
-        required: false,
-        about: "alternative to the query parameter",
-        schema: BodySchema::Fields(&[required("base_rate", T::Integer, "credits per USD, > 0")]),
-    }),
-    response: "{base_rate, previous_base_rate, updated_at}",
-    sql: &[SQL_EXCHANGE_RATE],
-    ..admin(
-        HttpMethod::Patch,
-        "/api/admin/settings/exchange-rate",
-        "Set the base rate (credits per USD)",
-    )
-};
-
-pub const STATISTICS: RouteDoc = RouteDoc {
-    query: &[
-        optional("start_date", T::DateTime, "period start (inclusive)"),
-        optional("end_date", T::DateTime, "period end"),
-        optional("tier", T::String, "only users of this tier"),
-    ],
-    response: "{period, tier, users, subscriptions, credits, transactions}",
-    sql: &[SQL_STATISTICS],
-    ..admin(
-        HttpMethod::Get,
-        "/api/admin/statistics",
-        "Usage statistics for a period",
-    )
-};
-
+/// Create a plan (409 on a duplicate tier or name).
+///
+/// SQL: `quota.create_plan(plan, actor)`.
+#[utoipa::path(
+    post, path = "/api/admin/subscription-plans", tag = "admin",
+    operation_id = "admin_plan_create",
+    request_body(content = Object, description = PLAN_FIELDS),
+    responses((status = 201, description = "the plan", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_CREATE]))),
+)]
 pub async fn plan_create(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -185,6 +54,18 @@ pub async fn plan_create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// Update a plan (partial: only the given fields change).
+///
+/// SQL: `quota.update_plan(tier, patch, actor)`.
+#[utoipa::path(
+    put, path = "/api/admin/subscription-plans/{tier}", tag = "admin",
+    operation_id = "admin_plan_update",
+    params(("tier" = String, Path, description = "the plan tier")),
+    request_body(content = Object, description = PLAN_FIELDS),
+    responses((status = 200, description = "the plan", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_UPDATE]))),
+)]
 pub async fn plan_update(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -197,6 +78,17 @@ pub async fn plan_update(
         .map(Json)
 }
 
+/// Delete a plan (409 while users are subscribed).
+///
+/// SQL: `quota.delete_plan(tier, actor)`.
+#[utoipa::path(
+    delete, path = "/api/admin/subscription-plans/{tier}", tag = "admin",
+    operation_id = "admin_plan_delete",
+    params(("tier" = String, Path, description = "the plan tier")),
+    responses((status = 200, description = "{message, tier}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_DELETE]))),
+)]
 pub async fn plan_delete(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -207,12 +99,26 @@ pub async fn plan_delete(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PlanListQuery {
+    /// Only active plans; default false.
     #[serde(default, deserialize_with = "optional_param")]
+    #[param(value_type = Option<bool>)]
     pub active_only: Option<Flag>,
 }
 
+/// List plans.
+///
+/// SQL: `quota.list_plans(active_only)`.
+#[utoipa::path(
+    get, path = "/api/admin/subscription-plans", tag = "admin",
+    operation_id = "admin_plan_list",
+    params(PlanListQuery),
+    responses((status = 200, description = "{plans: [...]}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_LIST]))),
+)]
 pub async fn plan_list(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -224,18 +130,34 @@ pub async fn plan_list(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MultiplierQuery {
+    /// > 0; or the JSON body.
     #[serde(default, deserialize_with = "optional_param")]
     pub multiplier: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The alternative to the query parameter.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MultiplierBody {
+    /// > 0.
     pub multiplier: f64,
 }
 
+/// Set a plan's charge multiplier (`?multiplier=` or a JSON body).
+///
+/// SQL: `quota.set_plan_multiplier(tier, multiplier, actor)`.
+#[utoipa::path(
+    patch, path = "/api/admin/subscription-plans/{tier}/multiplier", tag = "admin",
+    operation_id = "admin_plan_multiplier",
+    params(("tier" = String, Path, description = "the plan tier"), MultiplierQuery),
+    request_body(content = Option<MultiplierBody>),
+    responses((status = 200, description = "the old and new multiplier", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_MULTIPLIER]))),
+)]
 pub async fn plan_multiplier(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -253,18 +175,34 @@ pub async fn plan_multiplier(
     .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PurchaseRateQuery {
+    /// >= 1; or the JSON body.
     #[serde(default, deserialize_with = "optional_param")]
     pub purchase_rate: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The alternative to the query parameter.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseRateBody {
+    /// >= 1.
     pub purchase_rate: f64,
 }
 
+/// Set a plan's purchase rate (`?purchase_rate=` or a JSON body).
+///
+/// SQL: `quota.set_plan_purchase_rate(tier, purchase_rate, actor)`.
+#[utoipa::path(
+    patch, path = "/api/admin/subscription-plans/{tier}/purchase-rate", tag = "admin",
+    operation_id = "admin_plan_purchase_rate",
+    params(("tier" = String, Path, description = "the plan tier"), PurchaseRateQuery),
+    request_body(content = Option<PurchaseRateBody>),
+    responses((status = 200, description = "the old and new purchase rate", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PLAN_PURCHASE_RATE]))),
+)]
 pub async fn plan_purchase_rate(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -286,18 +224,34 @@ pub async fn plan_purchase_rate(
     .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExchangeRateQuery {
+    /// Credits per USD; or the JSON body.
     #[serde(default, deserialize_with = "optional_param")]
     pub base_rate: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The alternative to the query parameter.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeRateBody {
+    /// Credits per USD, > 0.
     pub base_rate: i64,
 }
 
+/// Set the base rate, credits per USD (`?base_rate=` or a JSON body).
+///
+/// SQL: `quota.set_exchange_rate(base_rate, actor)`.
+#[utoipa::path(
+    patch, path = "/api/admin/settings/exchange-rate", tag = "admin",
+    operation_id = "admin_exchange_rate",
+    params(ExchangeRateQuery),
+    request_body(content = Option<ExchangeRateBody>),
+    responses((status = 200, description = "the old and new base rate", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_EXCHANGE_RATE]))),
+)]
 pub async fn exchange_rate(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -328,16 +282,31 @@ pub fn query_or_body<V: PartialEq + Copy>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatisticsQuery {
+    /// Period start (inclusive): `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS` or RFC 3339.
     #[serde(default, deserialize_with = "optional_param")]
     pub start_date: Option<String>,
+    /// Period end (exclusive), same formats.
     #[serde(default, deserialize_with = "optional_param")]
     pub end_date: Option<String>,
+    /// Only users of this tier.
     #[serde(default, deserialize_with = "optional_param")]
     pub tier: Option<String>,
 }
 
+/// Usage statistics for a period.
+///
+/// SQL: `quota.statistics(start_date, end_date, tier)`.
+#[utoipa::path(
+    get, path = "/api/admin/statistics", tag = "admin",
+    operation_id = "admin_statistics",
+    params(StatisticsQuery),
+    responses((status = 200, description = "users, subscriptions, credits and transactions of the period", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_STATISTICS]))),
+)]
 pub async fn statistics(
     _: AdminAuth,
     State(state): State<AppState>,

@@ -10,35 +10,23 @@ use axum::Json;
 use super::JsonResult;
 use crate::auth::AdminAuth;
 use crate::extract::ApiPath;
-use crate::openapi::{AuthKind, HttpMethod, RouteDoc};
 use crate::{db, AppState};
 
 pub const SQL_RETRY: &str = "SELECT quota.retry_execution($1::int8)";
 pub const SQL_CONFIRM: &str = "SELECT quota.confirm_execution($1::int8)";
 
-pub const RETRY: RouteDoc = RouteDoc {
-    method: HttpMethod::Post,
-    path: "/api/v1/executions/{id}/retry",
-    auth: AuthKind::Admin,
-    tag: "strategies",
-    summary: "Queue a failed or unknown execution for delivery to the AiGateway again (404 \
-              unknown id, 400 in another status)",
-    query: &[],
-    body: None,
-    success_status: 200,
-    response: "the execution object, status pending",
-    sql: &[SQL_RETRY],
-};
-
-pub const CONFIRM: RouteDoc = RouteDoc {
-    path: "/api/v1/executions/{id}/confirm",
-    summary: "Mark an unknown execution delivered, after checking the AiGateway applied it (404 \
-              unknown id, 400 not unknown)",
-    response: "the execution object, status completed",
-    sql: &[SQL_CONFIRM],
-    ..RETRY
-};
-
+/// Queue a failed or unknown execution for delivery to the AiGateway again (400 in another
+/// status).
+///
+/// SQL: `quota.retry_execution(id)`.
+#[utoipa::path(
+    post, path = "/api/v1/executions/{id}/retry", tag = "strategies",
+    operation_id = "execution_retry",
+    params(("id" = i64, Path, description = "the execution id")),
+    responses((status = 200, description = "the execution, status pending", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_RETRY]))),
+)]
 pub async fn retry(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -49,6 +37,18 @@ pub async fn retry(
         .map(Json)
 }
 
+/// Mark an unknown execution delivered, after checking the AiGateway applied it (400 when it is
+/// not unknown).
+///
+/// SQL: `quota.confirm_execution(id)`.
+#[utoipa::path(
+    post, path = "/api/v1/executions/{id}/confirm", tag = "strategies",
+    operation_id = "execution_confirm",
+    params(("id" = i64, Path, description = "the execution id")),
+    responses((status = 200, description = "the execution, status completed", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_CONFIRM]))),
+)]
 pub async fn confirm(
     _: AdminAuth,
     State(state): State<AppState>,

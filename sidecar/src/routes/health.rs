@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::openapi::{self, AuthKind, HttpMethod, RouteDoc};
+use crate::openapi;
 use crate::AppState;
 
 pub const SQL_EXTENSION_VERSION: &str =
@@ -23,36 +23,20 @@ pub const SQL_LIBRARY_VERSION: &str = "SELECT quota.library_version()";
 pub const SQL_WORKER_STATUS: &str = "SELECT to_jsonb(w) FROM quota.worker_status() w LIMIT 1";
 pub const SQL_RELAY_STATUS: &str = "SELECT to_jsonb(r) FROM quota.relay_status() r LIMIT 1";
 
-pub const HEALTH: RouteDoc = RouteDoc {
-    method: HttpMethod::Get,
-    path: "/health",
-    auth: AuthKind::Open,
-    tag: "system",
-    summary: "Database, extension library, worker and relay state (503 when the database is \
-              unreachable or the extension's library cannot be loaded)",
-    query: &[],
-    body: None,
-    success_status: 200,
-    response: "{status: ok|degraded, database: ok|error, extension: <version>|null, library: \
-               {status: ok|unavailable, version, sqlstate}, worker: {...}|null, relay: {gateway, \
-               idempotent, last_delivery_at, deliveries, backlog, due, unknown, failed, \
-               oldest_due_at}, problems: [...]}",
-    sql: &[
-        SQL_EXTENSION_VERSION,
-        SQL_LIBRARY_VERSION,
-        SQL_WORKER_STATUS,
-        SQL_RELAY_STATUS,
-    ],
-};
-
-pub const OPENAPI: RouteDoc = RouteDoc {
-    path: "/openapi.json",
-    summary: "This API as an OpenAPI 3.0 document",
-    response: "the OpenAPI document",
-    sql: &[],
-    ..HEALTH
-};
-
+/// Database, extension library, worker and relay state.
+///
+/// 503 when the database is unreachable or the extension's library cannot be loaded; 200 with
+/// status "degraded" for what needs an operator (executions with an unknown delivery outcome,
+/// the extension not installed).
+#[utoipa::path(
+    get, path = "/health", tag = "system",
+    operation_id = "health",
+    responses(
+        (status = 200, description = "serving (status ok, or degraded with its problems)", body = Object),
+        (status = 503, description = "not serving: database unreachable or library unavailable", body = Object),
+    ),
+    extensions(("x-sql" = json!([SQL_EXTENSION_VERSION, SQL_LIBRARY_VERSION, SQL_WORKER_STATUS, SQL_RELAY_STATUS]))),
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let unreachable = |cause: String| {
         tracing::warn!(%cause, "health: database unreachable");
@@ -153,6 +137,12 @@ async fn read_json(client: &deadpool_postgres::Object, sql: &str, what: &str) ->
     }
 }
 
+/// This API as an OpenAPI 3.1 document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "system",
+    operation_id = "openapi",
+    responses((status = 200, description = "the OpenAPI document", body = Object)),
+)]
 pub async fn openapi_json() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -5,14 +5,12 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::JsonResult;
 use crate::auth::ServiceAuth;
 use crate::error::{self, AppError};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::openapi::{
-    optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
-};
 use crate::{db, AppState};
 
 pub const SQL_CHECK: &str = "SELECT to_jsonb(r) FROM quota.check_credits($1::text, $2::int8) r";
@@ -30,127 +28,24 @@ pub const SQL_BALANCE: &str = "SELECT to_jsonb(r) FROM quota.balance($1::text) r
 pub const SQL_UPDATE_SUBSCRIPTION: &str =
     "SELECT to_jsonb(r) FROM quota.update_subscription($1::text, $2::text, $3::int8, $4::text) r";
 
-const fn internal(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        auth: AuthKind::Service,
-        tag: "internal",
-        summary,
-        query: &[],
-        body: None,
-        success_status: 200,
-        response: "",
-        sql: &[],
-    }
-}
-
-pub const CHECK: RouteDoc = RouteDoc {
-    query: &[required(
-        "required_credits",
-        T::Integer,
-        "credits the caller is about to spend",
-    )],
-    response: "{user_id, current_balance, required_credits, has_sufficient_credits, deficit}",
-    sql: &[SQL_CHECK],
-    ..internal(
-        HttpMethod::Get,
-        "/api/internal/credits/check/{user_id}",
-        "Check whether a user has enough credits",
-    )
-};
-
-pub const CALCULATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "the cost to convert, priced with the user's plan or the given tier",
-        schema: BodySchema::Fields(&[
-            required("cost_usd", T::Number, "cost in USD"),
-            optional("user_id", T::String, "price with this user's plan"),
-            optional("tier", T::String, "price with this plan tier"),
-        ]),
-    }),
-    response: "{cost_usd, tier, multiplier, base_rate, credits}",
-    sql: &[SQL_CALCULATE],
-    ..internal(
-        HttpMethod::Post,
-        "/api/internal/credits/calculate",
-        "Convert a USD cost into credits",
-    )
-};
-
-pub const CHARGE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "idempotent by operation_id",
-        schema: BodySchema::Fields(&[
-            required("user_id", T::String, "user to charge"),
-            required("cost_usd", T::Number, "cost in USD, > 0"),
-            required("operation_id", T::String, "idempotency key, 1..255 chars"),
-            optional("description", T::String, "ledger description"),
-            optional("metadata", T::Any, "stored with the ledger entry"),
-        ]),
-    }),
-    response: "{success, transaction_id, user_id, cost_usd, credits_charged, balance_before, balance_after, \
-               operation_id}; insufficient credits: 200 {success:false, error:\"insufficient_credits\", \
-               user_id, required_credits, current_balance, deficit}",
-    sql: &[SQL_CHARGE],
-    ..internal(HttpMethod::Post, "/api/internal/credits/charge", "Charge credits for a USD cost")
-};
-
-pub const ADD: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "add needs amount_usd; bonus needs credits; refund needs charge_operation_id (credits optional)",
-        schema: BodySchema::Fields(&[
-            required("user_id", T::String, "user to credit"),
-            required("operation_id", T::String, "idempotency key, 1..255 chars"),
-            optional("transaction_type", T::String, "add (default) | bonus | refund"),
-            optional("amount_usd", T::Number, "add: USD paid, converted with the plan's purchase_rate"),
-            optional("credits", T::Integer, "bonus: credits granted; refund: credits returned (default: all left)"),
-            optional("charge_operation_id", T::String, "refund: operation_id of the charge to refund"),
-            optional("description", T::String, "ledger description"),
-            optional("metadata", T::Any, "add and bonus: stored with the ledger entry"),
-        ]),
-    }),
-    response: "{success, transaction_id, user_id, transaction_type, amount_usd, credits_added, balance_before, \
-               balance_after, operation_id}",
-    sql: &[SQL_ADD, SQL_BONUS, SQL_REFUND],
-    ..internal(HttpMethod::Post, "/api/internal/credits/add", "Add, grant (bonus) or refund credits")
-};
-
-pub const BALANCE: RouteDoc = RouteDoc {
-    response: "{user_id, balance, total_earned, total_spent, subscription_tier}",
-    sql: &[SQL_BALANCE],
-    ..internal(
-        HttpMethod::Get,
-        "/api/internal/credits/balance/{user_id}",
-        "A user's balance and totals",
-    )
-};
-
-pub const SUBSCRIPTION_UPDATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "same tier again is 409",
-        schema: BodySchema::Fields(&[
-            required("user_id", T::String, "user"),
-            required("subscription_tier", T::String, "new plan tier"),
-            required("credits_to_add", T::Integer, "credits granted with the change (>= 0)"),
-            required("operation_id", T::String, "idempotency key, 1..255 chars"),
-        ]),
-    }),
-    response: "{success, transaction_id, user_id, previous_tier, subscription_tier, credits_added, balance_before, \
-               balance_after, operation_id}",
-    sql: &[SQL_UPDATE_SUBSCRIPTION],
-    ..internal(HttpMethod::Post, "/api/internal/subscription/update", "Change a user's subscription tier")
-};
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckQuery {
+    /// Credits the caller is about to spend.
     pub required_credits: i64,
 }
 
+/// Check whether a user has enough credits.
+///
+/// SQL: `quota.check_credits(user_id, required_credits)`.
+#[utoipa::path(
+    get, path = "/api/internal/credits/check/{user_id}", tag = "internal",
+    operation_id = "internal_credits_check",
+    params(("user_id" = String, Path, description = "the user"), CheckQuery),
+    responses((status = 200, description = "{user_id, current_balance, required_credits, has_sufficient_credits, deficit}", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_CHECK]))),
+)]
 pub async fn check(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -162,14 +57,29 @@ pub async fn check(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+/// The cost to convert, priced with the user's plan or the given tier.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CalculateBody {
+    /// Cost in USD.
     pub cost_usd: f64,
+    /// Price with this user's plan.
     pub user_id: Option<String>,
+    /// Price with this plan tier.
     pub tier: Option<String>,
 }
 
+/// Convert a USD cost into credits.
+///
+/// SQL: `quota.calculate_credits(cost_usd, user_id, tier)`.
+#[utoipa::path(
+    post, path = "/api/internal/credits/calculate", tag = "internal",
+    operation_id = "internal_credits_calculate",
+    request_body = CalculateBody,
+    responses((status = 200, description = "the credits the cost would be charged", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_CALCULATE]))),
+)]
 pub async fn calculate(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -184,16 +94,36 @@ pub async fn calculate(
     .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+/// A charge, idempotent by operation_id.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChargeBody {
+    /// The user to charge.
     pub user_id: String,
+    /// Cost in USD, > 0.
     pub cost_usd: f64,
+    /// Idempotency key, 1..255 visible characters, unique per user.
     pub operation_id: String,
+    /// Ledger description.
     pub description: Option<String>,
+    /// Stored with the ledger entry.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
+/// Charge credits for a USD cost.
+///
+/// Insufficient credits answer 200 `{success: false, error: "insufficient_credits", user_id,
+/// required_credits, current_balance, deficit}` (seed 004) and record nothing.
+/// SQL: `quota.charge(user_id, cost_usd, operation_id, description, metadata)`.
+#[utoipa::path(
+    post, path = "/api/internal/credits/charge", tag = "internal",
+    operation_id = "internal_credits_charge",
+    request_body = ChargeBody,
+    responses((status = 200, description = "{success, transaction_id, user_id, cost_usd, credits_charged, balance_before, balance_after, operation_id}, or the insufficient-credits refusal", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_CHARGE]))),
+)]
 pub async fn charge(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -218,7 +148,7 @@ pub async fn charge(
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TransactionType {
     #[default]
@@ -227,16 +157,27 @@ pub enum TransactionType {
     Refund,
 }
 
-#[derive(Debug, Deserialize)]
+/// add needs amount_usd; bonus needs credits; refund needs charge_operation_id (credits
+/// optional).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddBody {
+    /// The user to credit.
     pub user_id: String,
+    /// Idempotency key, 1..255 visible characters, unique per user.
     pub operation_id: String,
+    /// add (default) | bonus | refund.
     pub transaction_type: Option<TransactionType>,
+    /// add: USD paid, converted with the plan's purchase_rate.
     pub amount_usd: Option<f64>,
+    /// bonus: credits granted; refund: credits returned (default: all left).
     pub credits: Option<i64>,
+    /// refund: operation_id of the charge to refund.
     pub charge_operation_id: Option<String>,
+    /// Ledger description.
     pub description: Option<String>,
+    /// add and bonus: stored with the ledger entry.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -317,6 +258,17 @@ fn kind_name(kind: TransactionType) -> &'static str {
     }
 }
 
+/// Add, grant (bonus) or refund credits.
+///
+/// SQL: `quota.add`, `quota.bonus` or `quota.refund`, by transaction_type.
+#[utoipa::path(
+    post, path = "/api/internal/credits/add", tag = "internal",
+    operation_id = "internal_credits_add",
+    request_body = AddBody,
+    responses((status = 200, description = "the ledger entry written (or replayed)", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_ADD, SQL_BONUS, SQL_REFUND]))),
+)]
 pub async fn add(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -361,6 +313,17 @@ pub async fn add(
     Ok(Json(row))
 }
 
+/// A user's balance and totals.
+///
+/// SQL: `quota.balance(user_id)`.
+#[utoipa::path(
+    get, path = "/api/internal/credits/balance/{user_id}", tag = "internal",
+    operation_id = "internal_credits_balance",
+    params(("user_id" = String, Path, description = "the user")),
+    responses((status = 200, description = "the user's balance, totals and plan", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_BALANCE]))),
+)]
 pub async fn balance(
     _: ServiceAuth,
     State(state): State<AppState>,
@@ -371,15 +334,31 @@ pub async fn balance(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+/// A change of plan; the same tier again is 409.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionUpdateBody {
+    /// The user.
     pub user_id: String,
+    /// The new plan tier.
     pub subscription_tier: String,
+    /// Credits granted with the change (>= 0).
     pub credits_to_add: i64,
+    /// Idempotency key, 1..255 visible characters, unique per user.
     pub operation_id: String,
 }
 
+/// Change a user's subscription tier.
+///
+/// SQL: `quota.update_subscription(user_id, subscription_tier, credits_to_add, operation_id)`.
+#[utoipa::path(
+    post, path = "/api/internal/subscription/update", tag = "internal",
+    operation_id = "internal_subscription_update",
+    request_body = SubscriptionUpdateBody,
+    responses((status = 200, description = "the change and the credits added", body = Object)),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_UPDATE_SUBSCRIPTION]))),
+)]
 pub async fn subscription_update(
     _: ServiceAuth,
     State(state): State<AppState>,

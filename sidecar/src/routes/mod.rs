@@ -1,5 +1,5 @@
-//! The route table: every endpoint with its description and handler. `crate::app` builds the
-//! router from it and `crate::openapi` the document, so the two always agree.
+//! Every endpoint, registered once with utoipa-axum: `routes::router()` yields both the axum
+//! router (`crate::app`) and the OpenAPI document (`crate::openapi`), so the two always agree.
 
 pub mod admin;
 pub mod executions;
@@ -10,14 +10,15 @@ pub mod strategies;
 pub mod users;
 
 use axum::extract::DefaultBodyLimit;
-use axum::handler::Handler;
 use axum::http::{Method, Uri};
-use axum::routing::{on, MethodRouter};
 use axum::Json;
 use serde_json::Value;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::AppError;
-use crate::openapi::RouteDoc;
+use crate::openapi::ApiDoc;
 use crate::AppState;
 
 pub type JsonResult = Result<Json<Value>, AppError>;
@@ -25,77 +26,49 @@ pub type JsonResult = Result<Json<Value>, AppError>;
 /// Request bodies are small JSON documents; only the user import carries many records.
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 
-pub struct Route {
-    pub doc: RouteDoc,
-    pub method_router: MethodRouter<AppState>,
-}
-
-/// The method filter comes from the description, so the router and the document cannot differ.
-fn route<H, T>(doc: RouteDoc, handler: H) -> Route
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    Route {
-        doc,
-        method_router: on(doc.method.filter(), handler),
-    }
-}
-
-impl Route {
-    fn body_limit(mut self, bytes_max: usize) -> Route {
-        self.method_router = self.method_router.layer(DefaultBodyLimit::max(bytes_max));
-        self
-    }
-}
-
-pub fn table() -> Vec<Route> {
-    vec![
-        route(health::HEALTH, health::health),
-        route(health::OPENAPI, health::openapi_json),
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::openapi_json))
         // Internal API (X-Service-Token), SPEC 2.
-        route(internal::CHECK, internal::check),
-        route(internal::CALCULATE, internal::calculate),
-        route(internal::CHARGE, internal::charge),
-        route(internal::ADD, internal::add),
-        route(internal::BALANCE, internal::balance),
-        route(internal::SUBSCRIPTION_UPDATE, internal::subscription_update),
+        .routes(routes!(internal::check))
+        .routes(routes!(internal::calculate))
+        .routes(routes!(internal::charge))
+        .routes(routes!(internal::add))
+        .routes(routes!(internal::balance))
+        .routes(routes!(internal::subscription_update))
         // Public API (user bearer), SPEC 2.
-        route(public::SUBSCRIPTION, public::subscription),
-        route(public::TRANSACTIONS, public::transactions),
-        route(public::PURCHASE, public::purchase),
-        route(public::PLANS, public::plans),
+        .routes(routes!(public::subscription))
+        .routes(routes!(public::transactions))
+        .routes(routes!(public::purchase))
+        .routes(routes!(public::plans))
         // Admin API, SPEC 2.
-        route(admin::PLAN_CREATE, admin::plan_create),
-        route(admin::PLAN_UPDATE, admin::plan_update),
-        route(admin::PLAN_DELETE, admin::plan_delete),
-        route(admin::PLAN_LIST, admin::plan_list),
-        route(admin::PLAN_MULTIPLIER, admin::plan_multiplier),
-        route(admin::PLAN_PURCHASE_RATE, admin::plan_purchase_rate),
-        route(admin::EXCHANGE_RATE, admin::exchange_rate),
-        route(admin::STATISTICS, admin::statistics),
-        // Admin users and API tokens (contract).
-        route(users::CREATE, users::create),
-        route(users::LIST, users::list),
-        route(users::GET, users::get),
-        route(users::UPDATE, users::update),
-        route(users::IMPORT, users::import).body_limit(users::IMPORT_BODY_BYTES_MAX),
-        route(users::TOKEN_ISSUE, users::token_issue),
-        route(users::TOKEN_REVOKE, users::token_revoke),
-        // Recharge strategies (seed 000, SPEC 6.6).
-        route(strategies::CREATE, strategies::create),
-        route(strategies::LIST, strategies::list),
-        route(strategies::SCAN, strategies::scan),
-        route(strategies::GET, strategies::get),
-        route(strategies::UPDATE, strategies::update),
-        route(strategies::DELETE, strategies::delete),
-        route(strategies::ENABLE, strategies::enable),
-        route(strategies::DISABLE, strategies::disable),
-        route(strategies::EXECUTIONS, strategies::executions),
-        route(strategies::PREVIEW, strategies::preview),
-        route(executions::RETRY, executions::retry),
-        route(executions::CONFIRM, executions::confirm),
-    ]
+        .routes(routes!(admin::plan_create, admin::plan_list))
+        .routes(routes!(admin::plan_update, admin::plan_delete))
+        .routes(routes!(admin::plan_multiplier))
+        .routes(routes!(admin::plan_purchase_rate))
+        .routes(routes!(admin::exchange_rate))
+        .routes(routes!(admin::statistics))
+        // Admin users and API tokens.
+        .routes(routes!(users::create, users::list))
+        .routes(routes!(users::get, users::update))
+        .routes(routes!(users::import).layer(DefaultBodyLimit::max(users::IMPORT_BODY_BYTES_MAX)))
+        .routes(routes!(users::token_issue))
+        .routes(routes!(users::token_revoke))
+        // Recharge strategies (seed 000, SPEC 6.6) and their executions.
+        .routes(routes!(strategies::create, strategies::list))
+        .routes(routes!(strategies::scan))
+        .routes(routes!(
+            strategies::get,
+            strategies::update,
+            strategies::delete
+        ))
+        .routes(routes!(strategies::enable))
+        .routes(routes!(strategies::disable))
+        .routes(routes!(strategies::executions))
+        .routes(routes!(strategies::preview))
+        .routes(routes!(executions::retry))
+        .routes(routes!(executions::confirm))
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> AppError {

@@ -3,13 +3,11 @@
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::JsonResult;
 use crate::auth::UserAuth;
 use crate::extract::{optional_param, ApiJson, ApiQuery};
-use crate::openapi::{
-    optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
-};
 use crate::{db, AppState};
 
 pub const SQL_SUBSCRIPTION: &str = "SELECT quota.subscription($1::text)";
@@ -22,94 +20,47 @@ pub const SQL_LIST_PLANS: &str = "SELECT quota.list_plans($1::bool)";
 pub const TRANSACTIONS_LIMIT_DEFAULT: i32 = 20;
 pub const TRANSACTIONS_OFFSET_DEFAULT: i32 = 0;
 
-const fn public(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        auth: AuthKind::User,
-        tag: "public",
-        summary,
-        query: &[],
-        body: None,
-        success_status: 200,
-        response: "",
-        sql: &[],
-    }
-}
-
-pub const SUBSCRIPTION: RouteDoc = RouteDoc {
-    response:
-        "{user_id, subscription_tier, status, started_at, plan, balance, total_earned, total_spent}",
-    sql: &[SQL_SUBSCRIPTION],
-    ..public(
-        HttpMethod::Get,
-        "/api/v1/subscription",
-        "The caller's subscription and balance",
-    )
-};
-
-pub const TRANSACTIONS: RouteDoc = RouteDoc {
-    query: &[
-        optional("limit", T::Integer, "1..100, default 20"),
-        optional("offset", T::Integer, "default 0"),
-        optional(
-            "type",
-            T::String,
-            "charge | add | subscription | bonus | refund",
-        ),
-    ],
-    response: "{transactions: [...], total, limit, offset}, newest first",
-    sql: &[SQL_TRANSACTIONS],
-    ..public(
-        HttpMethod::Get,
-        "/api/v1/transactions",
-        "The caller's ledger entries",
-    )
-};
-
-pub const PURCHASE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "credits = round_half_even(amount_usd * purchase_rate * base_rate)",
-        schema: BodySchema::Fields(&[
-            required("amount_usd", T::Number, "USD paid, > 0"),
-            required("payment_method_id", T::String, "payment method reference"),
-            optional("operation_id", T::String, "idempotency key; generated (purchase-<uuid>) when absent"),
-        ]),
-    }),
-    response: "{success, transaction_id, user_id, transaction_type, amount_usd, credits_added, balance_before, \
-               balance_after, operation_id}",
-    sql: &[SQL_PURCHASE],
-    ..public(HttpMethod::Post, "/api/v1/credits/purchase", "Buy credits")
-};
-
-pub const PLANS: RouteDoc = RouteDoc {
-    auth: AuthKind::Open,
-    response: "{plans: [active plan objects with total_credits], total}",
-    sql: &[SQL_LIST_PLANS],
-    ..public(
-        HttpMethod::Get,
-        "/api/v1/subscription/plans",
-        "Active subscription plans (open)",
-    )
-};
-
+/// The caller's subscription and balance.
+///
+/// SQL: `quota.subscription(user_id)`.
+#[utoipa::path(
+    get, path = "/api/v1/subscription", tag = "public",
+    operation_id = "public_subscription",
+    responses((status = 200, description = "the caller's plan and credits", body = Object)),
+    security(("userBearer" = [])),
+    extensions(("x-sql" = json!([SQL_SUBSCRIPTION]))),
+)]
 pub async fn subscription(user: UserAuth, State(state): State<AppState>) -> JsonResult {
     db::call_json(&state.pool, SQL_SUBSCRIPTION, &[&user.user_id])
         .await
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TransactionsQuery {
+    /// 1..100, default 20.
     #[serde(default, deserialize_with = "optional_param")]
     pub limit: Option<i32>,
+    /// Default 0.
     #[serde(default, deserialize_with = "optional_param")]
     pub offset: Option<i32>,
+    /// charge | add | subscription | bonus | refund | purchase | recharge.
     #[serde(default, rename = "type", deserialize_with = "optional_param")]
     pub transaction_type: Option<String>,
 }
 
+/// The caller's ledger entries, newest first.
+///
+/// SQL: `quota.transactions(user_id, limit, offset, type)`.
+#[utoipa::path(
+    get, path = "/api/v1/transactions", tag = "public",
+    operation_id = "public_transactions",
+    params(TransactionsQuery),
+    responses((status = 200, description = "{transactions: [...], total, limit, offset}", body = Object)),
+    security(("userBearer" = [])),
+    extensions(("x-sql" = json!([SQL_TRANSACTIONS]))),
+)]
 pub async fn transactions(
     user: UserAuth,
     State(state): State<AppState>,
@@ -127,11 +78,15 @@ pub async fn transactions(
     .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+/// A purchase: credits = round_half_even(amount_usd * purchase_rate * base_rate).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
+    /// USD paid, > 0.
     pub amount_usd: f64,
+    /// Payment method reference.
     pub payment_method_id: String,
+    /// Idempotency key; generated (purchase-<uuid>) when absent.
     pub operation_id: Option<String>,
 }
 
@@ -141,6 +96,17 @@ pub fn purchase_operation_id(given: Option<String>) -> String {
     given.unwrap_or_else(|| format!("purchase-{}", uuid::Uuid::new_v4()))
 }
 
+/// Buy credits.
+///
+/// SQL: `quota.purchase(user_id, amount_usd, payment_method_id, operation_id)`.
+#[utoipa::path(
+    post, path = "/api/v1/credits/purchase", tag = "public",
+    operation_id = "public_credits_purchase",
+    request_body = PurchaseBody,
+    responses((status = 200, description = "the purchase and the credits added", body = Object)),
+    security(("userBearer" = [])),
+    extensions(("x-sql" = json!([SQL_PURCHASE]))),
+)]
 pub async fn purchase(
     user: UserAuth,
     State(state): State<AppState>,
@@ -161,6 +127,15 @@ pub async fn purchase(
     .map(Json)
 }
 
+/// Active subscription plans (open).
+///
+/// SQL: `quota.list_plans(true)`.
+#[utoipa::path(
+    get, path = "/api/v1/subscription/plans", tag = "public",
+    operation_id = "public_subscription_plans",
+    responses((status = 200, description = "{plans: [active plans with total_credits]}", body = Object)),
+    extensions(("x-sql" = json!([SQL_LIST_PLANS]))),
+)]
 pub async fn plans(State(state): State<AppState>) -> JsonResult {
     db::call_json(&state.pool, SQL_LIST_PLANS, &[&true])
         .await

@@ -6,14 +6,12 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::JsonResult;
 use crate::auth::AdminAuth;
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery};
-use crate::openapi::{
-    optional, required, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
-};
 use crate::{db, AppState};
 
 pub const SQL_CREATE: &str = "SELECT quota.create_strategy($1::jsonb)";
@@ -35,146 +33,30 @@ pub const SQL_PREVIEW: &str = "SELECT jsonb_build_object(
         'users', coalesce((SELECT jsonb_agg(m) FROM (SELECT m FROM quota.match_users($1::text) m LIMIT 1000) x), '[]'::jsonb),
         'total', (SELECT count(*) FROM quota.match_users($1::text)))";
 
-const fn strategy(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        auth: AuthKind::Admin,
-        tag: "strategies",
-        summary,
-        query: &[],
-        body: None,
-        success_status: 200,
-        response: "the strategy object",
-        sql: &[],
-    }
-}
+/// The fields of a strategy (the extension validates them).
+pub const STRATEGY_FIELDS: &str = "name (unique), title, type single|periodic, amount (> 0), \
+     model, periodic_expr (cron, 5 or 6 fields or @daily..., periodic only), condition, status \
+     (default true), max_exec_per_user (0 = no cap)";
 
-const STRATEGY_FIELDS: &str = "name (unique), title, type single|periodic, amount (> 0), model, \
-     periodic_expr (cron, 5 or 6 fields or @daily..., periodic only), condition, status (default true), \
-     max_exec_per_user (0 = no cap)";
-
-pub const CREATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: STRATEGY_FIELDS,
-        schema: BodySchema::AnyObject,
-    }),
-    success_status: 201,
-    sql: &[SQL_CREATE],
-    ..strategy(
-        HttpMethod::Post,
-        "/api/v1/strategies",
-        "Create a strategy (status false is honoured)",
-    )
-};
-
-pub const LIST: RouteDoc = RouteDoc {
-    query: &[optional(
-        "status",
-        T::String,
-        "enabled|true or disabled|false",
-    )],
-    response: "{strategies: [...], total}",
-    sql: &[SQL_LIST],
-    ..strategy(HttpMethod::Get, "/api/v1/strategies", "List strategies")
-};
-
-pub const GET: RouteDoc = RouteDoc {
-    sql: &[SQL_GET],
-    ..strategy(HttpMethod::Get, "/api/v1/strategies/{id}", "One strategy")
-};
-
-pub const UPDATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "partial; unknown fields are 400",
-        schema: BodySchema::AnyObject,
-    }),
-    sql: &[SQL_UPDATE],
-    ..strategy(
-        HttpMethod::Put,
-        "/api/v1/strategies/{id}",
-        "Update a strategy",
-    )
-};
-
-pub const DELETE: RouteDoc = RouteDoc {
-    response: "{message: \"strategy deleted successfully\"}",
-    sql: &[SQL_DELETE],
-    ..strategy(
-        HttpMethod::Delete,
-        "/api/v1/strategies/{id}",
-        "Delete a strategy (its executions are kept)",
-    )
-};
-
-pub const ENABLE: RouteDoc = RouteDoc {
-    response: "{message: \"strategy enabled successfully\"}",
-    sql: &[SQL_ENABLE],
-    ..strategy(
-        HttpMethod::Post,
-        "/api/v1/strategies/{id}/enable",
-        "Enable a strategy",
-    )
-};
-
-pub const DISABLE: RouteDoc = RouteDoc {
-    response: "{message: \"strategy disabled successfully\"}",
-    sql: &[SQL_DISABLE],
-    ..strategy(
-        HttpMethod::Post,
-        "/api/v1/strategies/{id}/disable",
-        "Disable a strategy",
-    )
-};
-
-pub const EXECUTIONS: RouteDoc = RouteDoc {
-    query: &[
-        optional("limit", T::Integer, "1..1000, default 50"),
-        optional("offset", T::Integer, ">= 0, default 0"),
-    ],
-    response: "{executions: [...], total, limit, offset}, newest first",
-    sql: &[SQL_EXECUTIONS],
-    ..strategy(
-        HttpMethod::Get,
-        "/api/v1/strategies/{id}/executions",
-        "A strategy's executions",
-    )
-};
-
-pub const SCAN: RouteDoc = RouteDoc {
-    response:
-        "{message, strategies: [{strategy_id, strategy_name, fire_time, recharged}], recharged}",
-    sql: &[SQL_SCAN],
-    ..strategy(
-        HttpMethod::Post,
-        "/api/v1/strategies/scan",
-        "Run the due strategies now",
-    )
-};
-
-pub const PREVIEW: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "a condition to dry-run",
-        schema: BodySchema::Fields(&[required("condition", T::String, "condition expression")]),
-    }),
-    response: "{condition (canonical), users (up to 1000 ids), total}",
-    sql: &[SQL_PREVIEW],
-    ..strategy(
-        HttpMethod::Post,
-        "/api/v1/conditions/preview",
-        "The users a condition matches",
-    )
-};
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// enabled | true | disabled | false.
     #[serde(default)]
     pub status: Option<String>,
 }
 
+/// Create a strategy (status false is honoured).
+///
+/// SQL: `quota.create_strategy(strategy)`.
+#[utoipa::path(
+    post, path = "/api/v1/strategies", tag = "strategies",
+    operation_id = "strategy_create",
+    request_body(content = Object, description = STRATEGY_FIELDS),
+    responses((status = 201, description = "the strategy", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_CREATE]))),
+)]
 pub async fn create(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -185,6 +67,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// List strategies.
+///
+/// SQL: `quota.list_strategies(status)`.
+#[utoipa::path(
+    get, path = "/api/v1/strategies", tag = "strategies",
+    operation_id = "strategy_list",
+    params(ListQuery),
+    responses((status = 200, description = "{strategies: [...], total}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_LIST]))),
+)]
 pub async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -205,6 +98,17 @@ pub async fn list(
         .map(Json)
 }
 
+/// One strategy.
+///
+/// SQL: `quota.get_strategy(id)`.
+#[utoipa::path(
+    get, path = "/api/v1/strategies/{id}", tag = "strategies",
+    operation_id = "strategy_get",
+    params(("id" = i64, Path, description = "the strategy id")),
+    responses((status = 200, description = "the strategy", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_GET]))),
+)]
 pub async fn get(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -213,6 +117,18 @@ pub async fn get(
     db::call_json(&state.pool, SQL_GET, &[&id]).await.map(Json)
 }
 
+/// Update a strategy (partial; unknown fields are 400).
+///
+/// SQL: `quota.update_strategy(id, patch)`.
+#[utoipa::path(
+    put, path = "/api/v1/strategies/{id}", tag = "strategies",
+    operation_id = "strategy_update",
+    params(("id" = i64, Path, description = "the strategy id")),
+    request_body(content = Object, description = STRATEGY_FIELDS),
+    responses((status = 200, description = "the strategy", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_UPDATE]))),
+)]
 pub async fn update(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -225,6 +141,17 @@ pub async fn update(
         .map(Json)
 }
 
+/// Delete a strategy (its executions are kept).
+///
+/// SQL: `quota.delete_strategy(id)`.
+#[utoipa::path(
+    delete, path = "/api/v1/strategies/{id}", tag = "strategies",
+    operation_id = "strategy_delete",
+    params(("id" = i64, Path, description = "the strategy id")),
+    responses((status = 200, description = "{message: \"strategy deleted successfully\"}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_DELETE]))),
+)]
 pub async fn delete(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -235,6 +162,17 @@ pub async fn delete(
         .map(Json)
 }
 
+/// Enable a strategy.
+///
+/// SQL: `quota.enable_strategy(id)`.
+#[utoipa::path(
+    post, path = "/api/v1/strategies/{id}/enable", tag = "strategies",
+    operation_id = "strategy_enable",
+    params(("id" = i64, Path, description = "the strategy id")),
+    responses((status = 200, description = "{message: \"strategy enabled successfully\"}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_ENABLE]))),
+)]
 pub async fn enable(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -245,6 +183,17 @@ pub async fn enable(
         .map(Json)
 }
 
+/// Disable a strategy.
+///
+/// SQL: `quota.disable_strategy(id)`.
+#[utoipa::path(
+    post, path = "/api/v1/strategies/{id}/disable", tag = "strategies",
+    operation_id = "strategy_disable",
+    params(("id" = i64, Path, description = "the strategy id")),
+    responses((status = 200, description = "{message: \"strategy disabled successfully\"}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_DISABLE]))),
+)]
 pub async fn disable(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -255,14 +204,28 @@ pub async fn disable(
         .map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExecutionsQuery {
+    /// 1..1000, default 50.
     #[serde(default, deserialize_with = "optional_param")]
     pub limit: Option<i32>,
+    /// >= 0, default 0.
     #[serde(default, deserialize_with = "optional_param")]
     pub offset: Option<i32>,
 }
 
+/// A strategy's executions, newest first.
+///
+/// SQL: `quota.strategy_executions(id, limit, offset)`.
+#[utoipa::path(
+    get, path = "/api/v1/strategies/{id}/executions", tag = "strategies",
+    operation_id = "strategy_executions",
+    params(("id" = i64, Path, description = "the strategy id"), ExecutionsQuery),
+    responses((status = 200, description = "{executions: [...], total, limit, offset}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_EXECUTIONS]))),
+)]
 pub async fn executions(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -275,16 +238,39 @@ pub async fn executions(
         .map(Json)
 }
 
+/// Run the due strategies now.
+///
+/// SQL: `quota.scan()`.
+#[utoipa::path(
+    post, path = "/api/v1/strategies/scan", tag = "strategies",
+    operation_id = "strategy_scan",
+    responses((status = 200, description = "{message, strategies: [{strategy_id, strategy_name, fire_time, recharged}], recharged}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_SCAN]))),
+)]
 pub async fn scan(_: AdminAuth, State(state): State<AppState>) -> JsonResult {
     db::call_json(&state.pool, SQL_SCAN, &[]).await.map(Json)
 }
 
-#[derive(Debug, Deserialize)]
+/// A condition to dry-run.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewBody {
+    /// A condition expression, e.g. `and(is-vip(1), github-star("zgsm"))`.
     pub condition: String,
 }
 
+/// The users a condition matches (a dry run).
+///
+/// SQL: `quota.parse_condition(condition)`, `quota.match_users(condition)`.
+#[utoipa::path(
+    post, path = "/api/v1/conditions/preview", tag = "strategies",
+    operation_id = "condition_preview",
+    request_body = PreviewBody,
+    responses((status = 200, description = "{condition (canonical), users (up to 1000 ids), total}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_PREVIEW]))),
+)]
 pub async fn preview(
     _: AdminAuth,
     State(state): State<AppState>,

@@ -5,14 +5,12 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::JsonResult;
 use crate::auth::AdminAuth;
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery, OptionalJson};
-use crate::openapi::{
-    optional, AuthKind, BodyDoc, BodySchema, FieldType as T, HttpMethod, RouteDoc,
-};
 use crate::{db, AppState};
 
 pub const SQL_USER_CREATE: &str = "SELECT quota.create_user($1::text, $2::jsonb)";
@@ -31,103 +29,10 @@ pub const USER_LIST_OFFSET_DEFAULT: i32 = 0;
 /// The extension takes at most 10000 users per import; with profiles that is a few MiB of JSON.
 pub const IMPORT_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-const fn admin(method: HttpMethod, path: &'static str, summary: &'static str) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        auth: AuthKind::Admin,
-        tag: "admin-users",
-        summary,
-        query: &[],
-        body: None,
-        success_status: 200,
-        response: "the user object {id, name, github_username, email, phone, github_star, vip, org, register_time, \
-                   access_time, created_at, updated_at, balance, total_earned, total_spent, subscription_tier}",
-        sql: &[],
-    }
-}
-
-const PROFILE_FIELDS: &str =
-    "name, github_username, email, phone, github_star (array or comma-separated text), \
-                              vip (int >= 0), org, register_time, access_time";
-
-pub const CREATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "{\"id\": \"<user id>\", ...profile fields}; profile fields: name, github_username, email, phone, \
-                github_star, vip, org, register_time, access_time",
-        schema: BodySchema::AnyObject,
-    }),
-    success_status: 201,
-    sql: &[SQL_USER_CREATE],
-    ..admin(HttpMethod::Post, "/api/admin/users", "Create a user (409 if the id exists)")
-};
-
-pub const LIST: RouteDoc = RouteDoc {
-    query: &[
-        optional("limit", T::Integer, "1..1000, default 50"),
-        optional("offset", T::Integer, "default 0"),
-    ],
-    response: "{users: [...], total, limit, offset}",
-    sql: &[SQL_USER_LIST],
-    ..admin(HttpMethod::Get, "/api/admin/users", "List users")
-};
-
-pub const GET: RouteDoc = RouteDoc {
-    sql: &[SQL_USER_GET],
-    ..admin(HttpMethod::Get, "/api/admin/users/{user_id}", "One user")
-};
-
-pub const UPDATE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: PROFILE_FIELDS,
-        schema: BodySchema::AnyObject,
-    }),
-    sql: &[SQL_USER_UPDATE],
-    ..admin(
-        HttpMethod::Put,
-        "/api/admin/users/{user_id}",
-        "Update a user's profile (partial)",
-    )
-};
-
-pub const IMPORT: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: true,
-        about: "[user objects with id] or {\"users\": [...]}; upsert by id, at most 10000, all or nothing",
-        schema: BodySchema::ArrayOfObjects,
-    }),
-    response: "{created, updated}",
-    sql: &[SQL_USER_IMPORT],
-    ..admin(HttpMethod::Post, "/api/admin/users/import", "Import users")
-};
-
-pub const TOKEN_ISSUE: RouteDoc = RouteDoc {
-    body: Some(BodyDoc {
-        required: false,
-        about: "optional label",
-        schema: BodySchema::Fields(&[optional("label", T::String, "what the token is for")]),
-    }),
-    success_status: 201,
-    response: "{token_id, user_id, token, label, created_at}; the token is shown only once",
-    sql: &[SQL_TOKEN_ISSUE],
-    ..admin(
-        HttpMethod::Post,
-        "/api/admin/users/{user_id}/api-tokens",
-        "Issue an API token for a user",
-    )
-};
-
-pub const TOKEN_REVOKE: RouteDoc = RouteDoc {
-    response: "{token_id, revoked}",
-    sql: &[SQL_TOKEN_REVOKE],
-    ..admin(
-        HttpMethod::Delete,
-        "/api/admin/api-tokens/{token_id}",
-        "Revoke an API token",
-    )
-};
+/// The profile fields of a user (the extension validates them).
+pub const PROFILE_FIELDS: &str = "{\"id\": \"<user id>\", ...profile}; profile fields: name, \
+     github_username, email, phone, github_star (array or comma-separated text), vip (int >= 0), \
+     org, register_time, access_time";
 
 /// Splits a create body into the id and the profile. `user_id` is accepted as a synonym of
 /// `id` because every other endpoint calls it that.
@@ -147,6 +52,17 @@ pub fn split_user_id(mut body: Map<String, Value>) -> Result<(String, Value), Ap
     }
 }
 
+/// Create a user (409 if the id exists).
+///
+/// SQL: `quota.create_user(user_id, profile)`.
+#[utoipa::path(
+    post, path = "/api/admin/users", tag = "admin-users",
+    operation_id = "admin_user_create",
+    request_body(content = Object, description = PROFILE_FIELDS),
+    responses((status = 201, description = "the user object", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_CREATE]))),
+)]
 pub async fn create(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -157,14 +73,28 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1..1000, default 50.
     #[serde(default, deserialize_with = "optional_param")]
     pub limit: Option<i32>,
+    /// Default 0.
     #[serde(default, deserialize_with = "optional_param")]
     pub offset: Option<i32>,
 }
 
+/// List users.
+///
+/// SQL: `quota.list_users(limit, offset)`.
+#[utoipa::path(
+    get, path = "/api/admin/users", tag = "admin-users",
+    operation_id = "admin_user_list",
+    params(ListQuery),
+    responses((status = 200, description = "{users: [...], total, limit, offset}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_LIST]))),
+)]
 pub async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -177,6 +107,17 @@ pub async fn list(
         .map(Json)
 }
 
+/// One user.
+///
+/// SQL: `quota.get_user(user_id)`.
+#[utoipa::path(
+    get, path = "/api/admin/users/{user_id}", tag = "admin-users",
+    operation_id = "admin_user_get",
+    params(("user_id" = String, Path, description = "the user")),
+    responses((status = 200, description = "the user object", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_GET]))),
+)]
 pub async fn get(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -187,6 +128,18 @@ pub async fn get(
         .map(Json)
 }
 
+/// Update a user's profile (partial).
+///
+/// SQL: `quota.update_user(user_id, patch)`.
+#[utoipa::path(
+    put, path = "/api/admin/users/{user_id}", tag = "admin-users",
+    operation_id = "admin_user_update",
+    params(("user_id" = String, Path, description = "the user")),
+    request_body(content = Object, description = PROFILE_FIELDS),
+    responses((status = 200, description = "the user object", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_UPDATE]))),
+)]
 pub async fn update(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -214,6 +167,17 @@ pub fn import_array(body: Value) -> Result<Value, AppError> {
     }
 }
 
+/// Import users: upsert by id, at most 10000, all or nothing.
+///
+/// SQL: `quota.import_users(users)`.
+#[utoipa::path(
+    post, path = "/api/admin/users/import", tag = "admin-users",
+    operation_id = "admin_user_import",
+    request_body(content = Object, description = "[user objects with id] or {\"users\": [...]}"),
+    responses((status = 200, description = "{created, updated}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_IMPORT]))),
+)]
 pub async fn import(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -225,12 +189,26 @@ pub async fn import(
         .map(Json)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An optional label.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenIssueBody {
+    /// What the token is for.
     pub label: Option<String>,
 }
 
+/// Issue an API token for a user; the token is shown only once.
+///
+/// SQL: `quota.issue_api_token(user_id, label)`.
+#[utoipa::path(
+    post, path = "/api/admin/users/{user_id}/api-tokens", tag = "admin-users",
+    operation_id = "admin_token_issue",
+    params(("user_id" = String, Path, description = "the user")),
+    request_body(content = Option<TokenIssueBody>),
+    responses((status = 201, description = "{token_id, user_id, token, label, created_at}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_TOKEN_ISSUE]))),
+)]
 pub async fn token_issue(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -242,6 +220,17 @@ pub async fn token_issue(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// Revoke an API token.
+///
+/// SQL: `quota.revoke_api_token(token_id)`.
+#[utoipa::path(
+    delete, path = "/api/admin/api-tokens/{token_id}", tag = "admin-users",
+    operation_id = "admin_token_revoke",
+    params(("token_id" = i64, Path, description = "the token's id")),
+    responses((status = 200, description = "{token_id, revoked}", body = Object)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_TOKEN_REVOKE]))),
+)]
 pub async fn token_revoke(
     _: AdminAuth,
     State(state): State<AppState>,
