@@ -211,7 +211,7 @@ stage_e2e() {
         E2E_PG_SOCKET_DIR="$TMP_SOCK" \
         E2E_PG_PORT="$port" \
         "${test_env[@]}" \
-        cargo test -p pg_quota_e2e -- --test-threads=4) || rc=$?
+        cargo test -p pg_quota_e2e --no-fail-fast -- --test-threads=4) || rc=$?
     if [ $rc -ne 0 ]; then
         echo "----- sidecar log (last 60 lines) -----" >&2
         tail -n 60 "$base/sidecar.log" >&2 || true
