@@ -117,13 +117,56 @@ impl SqlError {
     }
 }
 
+tokio::task_local! {
+    /// Set while a seed 004 route runs (see [`seed004_statuses`]).
+    static SEED004_ROUTE: ();
+}
+
+/// Middleware of the seed 004 routes (internal, public and admin credit API): inside it, a
+/// request that fails validation answers 422, as seed 004's FastAPI service does (malformed or
+/// mistyped JSON, a missing or unknown field, a bad query or path value, and an out-of-range
+/// field value that the extension names with `field`). Elsewhere (seed 000's strategies, the
+/// admin user API) such a request is 400.
+pub async fn seed004_statuses(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    SEED004_ROUTE.scope((), next.run(request)).await
+}
+
+fn in_seed004_route() -> bool {
+    SEED004_ROUTE.try_with(|_| ()).is_ok()
+}
+
+/// The status of a request that failed validation: 422 on seed 004's routes, else 400.
+fn invalid_input_status() -> StatusCode {
+    if in_seed004_route() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// The `error` code of a purchase without a confirmed payment: HTTP 402 (seed 004).
+pub const PAYMENT_REQUIRED: &str = "payment_required";
+
 impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::InvalidJson(_)
             | AppError::InvalidBody(_)
             | AppError::InvalidQuery(_)
-            | AppError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            | AppError::InvalidPath(_) => invalid_input_status(),
+            AppError::Sql(sql) if sql.detail_error() == Some(PAYMENT_REQUIRED) => {
+                StatusCode::PAYMENT_REQUIRED
+            }
+            // A field the extension found invalid is a validation failure of the request.
+            AppError::Sql(sql)
+                if sql.class() == SqlClass::BadRequest
+                    && sql.detail.as_ref().is_some_and(|d| d.contains_key("field")) =>
+            {
+                invalid_input_status()
+            }
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,

@@ -5,7 +5,7 @@
 //!
 //! What is not per handler is added here: the security schemes, and the error responses every
 //! operation shares (`ErrorBody`): 400, 404, 409, 500 and 503 on each operation that calls SQL,
-//! 401 and 403 on each that needs a credential.
+//! 401 and 403 on each that needs a credential, 422 on seed 004's credit API.
 
 use std::sync::OnceLock;
 
@@ -101,6 +101,12 @@ const ERRORS: &[(&str, &str)] = &[
     ("403", "Wrong credential, or this API is not configured"),
     ("404", "Unknown subject (SQLSTATE P0002)"),
     (
+        "422",
+        "Invalid input on seed 004's credit API (as its FastAPI service answers): malformed or \
+         mistyped JSON, a missing or unknown field, a bad query or path value, a field value out of \
+         range (SQLSTATE 22xxx naming a field)",
+    ),
+    (
         "409",
         "Duplicate, idempotency conflict, in use, or the same operation in progress",
     ),
@@ -152,9 +158,14 @@ fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openap
                 .security
                 .as_ref()
                 .is_some_and(|security| !security.is_empty());
+            let seed004 = operation.tags.as_ref().is_some_and(|tags| {
+                tags.iter()
+                    .any(|t| matches!(t.as_str(), "internal" | "public" | "admin"))
+            });
             for (status, _) in ERRORS {
                 let wanted = match *status {
                     "401" | "403" => needs_credential,
+                    "422" => seed004,
                     "503" => calls_sql,
                     _ => calls_sql && operation.operation_id.as_deref() != Some("health"),
                 };

@@ -358,7 +358,7 @@ impl Ctx {
         plan
     }
 
-    /// Creates a plan through the admin API (201); returns the plan object.
+    /// Creates a plan through the admin API (201, `{success, plan}`); returns the plan object.
     pub async fn create_plan(&self, overrides: Value) -> Value {
         let input = self.plan_input(overrides);
         let body = self
@@ -368,8 +368,9 @@ impl Ctx {
             .send()
             .await
             .expect(201);
-        assert_eq!(body["tier"], input["tier"], "created plan object: {body}");
-        body
+        assert_eq!(body["success"], true, "created plan: {body}");
+        assert_eq!(body["plan"]["tier"], input["tier"], "created plan object: {body}");
+        body["plan"].clone()
     }
 
     // --- money ---
@@ -437,9 +438,9 @@ impl Ctx {
             .send()
             .await
             .expect(200);
-        body["credits"]
+        body["credits_to_charge"]
             .as_i64()
-            .unwrap_or_else(|| panic!("credits in {body}"))
+            .unwrap_or_else(|| panic!("credits_to_charge in {body}"))
     }
 
     // --- SQL probes ---
@@ -542,4 +543,12 @@ pub fn assert_fields(v: &Value, fields: &[&str]) {
     for f in fields {
         assert!(obj.contains_key(*f), "field {f} missing in {v}");
     }
+}
+
+/// The `transaction_id` of a seed 004 body: a JSON string holding the ledger row's id.
+pub fn tx_id(v: &Value) -> i64 {
+    v["transaction_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("transaction_id is not a string of digits in {v}"))
 }

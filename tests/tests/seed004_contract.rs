@@ -413,7 +413,7 @@ async fn seed_004_status_codes() {
     // 409 for a conflict (a duplicate plan, an operation id reused with other parameters).
     let plan = ctx.create_plan(json!({})).await;
     api.admin(Method::POST, "/api/admin/subscription-plans")
-        .json(&ctx.plan_input(json!({"tier": plan["plan"]["tier"]})))
+        .json(&ctx.plan_input(json!({"tier": plan["tier"]})))
         .send()
         .await
         .expect_error(409, None);

@@ -76,10 +76,12 @@ fn validate_name(name: &str) -> Result<()> {
 
 /// Parses JSON into `T`, turning serde's complaint (unknown field, wrong type) into 22023.
 pub fn from_json<T: serde::de::DeserializeOwned>(what: &str, value: serde_json::Value) -> Result<T> {
+    // `field` names the body as a whole: its fields are what is invalid.
     if !value.is_object() {
-        return Err(QuotaError::invalid(format!("{what} must be a JSON object")));
+        return Err(QuotaError::invalid(format!("{what} must be a JSON object")).with("field", what));
     }
-    serde_json::from_value(value).map_err(|e| QuotaError::invalid(format!("invalid {what}: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| QuotaError::invalid(format!("invalid {what}: {e}")).with("field", what))
 }
 
 impl PlanInput {

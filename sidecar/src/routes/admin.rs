@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::JsonResult;
+use super::{shapes, JsonResult};
 use crate::auth::{AdminAuth, ADMIN_ACTOR};
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery, Flag, OptionalJson};
@@ -40,7 +40,7 @@ pub const PLAN_FIELDS: &str = "plan fields: tier (1..64 chars), name (1..255), m
     post, path = "/api/admin/subscription-plans", tag = "admin",
     operation_id = "admin_plan_create",
     request_body(content = Object, description = PLAN_FIELDS),
-    responses((status = 201, description = "the plan", body = Object)),
+    responses((status = 201, description = "the plan", body = shapes::PlanResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_CREATE]))),
 )]
@@ -62,7 +62,7 @@ pub async fn plan_create(
     operation_id = "admin_plan_update",
     params(("tier" = String, Path, description = "the plan tier")),
     request_body(content = Object, description = PLAN_FIELDS),
-    responses((status = 200, description = "the plan", body = Object)),
+    responses((status = 200, description = "the plan", body = shapes::PlanResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_UPDATE]))),
 )]
@@ -85,7 +85,7 @@ pub async fn plan_update(
     delete, path = "/api/admin/subscription-plans/{tier}", tag = "admin",
     operation_id = "admin_plan_delete",
     params(("tier" = String, Path, description = "the plan tier")),
-    responses((status = 200, description = "{message, tier}", body = Object)),
+    responses((status = 200, description = "the plan is deleted", body = shapes::PlanDeleted)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_DELETE]))),
 )]
@@ -115,7 +115,7 @@ pub struct PlanListQuery {
     get, path = "/api/admin/subscription-plans", tag = "admin",
     operation_id = "admin_plan_list",
     params(PlanListQuery),
-    responses((status = 200, description = "{plans: [...]}", body = Object)),
+    responses((status = 200, description = "the plans", body = shapes::AdminPlans)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_LIST]))),
 )]
@@ -154,7 +154,7 @@ pub struct MultiplierBody {
     operation_id = "admin_plan_multiplier",
     params(("tier" = String, Path, description = "the plan tier"), MultiplierQuery),
     request_body(content = Option<MultiplierBody>),
-    responses((status = 200, description = "the old and new multiplier", body = Object)),
+    responses((status = 200, description = "the old and new multiplier", body = shapes::MultiplierResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_MULTIPLIER]))),
 )]
@@ -199,7 +199,7 @@ pub struct PurchaseRateBody {
     operation_id = "admin_plan_purchase_rate",
     params(("tier" = String, Path, description = "the plan tier"), PurchaseRateQuery),
     request_body(content = Option<PurchaseRateBody>),
-    responses((status = 200, description = "the old and new purchase rate", body = Object)),
+    responses((status = 200, description = "the old and new purchase rate", body = shapes::PurchaseRateResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_PLAN_PURCHASE_RATE]))),
 )]
@@ -248,7 +248,7 @@ pub struct ExchangeRateBody {
     operation_id = "admin_exchange_rate",
     params(ExchangeRateQuery),
     request_body(content = Option<ExchangeRateBody>),
-    responses((status = 200, description = "the old and new base rate", body = Object)),
+    responses((status = 200, description = "the old and new base rate", body = shapes::ExchangeRateResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_EXCHANGE_RATE]))),
 )]
@@ -303,7 +303,7 @@ pub struct StatisticsQuery {
     get, path = "/api/admin/statistics", tag = "admin",
     operation_id = "admin_statistics",
     params(StatisticsQuery),
-    responses((status = 200, description = "users, subscriptions, credits and transactions of the period", body = Object)),
+    responses((status = 200, description = "users, subscriptions, credits and transactions of the period", body = shapes::StatisticsResponse)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_STATISTICS]))),
 )]

@@ -10,29 +10,42 @@ use utoipa::{IntoParams, ToSchema};
 use super::JsonResult;
 use crate::auth::ServiceAuth;
 use crate::error::{self, AppError};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use super::shapes;
+use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery};
 use crate::{db, AppState};
 
+// The SQL functions return our rows; these statements shape them as seed 004's clients read
+// them (`transaction_id` a string, `new_tier` / `new_balance` for the subscription change, the
+// balance nested), keeping every column as well.
 pub const SQL_CHECK: &str = "SELECT to_jsonb(r) FROM quota.check_credits($1::text, $2::int8) r";
 pub const SQL_CALCULATE: &str =
     "SELECT to_jsonb(r) FROM quota.calculate_credits($1::float8, $2::text, $3::text) r";
-pub const SQL_CHARGE: &str =
-    "SELECT to_jsonb(quota.charge($1::text, $2::float8, $3::text, $4::text, $5::jsonb))";
-pub const SQL_ADD: &str =
-    "SELECT to_jsonb(r) FROM quota.add($1::text, $2::float8, $3::text, $4::text, $5::jsonb) r";
-pub const SQL_BONUS: &str =
-    "SELECT to_jsonb(r) FROM quota.bonus($1::text, $2::int8, $3::text, $4::text, $5::jsonb) r";
-pub const SQL_REFUND: &str =
-    "SELECT to_jsonb(r) FROM quota.refund($1::text, $2::text, $3::text, $4::int8, $5::text) r";
-pub const SQL_BALANCE: &str = "SELECT to_jsonb(r) FROM quota.balance($1::text) r";
-pub const SQL_UPDATE_SUBSCRIPTION: &str =
-    "SELECT to_jsonb(r) FROM quota.update_subscription($1::text, $2::text, $3::int8, $4::text) r";
+pub const SQL_CHARGE: &str = "SELECT to_jsonb(c) || jsonb_build_object('transaction_id', c.transaction_id::text) \
+     FROM quota.charge($1::text, $2::float8, $3::text, $4::text, $5::jsonb) c";
+pub const SQL_ADD: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+     FROM quota.add($1::text, $2::float8, $3::text, $4::text, $5::jsonb, $6::text) r";
+pub const SQL_BONUS: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+     FROM quota.bonus($1::text, $2::int8, $3::text, $4::text, $5::jsonb) r";
+pub const SQL_REFUND: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+     FROM quota.refund($1::text, $2::text, $3::text, $4::int8, $5::text) r";
+pub const SQL_BALANCE: &str = "SELECT jsonb_build_object('user_id', r.user_id, \
+         'subscription', jsonb_build_object('tier', r.subscription_tier, 'monthly_cost', r.monthly_cost, \
+                                            'multiplier', r.multiplier, 'purchase_rate', r.purchase_rate), \
+         'credits', jsonb_build_object('balance', r.balance, 'total_earned', r.total_earned, \
+                                       'total_spent', r.total_spent)) \
+     FROM quota.balance($1::text) r";
+pub const SQL_UPDATE_SUBSCRIPTION: &str = "SELECT to_jsonb(r) || jsonb_build_object(\
+         'transaction_id', r.transaction_id::text, 'new_tier', r.subscription_tier, 'new_balance', r.balance_after) \
+     FROM quota.update_subscription($1::text, $2::text, $3::int8, $4::text) r";
+pub const SQL_CONFIRM_PAYMENT: &str =
+    "SELECT quota.confirm_payment($1::text, $2::text, $3::float8, $4::text, $5::jsonb)";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CheckQuery {
-    /// Credits the caller is about to spend.
-    pub required_credits: i64,
+    /// Credits the caller is about to spend; without it, `sufficient` is true.
+    #[serde(default, deserialize_with = "optional_param")]
+    pub required_credits: Option<i64>,
 }
 
 /// Check whether a user has enough credits.
@@ -42,7 +55,7 @@ pub struct CheckQuery {
     get, path = "/api/internal/credits/check/{user_id}", tag = "internal",
     operation_id = "internal_credits_check",
     params(("user_id" = String, Path, description = "the user"), CheckQuery),
-    responses((status = 200, description = "{user_id, current_balance, required_credits, has_sufficient_credits, deficit}", body = Object)),
+    responses((status = 200, description = "the balance, whether it covers required_credits, and the plan", body = shapes::CheckResponse)),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_CHECK]))),
 )]
@@ -76,7 +89,7 @@ pub struct CalculateBody {
     post, path = "/api/internal/credits/calculate", tag = "internal",
     operation_id = "internal_credits_calculate",
     request_body = CalculateBody,
-    responses((status = 200, description = "the credits the cost would be charged", body = Object)),
+    responses((status = 200, description = "the credits the cost would be charged", body = shapes::CalculateResponse)),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_CALCULATE]))),
 )]
@@ -120,7 +133,7 @@ pub struct ChargeBody {
     post, path = "/api/internal/credits/charge", tag = "internal",
     operation_id = "internal_credits_charge",
     request_body = ChargeBody,
-    responses((status = 200, description = "{success, transaction_id, user_id, cost_usd, credits_charged, balance_before, balance_after, operation_id}, or the insufficient-credits refusal", body = Object)),
+    responses((status = 200, description = "the charge (or its replay), or the insufficient-credits refusal", body = inline(ChargeAnswer))),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_CHARGE]))),
 )]
@@ -179,6 +192,8 @@ pub struct AddBody {
     /// add and bonus: stored with the ledger entry.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// add: where the money came from (seed 004); kept in the entry's metadata.
+    pub source: Option<String>,
 }
 
 /// The SQL call an add body selects, with the arguments each kind takes.
@@ -221,6 +236,9 @@ pub fn add_call(body: &AddBody) -> Result<AddCall, AppError> {
             Ok(AddCall::Add { amount_usd })
         }
         TransactionType::Bonus => {
+            if body.source.is_some() {
+                return Err(refuse("source", "not accepted"));
+            }
             if body.amount_usd.is_some() {
                 return Err(refuse("amount_usd", "not accepted"));
             }
@@ -231,6 +249,9 @@ pub fn add_call(body: &AddBody) -> Result<AddCall, AppError> {
             Ok(AddCall::Bonus { credits })
         }
         TransactionType::Refund => {
+            if body.source.is_some() {
+                return Err(refuse("source", "not accepted"));
+            }
             if body.amount_usd.is_some() {
                 return Err(refuse("amount_usd", "not accepted"));
             }
@@ -265,7 +286,7 @@ fn kind_name(kind: TransactionType) -> &'static str {
     post, path = "/api/internal/credits/add", tag = "internal",
     operation_id = "internal_credits_add",
     request_body = AddBody,
-    responses((status = 200, description = "the ledger entry written (or replayed)", body = Object)),
+    responses((status = 200, description = "the ledger entry written (or replayed)", body = shapes::AddResponse)),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_ADD, SQL_BONUS, SQL_REFUND]))),
 )]
@@ -277,12 +298,13 @@ pub async fn add(
     let call = add_call(&body)?;
     let row = match &call {
         AddCall::Add { amount_usd } => {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
                 &body.user_id,
                 amount_usd,
                 &body.operation_id,
                 &body.description,
                 &body.metadata,
+                &body.source,
             ];
             db::call_json(&state.pool, SQL_ADD, &params).await?
         }
@@ -320,7 +342,7 @@ pub async fn add(
     get, path = "/api/internal/credits/balance/{user_id}", tag = "internal",
     operation_id = "internal_credits_balance",
     params(("user_id" = String, Path, description = "the user")),
-    responses((status = 200, description = "the user's balance, totals and plan", body = Object)),
+    responses((status = 200, description = "the user's balance, totals and plan", body = shapes::BalanceResponse)),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_BALANCE]))),
 )]
@@ -355,7 +377,7 @@ pub struct SubscriptionUpdateBody {
     post, path = "/api/internal/subscription/update", tag = "internal",
     operation_id = "internal_subscription_update",
     request_body = SubscriptionUpdateBody,
-    responses((status = 200, description = "the change and the credits added", body = Object)),
+    responses((status = 200, description = "the change and the credits added", body = shapes::SubscriptionUpdateResponse)),
     security(("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_UPDATE_SUBSCRIPTION]))),
 )]
@@ -373,6 +395,69 @@ pub async fn subscription_update(
     db::call_json(&state.pool, SQL_UPDATE_SUBSCRIPTION, &params)
         .await
         .map(Json)
+}
+
+/// A charge's answer: the charge, or the insufficient-credits refusal (both HTTP 200).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub enum ChargeAnswer {
+    Charged(shapes::ChargeResponse),
+    Refused(shapes::InsufficientCredits),
+}
+
+/// A payment the payment side confirmed: recorded once per (user, payment_id).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    /// The payment's id at the payment provider, 1..255 visible characters.
+    pub payment_id: String,
+    /// The user who paid.
+    pub user_id: String,
+    /// USD paid, > 0, at most 1,000,000.
+    pub amount_usd: f64,
+    /// The payment method; a purchase that names another one cannot use this payment.
+    pub payment_method_id: Option<String>,
+    /// Stored with the payment.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Record a confirmed payment, for one purchase to use.
+///
+/// The payment side calls this once the money is in; `POST /api/v1/credits/purchase` then adds
+/// credits only against such a payment of the same user and amount, once. The same payment again
+/// answers 200 with the recorded one (`created: false`); with another amount or method, 409.
+/// SQL: `quota.confirm_payment(payment_id, user_id, amount_usd, payment_method_id, metadata)`.
+#[utoipa::path(
+    post, path = "/api/internal/payments", tag = "internal",
+    operation_id = "internal_payments_confirm",
+    request_body = PaymentBody,
+    responses(
+        (status = 201, description = "the payment, recorded", body = shapes::PaymentResponse),
+        (status = 200, description = "the payment, already recorded (a replay)", body = shapes::PaymentResponse),
+    ),
+    security(("serviceToken" = [])),
+    extensions(("x-sql" = json!([SQL_CONFIRM_PAYMENT]))),
+)]
+pub async fn confirm_payment(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PaymentBody>,
+) -> Result<(axum::http::StatusCode, Json<Value>), AppError> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        &body.payment_id,
+        &body.user_id,
+        &body.amount_usd,
+        &body.payment_method_id,
+        &body.metadata,
+    ];
+    let row = db::call_json(&state.pool, SQL_CONFIRM_PAYMENT, &params).await?;
+    let status = if row["created"] == Value::Bool(true) {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(row)))
 }
 
 #[cfg(test)]

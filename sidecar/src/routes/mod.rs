@@ -6,6 +6,7 @@ pub mod executions;
 pub mod health;
 pub mod internal;
 pub mod public;
+pub mod shapes;
 pub mod strategies;
 pub mod users;
 
@@ -27,28 +28,30 @@ pub type JsonResult = Result<Json<Value>, AppError>;
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
+    // Seed 004's routes answer 422 for invalid input (see `error::seed004_statuses`).
+    let seed004 = || axum::middleware::from_fn(crate::error::seed004_statuses);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::openapi_json))
-        // Internal API (X-Service-Token), SPEC 2.
-        .routes(routes!(internal::check))
-        .routes(routes!(internal::calculate))
-        .routes(routes!(internal::charge))
-        .routes(routes!(internal::add))
-        .routes(routes!(internal::balance))
-        .routes(routes!(internal::subscription_update))
-        // Public API (user bearer), SPEC 2.
-        .routes(routes!(public::subscription))
-        .routes(routes!(public::transactions))
-        .routes(routes!(public::purchase))
-        .routes(routes!(public::plans))
-        // Admin API, SPEC 2.
-        .routes(routes!(admin::plan_create, admin::plan_list))
-        .routes(routes!(admin::plan_update, admin::plan_delete))
-        .routes(routes!(admin::plan_multiplier))
-        .routes(routes!(admin::plan_purchase_rate))
-        .routes(routes!(admin::exchange_rate))
-        .routes(routes!(admin::statistics))
+        // Seed 004's credit API (SPEC 2): internal (X-Service-Token), public (user bearer) and
+        // admin. Its validation failures answer 422, as seed 004's service does.
+        .routes(routes!(internal::check).layer(seed004()))
+        .routes(routes!(internal::calculate).layer(seed004()))
+        .routes(routes!(internal::charge).layer(seed004()))
+        .routes(routes!(internal::add).layer(seed004()))
+        .routes(routes!(internal::balance).layer(seed004()))
+        .routes(routes!(internal::subscription_update).layer(seed004()))
+        .routes(routes!(internal::confirm_payment).layer(seed004()))
+        .routes(routes!(public::subscription).layer(seed004()))
+        .routes(routes!(public::transactions).layer(seed004()))
+        .routes(routes!(public::purchase).layer(seed004()))
+        .routes(routes!(public::plans).layer(seed004()))
+        .routes(routes!(admin::plan_create, admin::plan_list).layer(seed004()))
+        .routes(routes!(admin::plan_update, admin::plan_delete).layer(seed004()))
+        .routes(routes!(admin::plan_multiplier).layer(seed004()))
+        .routes(routes!(admin::plan_purchase_rate).layer(seed004()))
+        .routes(routes!(admin::exchange_rate).layer(seed004()))
+        .routes(routes!(admin::statistics).layer(seed004()))
         // Admin users and API tokens.
         .routes(routes!(users::create, users::list))
         .routes(routes!(users::get, users::update))

@@ -5,7 +5,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::JsonResult;
+use super::{shapes, JsonResult};
 use crate::auth::UserAuth;
 use crate::extract::{optional_param, ApiJson, ApiQuery};
 use crate::{db, AppState};
@@ -13,9 +13,11 @@ use crate::{db, AppState};
 pub const SQL_SUBSCRIPTION: &str = "SELECT quota.subscription($1::text)";
 pub const SQL_TRANSACTIONS: &str =
     "SELECT quota.transactions($1::text, $2::int4, $3::int4, $4::text)";
-pub const SQL_PURCHASE: &str =
-    "SELECT to_jsonb(r) FROM quota.purchase($1::text, $2::float8, $3::text, $4::text) r";
-pub const SQL_LIST_PLANS: &str = "SELECT quota.list_plans($1::bool)";
+/// The purchase row shaped as seed 004 answers it (`transaction_id` a string, `new_balance`).
+pub const SQL_PURCHASE: &str = "SELECT to_jsonb(r) || jsonb_build_object(\
+         'transaction_id', r.transaction_id::text, 'new_balance', r.balance_after) \
+     FROM quota.purchase($1::text, $2::float8, $3::text, $4::text, $5::text) r";
+pub const SQL_PUBLIC_PLANS: &str = "SELECT quota.subscription_plans()";
 
 pub const TRANSACTIONS_LIMIT_DEFAULT: i32 = 20;
 pub const TRANSACTIONS_OFFSET_DEFAULT: i32 = 0;
@@ -26,7 +28,7 @@ pub const TRANSACTIONS_OFFSET_DEFAULT: i32 = 0;
 #[utoipa::path(
     get, path = "/api/v1/subscription", tag = "public",
     operation_id = "public_subscription",
-    responses((status = 200, description = "the caller's plan and credits", body = Object)),
+    responses((status = 200, description = "the caller's plan and credits", body = shapes::SubscriptionResponse)),
     security(("userBearer" = [])),
     extensions(("x-sql" = json!([SQL_SUBSCRIPTION]))),
 )]
@@ -57,7 +59,7 @@ pub struct TransactionsQuery {
     get, path = "/api/v1/transactions", tag = "public",
     operation_id = "public_transactions",
     params(TransactionsQuery),
-    responses((status = 200, description = "{transactions: [...], total, limit, offset}", body = Object)),
+    responses((status = 200, description = "the caller's ledger entries, newest first", body = shapes::TransactionsResponse)),
     security(("userBearer" = [])),
     extensions(("x-sql" = json!([SQL_TRANSACTIONS]))),
 )]
@@ -78,15 +80,18 @@ pub async fn transactions(
     .map(Json)
 }
 
-/// A purchase: credits = round_half_even(amount_usd * purchase_rate * base_rate).
+/// A purchase: credits = round_half_even(amount_usd * purchase_rate * base_rate), against a
+/// payment the payment side confirmed (`POST /api/internal/payments`) for this user and amount.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurchaseBody {
-    /// USD paid, > 0.
+    /// USD paid, > 0, at most 1,000,000.
     pub amount_usd: f64,
-    /// Payment method reference.
+    /// The payment method the payment was made with.
     pub payment_method_id: String,
-    /// Idempotency key; generated (purchase-<uuid>) when absent.
+    /// The confirmed payment to use; without it, the oldest unused one of this amount.
+    pub payment_id: Option<String>,
+    /// Idempotency key in the caller's own scope; generated (purchase-<uuid>) when absent.
     pub operation_id: Option<String>,
 }
 
@@ -96,14 +101,18 @@ pub fn purchase_operation_id(given: Option<String>) -> String {
     given.unwrap_or_else(|| format!("purchase-{}", uuid::Uuid::new_v4()))
 }
 
-/// Buy credits.
+/// Buy credits with a confirmed payment.
 ///
-/// SQL: `quota.purchase(user_id, amount_usd, payment_method_id, operation_id)`.
+/// Without a confirmed, unused payment of this user and amount: 402 `payment_required`, nothing
+/// written. SQL: `quota.purchase(user_id, amount_usd, payment_method_id, operation_id, payment_id)`.
 #[utoipa::path(
     post, path = "/api/v1/credits/purchase", tag = "public",
     operation_id = "public_credits_purchase",
     request_body = PurchaseBody,
-    responses((status = 200, description = "the purchase and the credits added", body = Object)),
+    responses(
+        (status = 200, description = "the purchase and the credits added", body = shapes::PurchaseResponse),
+        (status = 402, description = "no confirmed, unused payment of this user and amount (payment_required); nothing written", body = crate::openapi::ErrorBody),
+    ),
     security(("userBearer" = [])),
     extensions(("x-sql" = json!([SQL_PURCHASE]))),
 )]
@@ -121,25 +130,24 @@ pub async fn purchase(
             &body.amount_usd,
             &body.payment_method_id,
             &operation_id,
+            &body.payment_id,
         ],
     )
     .await
     .map(Json)
 }
 
-/// Active subscription plans (open).
+/// Active subscription plans (open), as users see them: 9 keys each.
 ///
-/// SQL: `quota.list_plans(true)`.
+/// SQL: `quota.subscription_plans()`.
 #[utoipa::path(
     get, path = "/api/v1/subscription/plans", tag = "public",
     operation_id = "public_subscription_plans",
-    responses((status = 200, description = "{plans: [active plans with total_credits]}", body = Object)),
-    extensions(("x-sql" = json!([SQL_LIST_PLANS]))),
+    responses((status = 200, description = "the active plans", body = shapes::PublicPlans)),
+    extensions(("x-sql" = json!([SQL_PUBLIC_PLANS]))),
 )]
 pub async fn plans(State(state): State<AppState>) -> JsonResult {
-    db::call_json(&state.pool, SQL_LIST_PLANS, &[&true])
-        .await
-        .map(Json)
+    db::call_json(&state.pool, SQL_PUBLIC_PLANS, &[]).await.map(Json)
 }
 
 #[cfg(test)]
