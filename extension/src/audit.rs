@@ -2,8 +2,8 @@
 //! as the change itself.
 
 use crate::error::OrRaise;
-use pgrx::spi::SpiClient;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::Value;
 
@@ -26,7 +26,9 @@ pub fn caller_role() -> String {
         if name.is_null() {
             "unknown".into()
         } else {
-            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
         }
     }
 }

@@ -24,8 +24,13 @@ pub fn from_pg_timestamp(ts: TimestampWithTimeZone) -> Option<DateTime<Utc>> {
 }
 
 pub fn to_pg_timestamp(ts: &DateTime<Utc>) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(ts.timestamp_micros() - PG_EPOCH_OFFSET_US)
-        .unwrap_or_else(|_| raise(QuotaError::invalid(format!("timestamp {ts} is out of range"))))
+    TimestampWithTimeZone::try_from(ts.timestamp_micros() - PG_EPOCH_OFFSET_US).unwrap_or_else(
+        |_| {
+            raise(QuotaError::invalid(format!(
+                "timestamp {ts} is out of range"
+            )))
+        },
+    )
 }
 
 /// Binds compiled parameters as datums of the types the predicate casts them to.
@@ -59,8 +64,14 @@ pub fn user_facts(user_id: &str) -> Option<UserFacts> {
             vip: r.get::<i32>(2).or_raise().unwrap_or(0),
             org: r.get::<String>(3).or_raise(),
             github_star: r.get::<Vec<String>>(4).or_raise().unwrap_or_default(),
-            register_time: r.get::<TimestampWithTimeZone>(5).or_raise().and_then(from_pg_timestamp),
-            access_time: r.get::<TimestampWithTimeZone>(6).or_raise().and_then(from_pg_timestamp),
+            register_time: r
+                .get::<TimestampWithTimeZone>(5)
+                .or_raise()
+                .and_then(from_pg_timestamp),
+            access_time: r
+                .get::<TimestampWithTimeZone>(6)
+                .or_raise()
+                .and_then(from_pg_timestamp),
             balance: r.get::<i64>(7).or_raise().unwrap_or(0),
         })
     })
@@ -78,7 +89,6 @@ pub fn matching_user_ids(expr: &Expr) -> Vec<String> {
         client
             .select(sql.as_str(), None, &args)
             .or_raise()
-            .into_iter()
             .filter_map(|r| r.get::<String>(1).or_raise())
             .collect()
     })

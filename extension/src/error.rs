@@ -9,11 +9,13 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
     match kind {
         ErrorKind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         ErrorKind::NotFound => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
-        ErrorKind::Duplicate | ErrorKind::IdempotencyConflict => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-        ErrorKind::InUse => PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
-        ErrorKind::InsufficientCredits | ErrorKind::RefundExceedsCharge | ErrorKind::PaymentRequired => {
-            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION
+        ErrorKind::Duplicate | ErrorKind::IdempotencyConflict => {
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
         }
+        ErrorKind::InUse => PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+        ErrorKind::InsufficientCredits
+        | ErrorKind::RefundExceedsCharge
+        | ErrorKind::PaymentRequired => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
         ErrorKind::InProgress => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
         ErrorKind::BalanceLimit => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
         ErrorKind::PermissionDenied => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -49,5 +51,7 @@ impl<T> OrRaise<T> for Result<T, pgrx::spi::SpiError> {
 /// A required argument of a function that also has optional ones (so it cannot be STRICT):
 /// SQL NULL is 22023 naming the argument, not an internal error.
 pub fn required<T>(value: Option<T>, name: &str) -> T {
-    value.unwrap_or_else(|| raise(QuotaError::invalid(format!("{name} must not be null")).with("field", name)))
+    value.unwrap_or_else(|| {
+        raise(QuotaError::invalid(format!("{name} must not be null")).with("field", name))
+    })
 }

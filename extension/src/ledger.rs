@@ -11,6 +11,7 @@
 //! - same id racing on two connections: one applies; the other waits for it and then replays
 //!   (a charge waits on the wallet row, credit operations on the wallet lock) or, when it
 //!   cannot tell yet, gets 40001 `in_progress` with its own writes rolled back; retrying replays.
+//!
 //! A rejected call (validation, insufficient credits, no payment) raises before or instead of
 //! writing.
 //!
@@ -23,8 +24,8 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
 use quota_core::ids::{
-    validate_free_text, validate_id, validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
-    PAYMENT_ID_LEN_MAX,
+    validate_free_text, validate_id, validate_operation_id, validate_payment_id, validate_tier,
+    validate_user_id, PAYMENT_ID_LEN_MAX,
 };
 use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
@@ -76,35 +77,58 @@ const LEDGER_COLUMNS: &str = "transaction_id, user_id, transaction_type, credits
 
 fn read_ledger_row(row: &SpiHeapTupleData) -> Result<LedgerRow, pgrx::spi::SpiError> {
     Ok(LedgerRow {
-        transaction_id: row.get_by_name::<i64, _>("transaction_id")?.unwrap_or_default(),
+        transaction_id: row
+            .get_by_name::<i64, _>("transaction_id")?
+            .unwrap_or_default(),
         user_id: row.get_by_name::<String, _>("user_id")?.unwrap_or_default(),
-        transaction_type: row.get_by_name::<String, _>("transaction_type")?.unwrap_or_default(),
+        transaction_type: row
+            .get_by_name::<String, _>("transaction_type")?
+            .unwrap_or_default(),
         credits: row.get_by_name::<i64, _>("credits")?.unwrap_or_default(),
-        balance_before: row.get_by_name::<i64, _>("balance_before")?.unwrap_or_default(),
-        balance_after: row.get_by_name::<i64, _>("balance_after")?.unwrap_or_default(),
+        balance_before: row
+            .get_by_name::<i64, _>("balance_before")?
+            .unwrap_or_default(),
+        balance_after: row
+            .get_by_name::<i64, _>("balance_after")?
+            .unwrap_or_default(),
         cost_usd: row.get_by_name::<f64, _>("cost_usd")?,
         amount_usd: row.get_by_name::<f64, _>("amount_usd")?,
         metadata: row.get_by_name::<JsonB, _>("metadata")?.map(|j| j.0),
-        request: row.get_by_name::<JsonB, _>("request")?.map(|j| j.0).unwrap_or(Value::Null),
-        operation_id: row.get_by_name::<String, _>("operation_id")?.unwrap_or_default(),
+        request: row
+            .get_by_name::<JsonB, _>("request")?
+            .map(|j| j.0)
+            .unwrap_or(Value::Null),
+        operation_id: row
+            .get_by_name::<String, _>("operation_id")?
+            .unwrap_or_default(),
     })
 }
 
-const FIND_OPERATION_SQL: &str = "SELECT transaction_id, user_id, transaction_type, credits, balance_before, \
+const FIND_OPERATION_SQL: &str =
+    "SELECT transaction_id, user_id, transaction_type, credits, balance_before, \
      balance_after, cost_usd, amount_usd, metadata, request, operation_id \
      FROM quota.ledger WHERE user_id = $1 AND scope = $2 AND operation_id = $3";
 
 /// The ledger row of an operation id in a user's scope. `fresh` reads with a new snapshot (a
 /// read-write SPI call: in READ COMMITTED it sees what committed since the statement began),
 /// for use after waiting on a lock.
-fn find_operation(client: &mut SpiClient, user_id: &str, scope: Scope, operation_id: &str, fresh: bool) -> Option<LedgerRow> {
+fn find_operation(
+    client: &mut SpiClient,
+    user_id: &str,
+    scope: Scope,
+    operation_id: &str,
+    fresh: bool,
+) -> Option<LedgerRow> {
     let args = [user_id.into(), scope.as_str().into(), operation_id.into()];
     let table = if fresh {
         client.update(FIND_OPERATION_SQL, Some(1), &args).or_raise()
     } else {
         client.select(FIND_OPERATION_SQL, Some(1), &args).or_raise()
     };
-    table.into_iter().next().map(|r| read_ledger_row(&r).or_raise())
+    table
+        .into_iter()
+        .next()
+        .map(|r| read_ledger_row(&r).or_raise())
 }
 
 /// Replay or conflict for an operation_id that is already in the ledger.
@@ -129,14 +153,20 @@ fn lost_race(client: &mut SpiClient, c: &Credit) -> QuotaError {
         Some(existing) => match replay(existing, c.kind, &c.request) {
             Ok(_) => QuotaError::new(
                 ErrorKind::InProgress,
-                format!("operation_id '{}' was applied by a concurrent call; retry to get its result", c.operation_id),
+                format!(
+                    "operation_id '{}' was applied by a concurrent call; retry to get its result",
+                    c.operation_id
+                ),
             )
             .with("operation_id", c.operation_id),
             Err(conflict) => conflict,
         },
         None => QuotaError::new(
             ErrorKind::InProgress,
-            format!("operation_id '{}' is being applied by a concurrent call; retry", c.operation_id),
+            format!(
+                "operation_id '{}' is being applied by a concurrent call; retry",
+                c.operation_id
+            ),
         )
         .with("operation_id", c.operation_id),
     }
@@ -146,7 +176,11 @@ fn unknown_user(user_id: &str) -> QuotaError {
     QuotaError::not_found(format!("user '{user_id}' not found")).with("user_id", user_id)
 }
 
-fn validate_common(user_id: &str, operation_id: &str, description: Option<&str>) -> Result<(), QuotaError> {
+fn validate_common(
+    user_id: &str,
+    operation_id: &str,
+    description: Option<&str>,
+) -> Result<(), QuotaError> {
     validate_user_id(user_id)?;
     validate_operation_id(operation_id)?;
     if let Some(d) = description {
@@ -222,7 +256,9 @@ fn statement(
     sql: &str,
     types: &[PgOid],
 ) -> &'static OwnedPreparedStatement {
-    cell.with(|c| *c.get_or_init(|| Box::leak(Box::new(client.prepare_mut(sql, types).or_raise().keep()))))
+    cell.with(|c| {
+        *c.get_or_init(|| Box::leak(Box::new(client.prepare_mut(sql, types).or_raise().keep())))
+    })
 }
 
 /// What a charge returns: the row it wrote, or the one an identical earlier call wrote.
@@ -247,7 +283,9 @@ pub fn charge_impl(
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
     // Shortest decimal that reads back as exactly this f64 (the form serde_json writes).
-    let cost_text = serde_json::Number::from_f64(cost_usd).expect("validated finite").to_string();
+    let cost_text = serde_json::Number::from_f64(cost_usd)
+        .expect("validated finite")
+        .to_string();
     let base_rate = settings::base_rate();
 
     Spi::connect_mut(|client| {
@@ -288,16 +326,26 @@ pub fn charge_impl(
                 };
             }
             // The wallet moved but the operation_id was taken: put the move back first.
-            client.update(CHARGE_UNDO_SQL, None, &[user_id.into(), moved.into()]).or_raise();
+            client
+                .update(CHARGE_UNDO_SQL, None, &[user_id.into(), moved.into()])
+                .or_raise();
         }
 
         // No ledger row was written: a replay, an unknown user, or not enough credits. A fresh
         // snapshot (read-write SPI), so a concurrent call that committed the id is seen.
         let t = client
-            .update(CHARGE_READ_SQL, Some(1), &[user_id.into(), operation_id.into()])
+            .update(
+                CHARGE_READ_SQL,
+                Some(1),
+                &[user_id.into(), operation_id.into()],
+            )
             .or_raise();
         let row = t.into_iter().next().expect("the VALUES row always exists");
-        if row.get_by_name::<i64, _>("transaction_id").or_raise().is_some() {
+        if row
+            .get_by_name::<i64, _>("transaction_id")
+            .or_raise()
+            .is_some()
+        {
             let request = json!({ "user_id": user_id, "cost_usd": cost_usd });
             let r = replay(read_ledger_row(&row).or_raise(), "charge", &request).or_raise();
             return Charged {
@@ -311,7 +359,10 @@ pub fn charge_impl(
         let Some(balance) = row.get_by_name::<i64, _>("balance").or_raise() else {
             raise(unknown_user(user_id));
         };
-        let multiplier = row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0);
+        let multiplier = row
+            .get_by_name::<f64, _>("multiplier")
+            .or_raise()
+            .unwrap_or(1.0);
         let credits = pricing::charge_credits(cost_usd, multiplier, base_rate).or_raise();
         raise(QuotaError::insufficient_credits(user_id, credits, balance))
     })
@@ -323,10 +374,16 @@ pub fn charge_impl(
 fn price_credits(usd: f64, rate: f64, base_rate: i64) -> i64 {
     pricing::validate_base_rate(base_rate).or_raise();
     if !(rate.is_finite() && rate > 0.0) {
-        raise(QuotaError::invalid(format!("rate must be a positive finite number, got {rate}")).with("field", "rate"));
+        raise(
+            QuotaError::invalid(format!("rate must be a positive finite number, got {rate}"))
+                .with("field", "rate"),
+        );
     }
     pricing::charge_credits(usd, rate, base_rate)
-        .map_err(|e| QuotaError { message: e.message.replace("cost_usd", "usd"), ..e })
+        .map_err(|e| QuotaError {
+            message: e.message.replace("cost_usd", "usd"),
+            ..e
+        })
         .or_raise()
 }
 
@@ -348,7 +405,8 @@ pub struct Credit<'a> {
 }
 
 /// Decides the credits once the wallet row is locked: `(credits, earned_delta, spent_delta)`.
-type Decide<'a> = dyn FnMut(&mut SpiClient) -> Result<(i64, i64, i64, Option<Value>), QuotaError> + 'a;
+type Decide<'a> =
+    dyn FnMut(&mut SpiClient) -> Result<(i64, i64, i64, Option<Value>), QuotaError> + 'a;
 
 pub fn apply_credit(c: Credit, decide: &mut Decide) -> LedgerRow {
     Spi::connect_mut(|client| {
@@ -437,8 +495,12 @@ fn plan_rates(client: &SpiClient, user_id: &str) -> (f64, f64, Option<String>) {
         .or_raise();
     let row = t.into_iter().next().expect("the VALUES row always exists");
     (
-        row.get_by_name::<f64, _>("multiplier").or_raise().unwrap_or(1.0),
-        row.get_by_name::<f64, _>("purchase_rate").or_raise().unwrap_or(1.0),
+        row.get_by_name::<f64, _>("multiplier")
+            .or_raise()
+            .unwrap_or(1.0),
+        row.get_by_name::<f64, _>("purchase_rate")
+            .or_raise()
+            .unwrap_or(1.0),
         row.get_by_name::<String, _>("tier").or_raise(),
     )
 }
@@ -531,18 +593,32 @@ pub fn purchase_impl(
                 user_id,
                 match payment_id {
                     Some(p) => format!("no payment '{p}' was confirmed for user '{user_id}'"),
-                    None => format!("no confirmed, unused payment of {amount_usd} USD for user '{user_id}'"),
+                    None => format!(
+                        "no confirmed, unused payment of {amount_usd} USD for user '{user_id}'"
+                    ),
                 },
             )
             .with("amount_usd", amount_usd));
         };
-        let pid = row.get_by_name::<String, _>("payment_id").or_raise().unwrap_or_default();
-        let paid = row.get_by_name::<f64, _>("amount_usd").or_raise().unwrap_or_default();
+        let pid = row
+            .get_by_name::<String, _>("payment_id")
+            .or_raise()
+            .unwrap_or_default();
+        let paid = row
+            .get_by_name::<f64, _>("amount_usd")
+            .or_raise()
+            .unwrap_or_default();
         let method = row.get_by_name::<String, _>("payment_method_id").or_raise();
         if row.get_by_name::<String, _>("status").or_raise().as_deref() != Some("confirmed") {
-            let by = row.get_by_name::<String, _>("operation_id").or_raise().unwrap_or_default();
-            return Err(payment_required(user_id, format!("payment '{pid}' was already used by purchase '{by}'"))
-                .with("payment_id", pid.as_str()));
+            let by = row
+                .get_by_name::<String, _>("operation_id")
+                .or_raise()
+                .unwrap_or_default();
+            return Err(payment_required(
+                user_id,
+                format!("payment '{pid}' was already used by purchase '{by}'"),
+            )
+            .with("payment_id", pid.as_str()));
         }
         if paid != amount_usd {
             return Err(payment_required(
@@ -653,12 +729,17 @@ pub fn refund_impl(
             .with("charge_operation_id", charge_operation_id));
         };
         let charged = row.get_by_name::<i64, _>("charged").or_raise().unwrap_or(0);
-        let refunded = row.get_by_name::<i64, _>("refunded").or_raise().unwrap_or(0);
+        let refunded = row
+            .get_by_name::<i64, _>("refunded")
+            .or_raise()
+            .unwrap_or(0);
         let refundable = charged - refunded;
         let want = credits.unwrap_or(refundable);
         if want <= 0 || want > refundable {
             let message = if refundable == 0 {
-                format!("charge '{charge_operation_id}' of {charged} credits is already fully refunded")
+                format!(
+                    "charge '{charge_operation_id}' of {charged} credits is already fully refunded"
+                )
             } else {
                 format!("charge '{charge_operation_id}' of {charged} credits has {refundable} left to refund, {want} requested")
             };
@@ -699,20 +780,35 @@ pub fn update_subscription_impl(
     let request = json!({ "user_id": user_id, "subscription_tier": subscription_tier, "credits_to_add": credits_to_add });
     let mut decide = |client: &mut SpiClient| {
         let plan = client
-            .update("SELECT active FROM quota.plans WHERE tier = $1", Some(1), &[subscription_tier.into()])
+            .update(
+                "SELECT active FROM quota.plans WHERE tier = $1",
+                Some(1),
+                &[subscription_tier.into()],
+            )
             .or_raise();
         let Some(plan) = plan.into_iter().next() else {
-            return Err(QuotaError::not_found(format!("plan '{subscription_tier}' not found"))
-                .with("tier", subscription_tier));
+            return Err(
+                QuotaError::not_found(format!("plan '{subscription_tier}' not found"))
+                    .with("tier", subscription_tier),
+            );
         };
-        if !plan.get_by_name::<bool, _>("active").or_raise().unwrap_or(false) {
-            return Err(QuotaError::invalid(format!("plan '{subscription_tier}' is not active"))
-                .with("tier", subscription_tier));
+        if !plan
+            .get_by_name::<bool, _>("active")
+            .or_raise()
+            .unwrap_or(false)
+        {
+            return Err(
+                QuotaError::invalid(format!("plan '{subscription_tier}' is not active"))
+                    .with("tier", subscription_tier),
+            );
         }
         let current = client
-            .update("SELECT tier FROM quota.subscriptions WHERE user_id = $1", Some(1), &[user_id.into()])
+            .update(
+                "SELECT tier FROM quota.subscriptions WHERE user_id = $1",
+                Some(1),
+                &[user_id.into()],
+            )
             .or_raise()
-            .into_iter()
             .next()
             .and_then(|r| r.get_by_name::<String, _>("tier").or_raise());
         if current.as_deref() == Some(subscription_tier) {
@@ -778,7 +874,11 @@ pub fn confirm_payment_impl(
     }
     Spi::connect_mut(|client| {
         let exists = !client
-            .update("SELECT 1 FROM quota.users WHERE id = $1 FOR KEY SHARE", Some(1), &[user_id.into()])
+            .update(
+                "SELECT 1 FROM quota.users WHERE id = $1 FOR KEY SHARE",
+                Some(1),
+                &[user_id.into()],
+            )
             .or_raise()
             .is_empty();
         if !exists {
@@ -800,7 +900,6 @@ pub fn confirm_payment_impl(
                 ],
             )
             .or_raise()
-            .into_iter()
             .next()
             .and_then(|r| r.get::<JsonB>(1).or_raise());
         if let Some(JsonB(mut j)) = inserted {
@@ -821,7 +920,10 @@ pub fn confirm_payment_impl(
                 format!("payment '{payment_id}' is being recorded by a concurrent call; retry"),
             ))
         });
-        let paid = row.get_by_name::<f64, _>("amount_usd").or_raise().unwrap_or_default();
+        let paid = row
+            .get_by_name::<f64, _>("amount_usd")
+            .or_raise()
+            .unwrap_or_default();
         let method = row.get_by_name::<String, _>("payment_method_id").or_raise();
         if paid != amount_usd || method.as_deref() != payment_method_id {
             raise(
@@ -843,7 +945,18 @@ pub fn confirm_payment_impl(
 // SQL functions. Money-moving ones return one row; `transaction_id` is the ledger row.
 
 /// The row of every credit function (pgrx needs the tuple spelled out in each signature).
-type CreditRow = (bool, i64, String, String, Option<f64>, i64, Option<f64>, i64, i64, String);
+type CreditRow = (
+    bool,
+    i64,
+    String,
+    String,
+    Option<f64>,
+    i64,
+    Option<f64>,
+    i64,
+    i64,
+    String,
+);
 
 /// The purchase rate that priced an add (credits / (amount_usd * base_rate) is not exact after
 /// rounding, so it is read from the plan the user had: the wallet lock held it still).
@@ -989,7 +1102,14 @@ fn add(
     let user_id = required(user_id, "user_id");
     let amount_usd = required(amount_usd, "amount_usd");
     let operation_id = required(operation_id, "operation_id");
-    let r = add_impl(user_id, amount_usd, operation_id, description, metadata.map(|j| j.0), source);
+    let r = add_impl(
+        user_id,
+        amount_usd,
+        operation_id,
+        description,
+        metadata.map(|j| j.0),
+        source,
+    );
     credit_row(r, current_purchase_rate(user_id))
 }
 
@@ -1020,7 +1140,13 @@ fn purchase(
     let amount_usd = required(amount_usd, "amount_usd");
     let payment_method_id = required(payment_method_id, "payment_method_id");
     let operation_id = required(operation_id, "operation_id");
-    let r = purchase_impl(user_id, amount_usd, payment_method_id, operation_id, payment_id);
+    let r = purchase_impl(
+        user_id,
+        amount_usd,
+        payment_method_id,
+        operation_id,
+        payment_id,
+    );
     credit_row(r, current_purchase_rate(user_id))
 }
 
@@ -1036,7 +1162,13 @@ fn confirm_payment(
     let payment_id = required(payment_id, "payment_id");
     let user_id = required(user_id, "user_id");
     let amount_usd = required(amount_usd, "amount_usd");
-    JsonB(confirm_payment_impl(payment_id, user_id, amount_usd, payment_method_id, metadata.map(|j| j.0)))
+    JsonB(confirm_payment_impl(
+        payment_id,
+        user_id,
+        amount_usd,
+        payment_method_id,
+        metadata.map(|j| j.0),
+    ))
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -1065,7 +1197,16 @@ fn bonus(
     let user_id = required(user_id, "user_id");
     let credits = required(credits, "credits");
     let operation_id = required(operation_id, "operation_id");
-    credit_row(bonus_impl(user_id, credits, operation_id, description, metadata.map(|j| j.0)), None)
+    credit_row(
+        bonus_impl(
+            user_id,
+            credits,
+            operation_id,
+            description,
+            metadata.map(|j| j.0),
+        ),
+        None,
+    )
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -1094,7 +1235,16 @@ fn refund(
     let user_id = required(user_id, "user_id");
     let charge_operation_id = required(charge_operation_id, "charge_operation_id");
     let operation_id = required(operation_id, "operation_id");
-    credit_row(refund_impl(user_id, charge_operation_id, operation_id, credits, description), None)
+    credit_row(
+        refund_impl(
+            user_id,
+            charge_operation_id,
+            operation_id,
+            credits,
+            description,
+        ),
+        None,
+    )
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -1120,15 +1270,28 @@ fn update_subscription(
         name!(operation_id, String),
     ),
 > {
-    let (r, previous) = update_subscription_impl(user_id, subscription_tier, credits_to_add, operation_id);
-    let tier = r.request["subscription_tier"].as_str().unwrap_or(subscription_tier).to_string();
+    let (r, previous) =
+        update_subscription_impl(user_id, subscription_tier, credits_to_add, operation_id);
+    let tier = r.request["subscription_tier"]
+        .as_str()
+        .unwrap_or(subscription_tier)
+        .to_string();
     let (multiplier, purchase_rate) = Spi::connect(|client| {
         let t = client
-            .select("SELECT multiplier, purchase_rate FROM quota.plans WHERE tier = $1", Some(1), &[tier.as_str().into()])
+            .select(
+                "SELECT multiplier, purchase_rate FROM quota.plans WHERE tier = $1",
+                Some(1),
+                &[tier.as_str().into()],
+            )
             .or_raise();
         t.into_iter()
             .next()
-            .map(|row| (row.get::<f64>(1).or_raise().unwrap_or(1.0), row.get::<f64>(2).or_raise().unwrap_or(1.0)))
+            .map(|row| {
+                (
+                    row.get::<f64>(1).or_raise().unwrap_or(1.0),
+                    row.get::<f64>(2).or_raise().unwrap_or(1.0),
+                )
+            })
             .unwrap_or((1.0, 1.0))
     });
     TableIterator::once((
@@ -1239,26 +1402,47 @@ fn calculate_credits(
             None => None,
             Some(u) => {
                 let t = client
-                    .select("SELECT balance, multiplier FROM quota.wallets WHERE user_id = $1", Some(1), &[u.into()])
+                    .select(
+                        "SELECT balance, multiplier FROM quota.wallets WHERE user_id = $1",
+                        Some(1),
+                        &[u.into()],
+                    )
                     .or_raise();
-                let row = t.into_iter().next().unwrap_or_else(|| raise(unknown_user(u)));
-                Some((row.get::<i64>(1).or_raise().unwrap_or(0), row.get::<f64>(2).or_raise().unwrap_or(1.0)))
+                let row = t
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| raise(unknown_user(u)));
+                Some((
+                    row.get::<i64>(1).or_raise().unwrap_or(0),
+                    row.get::<f64>(2).or_raise().unwrap_or(1.0),
+                ))
             }
         };
         if let Some(t) = tier {
             let r = client
-                .select("SELECT multiplier FROM quota.plans WHERE tier = $1", Some(1), &[t.into()])
+                .select(
+                    "SELECT multiplier FROM quota.plans WHERE tier = $1",
+                    Some(1),
+                    &[t.into()],
+                )
                 .or_raise();
             let row = r.into_iter().next().unwrap_or_else(|| {
                 raise(QuotaError::not_found(format!("plan '{t}' not found")).with("tier", t))
             });
-            (row.get::<f64>(1).or_raise().unwrap_or(1.0), Some(t.to_string()), balance.map(|b| b.0))
+            (
+                row.get::<f64>(1).or_raise().unwrap_or(1.0),
+                Some(t.to_string()),
+                balance.map(|b| b.0),
+            )
         } else if let (Some(u), Some((b, m))) = (user_id, balance) {
             // The wallet's multiplier is the one a charge prices with (kept equal to the plan's).
             let t = client
-                .select("SELECT tier FROM quota.subscriptions WHERE user_id = $1", Some(1), &[u.into()])
+                .select(
+                    "SELECT tier FROM quota.subscriptions WHERE user_id = $1",
+                    Some(1),
+                    &[u.into()],
+                )
                 .or_raise()
-                .into_iter()
                 .next()
                 .and_then(|r| r.get::<String>(1).or_raise());
             (m, t, Some(b))
@@ -1325,11 +1509,29 @@ fn balance(
     });
     let (balance, earned, spent, tier, monthly_cost, multiplier, purchase_rate) =
         row.unwrap_or_else(|| raise(unknown_user(user_id)));
-    TableIterator::once((user_id.to_string(), balance, earned, spent, tier, monthly_cost, multiplier, purchase_rate))
+    TableIterator::once((
+        user_id.to_string(),
+        balance,
+        earned,
+        spent,
+        tier,
+        monthly_cost,
+        multiplier,
+        purchase_rate,
+    ))
 }
 
 const TRANSACTION_TYPES: &[&str] = &[
-    "charge", "add", "subscription", "bonus", "refund", "reserve", "settle", "release", "recharge", "adjust",
+    "charge",
+    "add",
+    "subscription",
+    "bonus",
+    "refund",
+    "reserve",
+    "settle",
+    "release",
+    "recharge",
+    "adjust",
 ];
 
 #[pg_extern(stable, parallel_safe, security_definer)]
@@ -1345,18 +1547,28 @@ fn transactions(
     let offset = required(offset, "offset");
     validate_user_id(user_id).or_raise();
     if !(1..=100).contains(&limit) {
-        raise(QuotaError::invalid(format!("limit must be between 1 and 100, got {limit}")).with("field", "limit"));
+        raise(
+            QuotaError::invalid(format!("limit must be between 1 and 100, got {limit}"))
+                .with("field", "limit"),
+        );
     }
     if !(0..=10_000_000).contains(&offset) {
-        raise(QuotaError::invalid(format!("offset must be between 0 and 10000000, got {offset}")).with("field", "offset"));
+        raise(
+            QuotaError::invalid(format!(
+                "offset must be between 0 and 10000000, got {offset}"
+            ))
+            .with("field", "offset"),
+        );
     }
     if let Some(t) = transaction_type {
         if !TRANSACTION_TYPES.contains(&t) {
-            raise(QuotaError::invalid(format!(
-                "type must be one of {}, got '{t}'",
-                TRANSACTION_TYPES.join(", ")
-            ))
-            .with("field", "type"));
+            raise(
+                QuotaError::invalid(format!(
+                    "type must be one of {}, got '{t}'",
+                    TRANSACTION_TYPES.join(", ")
+                ))
+                .with("field", "type"),
+            );
         }
     }
     let result = read::one::<JsonB>(
@@ -1371,7 +1583,12 @@ fn transactions(
                        WHERE user_id = $1 AND ($4::text IS NULL OR transaction_type = $4)),
              'limit', $2, 'offset', $3)
          END",
-        &[user_id.into(), limit.into(), offset.into(), transaction_type.into()],
+        &[
+            user_id.into(),
+            limit.into(),
+            offset.into(),
+            transaction_type.into(),
+        ],
     );
     result.unwrap_or_else(|| raise(unknown_user(user_id)))
 }
@@ -1403,13 +1620,20 @@ fn subscription(user_id: &str) -> JsonB {
 fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, String))> {
     let rows = Spi::connect(|client| {
         client
-            .select("SELECT subject, problem FROM quota.ledger_problems ORDER BY subject", None, &[])
+            .select(
+                "SELECT subject, problem FROM quota.ledger_problems ORDER BY subject",
+                None,
+                &[],
+            )
             .or_raise()
-            .into_iter()
             .map(|r| {
                 (
-                    r.get_by_name::<String, _>("subject").or_raise().unwrap_or_default(),
-                    r.get_by_name::<String, _>("problem").or_raise().unwrap_or_default(),
+                    r.get_by_name::<String, _>("subject")
+                        .or_raise()
+                        .unwrap_or_default(),
+                    r.get_by_name::<String, _>("problem")
+                        .or_raise()
+                        .unwrap_or_default(),
                 )
             })
             .collect::<Vec<_>>()

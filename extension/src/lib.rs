@@ -3,6 +3,10 @@
 //! The rules live in `pg_quota_core` (pure Rust); this crate is the glue: SQL functions that
 //! validate with the core, run SPI, and raise typed errors; GUCs; the background worker.
 
+// pgrx needs a function's row type spelled out in its signature (a type alias is not expanded by
+// the #[pg_extern] macro), so TableIterator<(name!(..), ...)> types are long by necessity.
+#![allow(clippy::type_complexity)]
+
 use pgrx::prelude::*;
 
 /// The `pg_finfo_<symbol>` record that marks a hand-written C-language function (`LANGUAGE c AS
@@ -12,7 +16,8 @@ macro_rules! fmgr_v1 {
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1_API: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            const V1_API: ::pgrx::pg_sys::Pg_finfo_record =
+                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
             &V1_API
         }
     };
@@ -38,14 +43,23 @@ mod tests;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/strategies.sql", name = "strategies", requires = ["schema"]);
-extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["strategies"]);
+extension_sql_file!(
+    "../sql/strategies.sql",
+    name = "strategies",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/outbox.sql",
+    name = "outbox",
+    requires = ["strategies"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     settings::init();
+    // SAFETY: a plain read of a global the postmaster sets while loading preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init_preloaded();
     }

@@ -1,8 +1,8 @@
 //! Subscription plans, the exchange rate and statistics (SPEC 2, admin side). Every change is
 //! written to quota.audit_log in the same transaction.
 
-use crate::{audit, read};
 use crate::error::{raise, required, OrRaise};
+use crate::{audit, read};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -21,7 +21,6 @@ fn plan_json(client: &mut SpiClient, tier: &str, lock: bool) -> Option<Value> {
     client
         .update(sql, Some(1), &[tier.into()])
         .or_raise()
-        .into_iter()
         .next()
         .and_then(|r| r.get_by_name::<JsonB, _>("plan").or_raise())
         .map(|j| j.0)
@@ -51,14 +50,20 @@ fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> Js
     Spi::connect_mut(|client| {
         if plan_json(client, &p.tier, false).is_some() {
             raise(
-                QuotaError::new(ErrorKind::Duplicate, format!("plan tier '{}' already exists", p.tier))
-                    .with("tier", p.tier.as_str()),
+                QuotaError::new(
+                    ErrorKind::Duplicate,
+                    format!("plan tier '{}' already exists", p.tier),
+                )
+                .with("tier", p.tier.as_str()),
             );
         }
         if name_taken(client, &p.name, None) {
             raise(
-                QuotaError::new(ErrorKind::Duplicate, format!("plan name '{}' already exists", p.name))
-                    .with("name", p.name.as_str()),
+                QuotaError::new(
+                    ErrorKind::Duplicate,
+                    format!("plan name '{}' already exists", p.name),
+                )
+                .with("name", p.name.as_str()),
             );
         }
         client
@@ -81,14 +86,25 @@ fn create_plan(plan: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> Js
             )
             .or_raise();
         let created = plan_json(client, &p.tier, false).expect("just inserted");
-        audit::record(client, &actor, "create_plan", &format!("plan:{}", p.tier), None, Some(created.clone()));
+        audit::record(
+            client,
+            &actor,
+            "create_plan",
+            &format!("plan:{}", p.tier),
+            None,
+            Some(created.clone()),
+        );
         JsonB(json!({ "success": true, "plan": created }))
     })
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
-fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn update_plan(
+    tier: Option<&str>,
+    patch: Option<JsonB>,
+    actor: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let tier = required(tier, "tier");
     let patch = required(patch, "patch");
     validate_tier(tier).or_raise();
@@ -99,8 +115,11 @@ fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<
         if let Some(name) = &p.name {
             if name_taken(client, name, Some(tier)) {
                 raise(
-                    QuotaError::new(ErrorKind::Duplicate, format!("plan name '{name}' already exists"))
-                        .with("name", name.as_str()),
+                    QuotaError::new(
+                        ErrorKind::Duplicate,
+                        format!("plan name '{name}' already exists"),
+                    )
+                    .with("name", name.as_str()),
                 );
             }
         }
@@ -132,7 +151,14 @@ fn update_plan(tier: Option<&str>, patch: Option<JsonB>, actor: default!(Option<
             )
             .or_raise();
         let new = plan_json(client, tier, false).expect("exists");
-        audit::record(client, &actor, "update_plan", &format!("plan:{tier}"), Some(old), Some(new.clone()));
+        audit::record(
+            client,
+            &actor,
+            "update_plan",
+            &format!("plan:{tier}"),
+            Some(old),
+            Some(new.clone()),
+        );
         JsonB(json!({ "success": true, "plan": new }))
     })
 }
@@ -146,9 +172,12 @@ fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> Jso
     Spi::connect_mut(|client| {
         let old = plan_json(client, tier, true).unwrap_or_else(|| raise(unknown_plan(tier)));
         let subscribers = client
-            .update("SELECT count(*) AS n FROM quota.subscriptions WHERE tier = $1", Some(1), &[tier.into()])
+            .update(
+                "SELECT count(*) AS n FROM quota.subscriptions WHERE tier = $1",
+                Some(1),
+                &[tier.into()],
+            )
             .or_raise()
-            .into_iter()
             .next()
             .and_then(|r| r.get_by_name::<i64, _>("n").or_raise())
             .unwrap_or(0);
@@ -162,8 +191,21 @@ fn delete_plan(tier: Option<&str>, actor: default!(Option<&str>, "NULL")) -> Jso
                 .with("subscribers", subscribers),
             );
         }
-        client.update("DELETE FROM quota.plans WHERE tier = $1", None, &[tier.into()]).or_raise();
-        audit::record(client, &actor, "delete_plan", &format!("plan:{tier}"), Some(old), None);
+        client
+            .update(
+                "DELETE FROM quota.plans WHERE tier = $1",
+                None,
+                &[tier.into()],
+            )
+            .or_raise();
+        audit::record(
+            client,
+            &actor,
+            "delete_plan",
+            &format!("plan:{tier}"),
+            Some(old),
+            None,
+        );
         JsonB(json!({ "success": true, "message": "plan deleted", "tier": tier }))
     })
 }
@@ -204,10 +246,20 @@ fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB 
     Spi::connect_mut(|client| {
         let old = plan_json(client, tier, true).unwrap_or_else(|| raise(unknown_plan(tier)));
         // `column` is one of two fixed names chosen by the caller below, never user input.
-        let sql = format!("UPDATE quota.plans SET {column} = $2, updated_at = now() WHERE tier = $1");
-        client.update(sql.as_str(), None, &[tier.into(), value.into()]).or_raise();
+        let sql =
+            format!("UPDATE quota.plans SET {column} = $2, updated_at = now() WHERE tier = $1");
+        client
+            .update(sql.as_str(), None, &[tier.into(), value.into()])
+            .or_raise();
         let new = plan_json(client, tier, false).expect("exists");
-        audit::record(client, &actor, &format!("set_plan_{column}"), &format!("plan:{tier}"), Some(old.clone()), Some(new.clone()));
+        audit::record(
+            client,
+            &actor,
+            &format!("set_plan_{column}"),
+            &format!("plan:{tier}"),
+            Some(old.clone()),
+            Some(new.clone()),
+        );
         let mut result = serde_json::Map::new();
         result.insert("success".into(), json!(true));
         result.insert("tier".into(), json!(tier));
@@ -221,7 +273,11 @@ fn set_rate(tier: &str, column: &str, value: f64, actor: Option<&str>) -> JsonB 
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
-fn set_plan_multiplier(tier: Option<&str>, multiplier: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn set_plan_multiplier(
+    tier: Option<&str>,
+    multiplier: Option<f64>,
+    actor: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let tier = required(tier, "tier");
     let multiplier = required(multiplier, "multiplier");
     validate_multiplier(multiplier).or_raise();
@@ -230,7 +286,11 @@ fn set_plan_multiplier(tier: Option<&str>, multiplier: Option<f64>, actor: defau
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
-fn set_plan_purchase_rate(tier: Option<&str>, purchase_rate: Option<f64>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn set_plan_purchase_rate(
+    tier: Option<&str>,
+    purchase_rate: Option<f64>,
+    actor: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let tier = required(tier, "tier");
     let purchase_rate = required(purchase_rate, "purchase_rate");
     validate_purchase_rate(purchase_rate).or_raise();
@@ -255,7 +315,6 @@ fn set_exchange_rate(base_rate: Option<i64>, actor: default!(Option<&str>, "NULL
                 &[base_rate.into()],
             )
             .or_raise()
-            .into_iter()
             .next()
             .and_then(|r| r.get_by_name::<JsonB, _>("result").or_raise())
             .expect("the settings row always exists")
@@ -281,7 +340,10 @@ fn statistics(
 ) -> JsonB {
     if let (Some(s), Some(e)) = (start_date, end_date) {
         if pg_sys::TimestampTz::from(s) > pg_sys::TimestampTz::from(e) {
-            raise(QuotaError::invalid("start_date must not be after end_date").with("field", "start_date"));
+            raise(
+                QuotaError::invalid("start_date must not be after end_date")
+                    .with("field", "start_date"),
+            );
         }
     }
     if let Some(t) = tier {

@@ -28,7 +28,9 @@ pub fn latest_fire(
 ) -> Option<TimestampWithTimeZone> {
     let schedule = parse_schedule(expr).or_raise();
     let (from, to) = (from_pg_timestamp(from)?, from_pg_timestamp(to)?);
-    schedule.fires_between(from, to, tz).map(|t| to_pg_timestamp(&t))
+    schedule
+        .fires_between(from, to, tz)
+        .map(|t| to_pg_timestamp(&t))
 }
 
 /// The next fire of a cron expression strictly after `after`, in `quota.timezone`
@@ -46,5 +48,7 @@ fn next_fire(
         None => self::timezone(),
     };
     let schedule = parse_schedule(periodic_expr).or_raise();
-    schedule.next_after(from_pg_timestamp(after)?, tz).map(|t| to_pg_timestamp(&t))
+    schedule
+        .next_after(from_pg_timestamp(after)?, tz)
+        .map(|t| to_pg_timestamp(&t))
 }

@@ -35,7 +35,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Called from `_PG_init` (once per process; a preloaded library's callback is inherited by fork).
 pub fn init() {
     // SAFETY: registering a callback with a static function; no arguments to keep alive.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
+    };
 }
 
 /// Relcache invalidation callback: it must not touch the database, only forget.
@@ -48,7 +50,8 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
     }
 }
 
-const SETTINGS_SQL: &std::ffi::CStr = c"SELECT 'quota.settings'::regclass::oid, base_rate FROM quota.settings";
+const SETTINGS_SQL: &std::ffi::CStr =
+    c"SELECT 'quota.settings'::regclass::oid, base_rate FROM quota.settings";
 
 /// Reads (relid, base_rate) read-only; with the latest snapshot when `latest`.
 fn read_settings(latest: bool) -> Option<(pg_sys::Oid, i64)> {
@@ -75,9 +78,17 @@ fn read_settings(latest: bool) -> Option<(pg_sys::Oid, i64)> {
             let desc = (*table).tupdesc;
             let mut null = false;
             let relid = pg_sys::SPI_getbinval(tuple, desc, 1, &mut null);
-            let relid = if null { None } else { pg_sys::Oid::from_datum(relid, false) };
+            let relid = if null {
+                None
+            } else {
+                pg_sys::Oid::from_datum(relid, false)
+            };
             let rate = pg_sys::SPI_getbinval(tuple, desc, 2, &mut null);
-            let rate = if null { None } else { i64::from_datum(rate, false) };
+            let rate = if null {
+                None
+            } else {
+                i64::from_datum(rate, false)
+            };
             relid.zip(rate)
         }
     })
@@ -137,7 +148,9 @@ fmgr_v1!(pg_finfo_quota_settings_changed);
 /// cached base_rate.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn quota_settings_changed(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn quota_settings_changed(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: the fmgr passes a valid fcinfo; context is checked to be TriggerData before use.
     unsafe {
         let context = (*fcinfo).context;

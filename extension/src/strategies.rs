@@ -7,8 +7,8 @@
 use crate::condition::bind_params;
 use crate::error::{raise, required, OrRaise};
 use crate::ledger::Scope;
-use crate::{audit, gucs, read, subxact};
 use crate::schedule;
+use crate::{audit, gucs, read, subxact};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -32,7 +32,6 @@ fn strategy_json(client: &mut SpiClient, id: i64, lock: bool) -> Option<Value> {
     client
         .update(sql, Some(1), &[id.into()])
         .or_raise()
-        .into_iter()
         .next()
         .and_then(|r| r.get::<JsonB>(1).or_raise())
         .map(|j| j.0)
@@ -66,7 +65,11 @@ fn name_taken(client: &mut SpiClient, name: &str, other_than: Option<i64>) -> bo
 }
 
 fn duplicate_name(name: &str) -> QuotaError {
-    QuotaError::new(ErrorKind::Duplicate, format!("strategy name '{name}' already exists")).with("name", name)
+    QuotaError::new(
+        ErrorKind::Duplicate,
+        format!("strategy name '{name}' already exists"),
+    )
+    .with("name", name)
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -96,7 +99,6 @@ fn create_strategy(strategy: JsonB) -> JsonB {
                 ],
             )
             .or_raise()
-            .into_iter()
             .next()
             .and_then(|r| r.get::<i64>(1).or_raise())
             .expect("identity");
@@ -141,8 +143,11 @@ fn update_strategy(id: i64, patch: JsonB) -> JsonB {
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
 fn get_strategy(id: i64) -> JsonB {
-    read::one::<JsonB>("SELECT quota._strategy_json(s) FROM quota.strategies s WHERE s.id = $1", &[id.into()])
-        .unwrap_or_else(|| raise(unknown_strategy(id)))
+    read::one::<JsonB>(
+        "SELECT quota._strategy_json(s) FROM quota.strategies s WHERE s.id = $1",
+        &[id.into()],
+    )
+    .unwrap_or_else(|| raise(unknown_strategy(id)))
 }
 
 #[pg_extern(stable, parallel_safe, security_definer)]
@@ -205,7 +210,9 @@ fn delete_strategy(id: i64) -> JsonB {
 #[search_path(pg_catalog, quota, pg_temp)]
 fn strategy_executions(id: i64, limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
     if !(1..=1000).contains(&limit) || offset < 0 {
-        raise(QuotaError::invalid(format!("limit must be 1 to 1000 and offset >= 0, got {limit} and {offset}")));
+        raise(QuotaError::invalid(format!(
+            "limit must be 1 to 1000 and offset >= 0, got {limit} and {offset}"
+        )));
     }
     read::one::<JsonB>(
         "SELECT jsonb_build_object(
@@ -222,9 +229,12 @@ fn strategy_executions(id: i64, limit: default!(i32, 50), offset: default!(i32, 
 /// `YYYYMMDDHHMMSS` in UTC.
 fn batch_number(client: &SpiClient, at: TimestampWithTimeZone) -> String {
     client
-        .select("SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS')", Some(1), &[at.into()])
+        .select(
+            "SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS')",
+            Some(1),
+            &[at.into()],
+        )
         .or_raise()
-        .into_iter()
         .next()
         .and_then(|r| r.get::<String>(1).or_raise())
         .expect("one row")
@@ -269,7 +279,9 @@ pub fn fire_strategy(
     let amount = row.get::<i64>(2).or_raise().unwrap_or(0);
     let condition_text = row.get::<String>(3).or_raise().unwrap_or_default();
     let max_exec = row.get::<i32>(4).or_raise().unwrap_or(0);
-    let expr = condition::parse(&condition_text).map_err(QuotaError::from).or_raise();
+    let expr = condition::parse(&condition_text)
+        .map_err(QuotaError::from)
+        .or_raise();
     let batch = batch_number(client, batch_at);
 
     // $1..$11 are the strategy's values and bounds; the predicate's parameters follow.
@@ -363,7 +375,11 @@ pub fn fire_strategy(
     if skipped > 0 {
         warning!("pg_quota: strategy {id} ('{name}') skipped {skipped} users whose balance would pass its limit");
     }
-    Fired { recharged: executions, skipped, more }
+    Fired {
+        recharged: executions,
+        skipped,
+        more,
+    }
 }
 
 /// The most users one scan statement handles per strategy when a batch is asked for.
@@ -411,8 +427,10 @@ fn scan(
     if let Some(b) = batch_users {
         if !(1..=BATCH_USERS_MAX).contains(&b) {
             raise(
-                QuotaError::invalid(format!("batch_users must be between 1 and {BATCH_USERS_MAX}, got {b}"))
-                    .with("field", "batch_users"),
+                QuotaError::invalid(format!(
+                    "batch_users must be between 1 and {BATCH_USERS_MAX}, got {b}"
+                ))
+                .with("field", "batch_users"),
             );
         }
     }
@@ -420,9 +438,15 @@ fn scan(
         read::one::<TimestampWithTimeZone>("SELECT quota.now()", &[]).expect("a clock")
     });
     let tz = schedule::timezone();
-    let strategies: Vec<(i64, String, String, String, Option<TimestampWithTimeZone>, TimestampWithTimeZone)> =
-        Spi::connect(|client| {
-            client
+    let strategies: Vec<(
+        i64,
+        String,
+        String,
+        String,
+        Option<TimestampWithTimeZone>,
+        TimestampWithTimeZone,
+    )> = Spi::connect(|client| {
+        client
                 .select(
                     "SELECT id, name, type, periodic_expr, last_fire_time, create_time
                      FROM quota.strategies WHERE status AND ($1::bigint IS NULL OR id = $1) ORDER BY id",
@@ -430,7 +454,6 @@ fn scan(
                     &[strategy_id.into()],
                 )
                 .or_raise()
-                .into_iter()
                 .map(|r| {
                     (
                         r.get::<i64>(1).or_raise().unwrap_or(0),
@@ -442,7 +465,7 @@ fn scan(
                     )
                 })
                 .collect()
-        });
+    });
     let mut out = Vec::new();
     for (id, name, kind, expr, last_fire, created) in strategies {
         if kind == "single" && !single {
@@ -463,8 +486,14 @@ fn scan(
         } else {
             now
         };
-        let fire_key = if kind == "periodic" { fire } else { TimestampWithTimeZone::negative_infinity() };
-        match subxact::run(|| Spi::connect_mut(|client| fire_strategy(client, id, fire_key, fire, batch_users))) {
+        let fire_key = if kind == "periodic" {
+            fire
+        } else {
+            TimestampWithTimeZone::negative_infinity()
+        };
+        match subxact::run(|| {
+            Spi::connect_mut(|client| fire_strategy(client, id, fire_key, fire, batch_users))
+        }) {
             Ok(f) => {
                 Spi::connect_mut(|client| {
                     client
@@ -484,11 +513,24 @@ fn scan(
     TableIterator::new(out)
 }
 
-type ScanRow = (i64, String, TimestampWithTimeZone, i64, i64, bool, Option<String>);
+type ScanRow = (
+    i64,
+    String,
+    TimestampWithTimeZone,
+    i64,
+    i64,
+    bool,
+    Option<String>,
+);
 
 /// A strategy whose fire raised an ERROR: its writes are rolled back, the error is kept on the
 /// strategy (`last_error`) and logged, and the scan goes on with the next one.
-fn strategy_failed(id: i64, name: String, fire: TimestampWithTimeZone, e: subxact::Failure) -> ScanRow {
+fn strategy_failed(
+    id: i64,
+    name: String,
+    fire: TimestampWithTimeZone,
+    e: subxact::Failure,
+) -> ScanRow {
     warning!("pg_quota: strategy {id} ('{name}') failed, the others go on: {e}");
     let error = e.to_string();
     Spi::connect_mut(|client| {

@@ -27,8 +27,13 @@ fn failure(e: &CaughtError) -> Failure {
     };
     let code = report.sql_error_code() as isize;
     // Decode PostgreSQL's packed SQLSTATE (6 bits per character, '0' based).
-    let sqlstate: String = (0..5).map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect();
-    Failure { sqlstate, message: report.message().to_string() }
+    let sqlstate: String = (0..5)
+        .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect();
+    Failure {
+        sqlstate,
+        message: report.message().to_string(),
+    }
 }
 
 /// Runs `f` in a subtransaction: its writes are kept when it returns, rolled back when it raises

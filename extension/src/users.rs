@@ -1,7 +1,7 @@
 //! Users (the one users table of the product) and their API tokens for the public REST API.
 
-use crate::{audit, read};
 use crate::error::{raise, required, OrRaise};
+use crate::{audit, read};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -16,9 +16,12 @@ const TOKEN_LEN_MAX: usize = 256;
 
 fn user_json(client: &mut SpiClient, user_id: &str) -> Option<Value> {
     client
-        .update("SELECT quota._user_json($1) AS u", Some(1), &[user_id.into()])
+        .update(
+            "SELECT quota._user_json($1) AS u",
+            Some(1),
+            &[user_id.into()],
+        )
         .or_raise()
-        .into_iter()
         .next()
         .and_then(|r| r.get_by_name::<JsonB, _>("u").or_raise())
         .map(|j| j.0)
@@ -48,7 +51,10 @@ fn assignments<'a>(p: &'a UserProfile, first: usize) -> (Vec<String>, Vec<DatumW
             push(col, "", v.clone().into(), &mut sets);
         }
     }
-    for (col, v) in [("register_time", &p.register_time), ("access_time", &p.access_time)] {
+    for (col, v) in [
+        ("register_time", &p.register_time),
+        ("access_time", &p.access_time),
+    ] {
         if let Some(v) = v {
             push(col, "::timestamptz", v.clone().into(), &mut sets);
         }
@@ -74,18 +80,28 @@ fn upsert_user(client: &mut SpiClient, user_id: &str, p: &UserProfile, must_be_n
         .is_empty();
     if must_be_new && !inserted {
         raise(
-            QuotaError::new(ErrorKind::Duplicate, format!("user '{user_id}' already exists"))
-                .with("user_id", user_id),
+            QuotaError::new(
+                ErrorKind::Duplicate,
+                format!("user '{user_id}' already exists"),
+            )
+            .with("user_id", user_id),
         );
     }
     if inserted {
         client
-            .update("INSERT INTO quota.wallets (user_id) VALUES ($1)", None, &[user_id.into()])
+            .update(
+                "INSERT INTO quota.wallets (user_id) VALUES ($1)",
+                None,
+                &[user_id.into()],
+            )
             .or_raise();
     }
     let (sets, mut args) = assignments(p, 2);
     if !sets.is_empty() {
-        let sql = format!("UPDATE quota.users SET {}, updated_at = now() WHERE id = $1", sets.join(", "));
+        let sql = format!(
+            "UPDATE quota.users SET {}, updated_at = now() WHERE id = $1",
+            sets.join(", ")
+        );
         let mut all: Vec<DatumWithOid> = vec![user_id.into()];
         all.append(&mut args);
         client.update(sql.as_str(), None, &all).or_raise();
@@ -96,14 +112,21 @@ fn upsert_user(client: &mut SpiClient, user_id: &str, p: &UserProfile, must_be_n
 fn check_body_id(user_id: &str, p: &UserProfile) {
     if let Some(id) = &p.id {
         if id != user_id {
-            raise(QuotaError::invalid(format!("body id '{id}' does not match user '{user_id}'")).with("field", "id"));
+            raise(
+                QuotaError::invalid(format!("body id '{id}' does not match user '{user_id}'"))
+                    .with("field", "id"),
+            );
         }
     }
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
-fn create_user(user_id: Option<&str>, profile: default!(Option<JsonB>, "'{}'"), actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn create_user(
+    user_id: Option<&str>,
+    profile: default!(Option<JsonB>, "'{}'"),
+    actor: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let user_id = required(user_id, "user_id");
     let profile = required(profile, "profile");
     validate_user_id(user_id).or_raise();
@@ -113,14 +136,25 @@ fn create_user(user_id: Option<&str>, profile: default!(Option<JsonB>, "'{}'"), 
     Spi::connect_mut(|client| {
         upsert_user(client, user_id, &p, true);
         let u = user_json(client, user_id).expect("just created");
-        audit::record(client, &actor, "create_user", &format!("user:{user_id}"), None, Some(u.clone()));
+        audit::record(
+            client,
+            &actor,
+            "create_user",
+            &format!("user:{user_id}"),
+            None,
+            Some(u.clone()),
+        );
         JsonB(u)
     })
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
-fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+fn update_user(
+    user_id: Option<&str>,
+    patch: Option<JsonB>,
+    actor: default!(Option<&str>, "NULL"),
+) -> JsonB {
     let user_id = required(user_id, "user_id");
     let patch = required(patch, "patch");
     validate_user_id(user_id).or_raise();
@@ -129,7 +163,11 @@ fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Opti
     let actor = audit::actor_or_role(actor);
     Spi::connect_mut(|client| {
         let locked = client
-            .update("SELECT 1 FROM quota.users WHERE id = $1 FOR UPDATE", Some(1), &[user_id.into()])
+            .update(
+                "SELECT 1 FROM quota.users WHERE id = $1 FOR UPDATE",
+                Some(1),
+                &[user_id.into()],
+            )
             .or_raise();
         if locked.is_empty() {
             raise(unknown_user(user_id));
@@ -137,7 +175,14 @@ fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Opti
         let old = user_json(client, user_id);
         upsert_user(client, user_id, &p, false);
         let new = user_json(client, user_id).expect("exists");
-        audit::record(client, &actor, "update_user", &format!("user:{user_id}"), old, Some(new.clone()));
+        audit::record(
+            client,
+            &actor,
+            "update_user",
+            &format!("user:{user_id}"),
+            old,
+            Some(new.clone()),
+        );
         JsonB(new)
     })
 }
@@ -146,17 +191,24 @@ fn update_user(user_id: Option<&str>, patch: Option<JsonB>, actor: default!(Opti
 #[search_path(pg_catalog, quota, pg_temp)]
 fn get_user(user_id: &str) -> JsonB {
     validate_user_id(user_id).or_raise();
-    read::one::<JsonB>("SELECT quota._user_json($1)", &[user_id.into()]).unwrap_or_else(|| raise(unknown_user(user_id)))
+    read::one::<JsonB>("SELECT quota._user_json($1)", &[user_id.into()])
+        .unwrap_or_else(|| raise(unknown_user(user_id)))
 }
 
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
 fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
     if !(1..=1000).contains(&limit) {
-        raise(QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}")).with("field", "limit"));
+        raise(
+            QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}"))
+                .with("field", "limit"),
+        );
     }
     if offset < 0 {
-        raise(QuotaError::invalid(format!("offset must be at least 0, got {offset}")).with("field", "offset"));
+        raise(
+            QuotaError::invalid(format!("offset must be at least 0, got {offset}"))
+                .with("field", "offset"),
+        );
     }
     read::one::<JsonB>(
         "SELECT jsonb_build_object(
@@ -174,7 +226,9 @@ fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
 fn import_users(users: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> JsonB {
     let users = required(users, "users");
     let Value::Array(items) = users.0 else {
-        raise(QuotaError::invalid("users must be a JSON array of user objects"));
+        raise(QuotaError::invalid(
+            "users must be a JSON array of user objects",
+        ));
     };
     if items.len() > IMPORT_BATCH_MAX {
         raise(QuotaError::invalid(format!(
@@ -204,7 +258,14 @@ fn import_users(users: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> 
             }
         }
         let result = json!({ "created": created, "updated": updated });
-        audit::record(client, &actor, "import_users", "users", None, Some(result.clone()));
+        audit::record(
+            client,
+            &actor,
+            "import_users",
+            "users",
+            None,
+            Some(result.clone()),
+        );
         JsonB(result)
     })
 }
@@ -244,7 +305,15 @@ fn issue_api_token(
     let actor = audit::actor_or_role(actor);
     let token = random_token();
     Spi::connect_mut(|client| {
-        if client.update("SELECT 1 FROM quota.users WHERE id = $1", Some(1), &[user_id.into()]).or_raise().is_empty() {
+        if client
+            .update(
+                "SELECT 1 FROM quota.users WHERE id = $1",
+                Some(1),
+                &[user_id.into()],
+            )
+            .or_raise()
+            .is_empty()
+        {
             raise(unknown_user(user_id));
         }
         let row = client
@@ -257,8 +326,14 @@ fn issue_api_token(
             )
             .or_raise();
         let row = row.into_iter().next().expect("inserted");
-        let token_id = row.get_by_name::<i64, _>("token_id").or_raise().expect("identity");
-        let created_at = row.get_by_name::<TimestampWithTimeZone, _>("created_at").or_raise().expect("default");
+        let token_id = row
+            .get_by_name::<i64, _>("token_id")
+            .or_raise()
+            .expect("identity");
+        let created_at = row
+            .get_by_name::<TimestampWithTimeZone, _>("created_at")
+            .or_raise()
+            .expect("default");
         // The audit log never holds the token itself.
         audit::record(
             client,
@@ -268,7 +343,13 @@ fn issue_api_token(
             None,
             Some(json!({ "token_id": token_id, "label": label })),
         );
-        TableIterator::once((token_id, user_id.to_string(), token.clone(), label.map(str::to_string), created_at))
+        TableIterator::once((
+            token_id,
+            user_id.to_string(),
+            token.clone(),
+            label.map(str::to_string),
+            created_at,
+        ))
     })
 }
 
@@ -286,16 +367,37 @@ fn revoke_api_token(token_id: Option<i64>, actor: default!(Option<&str>, "NULL")
             )
             .or_raise();
         let Some(row) = row.into_iter().next() else {
-            raise(QuotaError::not_found(format!("API token {token_id} not found")).with("token_id", token_id));
+            raise(
+                QuotaError::not_found(format!("API token {token_id} not found"))
+                    .with("token_id", token_id),
+            );
         };
-        let user_id = row.get_by_name::<String, _>("user_id").or_raise().unwrap_or_default();
-        if row.get_by_name::<bool, _>("revoked").or_raise().unwrap_or(false) {
+        let user_id = row
+            .get_by_name::<String, _>("user_id")
+            .or_raise()
+            .unwrap_or_default();
+        if row
+            .get_by_name::<bool, _>("revoked")
+            .or_raise()
+            .unwrap_or(false)
+        {
             return false;
         }
         client
-            .update("UPDATE quota.api_tokens SET revoked_at = now() WHERE token_id = $1", None, &[token_id.into()])
+            .update(
+                "UPDATE quota.api_tokens SET revoked_at = now() WHERE token_id = $1",
+                None,
+                &[token_id.into()],
+            )
             .or_raise();
-        audit::record(client, &actor, "revoke_api_token", &format!("user:{user_id}"), Some(json!({ "token_id": token_id })), None);
+        audit::record(
+            client,
+            &actor,
+            "revoke_api_token",
+            &format!("user:{user_id}"),
+            Some(json!({ "token_id": token_id })),
+            None,
+        );
         true
     })
 }

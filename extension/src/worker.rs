@@ -5,8 +5,10 @@
 
 use crate::error::OrRaise;
 use crate::gucs;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +55,7 @@ pub struct WorkerState {
 
 unsafe impl PGRXSharedMemory for WorkerState {}
 
+// SAFETY: the lock is initialised once by pg_shmem_init! in _PG_init (preload) before any use.
 static WORKER: PgLwLock<WorkerState> = unsafe { PgLwLock::new(c"pg_quota_worker_state") };
 
 /// Set in _PG_init in the postmaster; backends inherit it through fork.
@@ -73,6 +76,7 @@ pub fn init_preloaded() {
 }
 
 fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the clock; no arguments, no state.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
@@ -89,6 +93,7 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
     {
         let mut s = WORKER.exclusive();
         *s = WorkerState {
+            // SAFETY: a plain read of this process's pid global.
             pid: unsafe { pg_sys::MyProcPid },
             phase: WorkerPhase::Starting,
             started_at: now(),
@@ -105,26 +110,31 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
     let mut single_scanned_at: pg_sys::TimestampTz = 0;
     loop {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: reloading the configuration on SIGHUP, as every background worker does.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         // One tick: never an ERROR out of it (that would restart the worker and, before this,
         // stopped every strategy when one failed). The scan isolates strategies from each
         // other; anything else is logged, its transaction aborted, and the next tick comes.
-        let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(tick(&mut single_scanned_at))))
+        let outcome: Result<(bool, bool), String> =
+            PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+                Ok(tick(&mut single_scanned_at))
+            }))
             .catch_others(|e| {
                 // SAFETY: the failed tick's transaction is still open; abort it as pg_cron's
                 // launcher does after an error (pgrx has copied and flushed the error state).
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                Err(e)
+                Err(match &e {
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                        r.message().to_string()
+                    }
+                    CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+                })
             })
             .execute();
         let (installed, more) = match outcome {
             Ok(t) => t,
-            Err(e) => {
-                let message = match &e {
-                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-                    CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-                };
+            Err(message) => {
                 warning!("pg_quota worker: tick failed, going on: {message}");
                 WORKER.exclusive().tick_errors += 1;
                 (true, false)
@@ -132,7 +142,11 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
         };
         {
             let mut s = WORKER.exclusive();
-            s.phase = if installed { WorkerPhase::Running } else { WorkerPhase::WaitingForExtension };
+            s.phase = if installed {
+                WorkerPhase::Running
+            } else {
+                WorkerPhase::WaitingForExtension
+            };
             s.heartbeat_at = now();
             s.ticks += 1;
         }
@@ -151,9 +165,13 @@ pub extern "C-unwind" fn pg_quota_worker_main(_arg: pg_sys::Datum) {
 fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
     let installed = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
-            c.select("SELECT 1 FROM pg_extension WHERE extname = 'pg_quota'", Some(1), &[])
-                .map(|t| !t.is_empty())
-                .unwrap_or(false)
+            c.select(
+                "SELECT 1 FROM pg_extension WHERE extname = 'pg_quota'",
+                Some(1),
+                &[],
+            )
+            .map(|t| !t.is_empty())
+            .unwrap_or(false)
         })
     });
     if !installed || !gucs::scheduler_enabled() {
@@ -161,7 +179,8 @@ fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
     }
     // Periodic strategies every tick; single ones every quota.scan_interval.
     let now = now();
-    let single = *single_scanned_at == 0 || now - *single_scanned_at >= gucs::scan_interval_s() * 1_000_000;
+    let single =
+        *single_scanned_at == 0 || now - *single_scanned_at >= gucs::scan_interval_s() * 1_000_000;
     let batch = gucs::scan_batch_size();
     let (recharged, skipped, errors, more) = BackgroundWorker::transaction(move || {
         Spi::connect_mut(|c| {
@@ -224,7 +243,19 @@ fn worker_status() -> TableIterator<
     ),
 > {
     if !PRELOADED.load(Ordering::Relaxed) {
-        return TableIterator::once((None, "not_preloaded".to_string(), gucs::database(), None, None, 0, None, 0, 0, 0, 0));
+        return TableIterator::once((
+            None,
+            "not_preloaded".to_string(),
+            gucs::database(),
+            None,
+            None,
+            0,
+            None,
+            0,
+            0,
+            0,
+            0,
+        ));
     }
     let s = *WORKER.share();
     TableIterator::once((

@@ -39,5 +39,8 @@ fn main() {
     println!("| condition language (release) | per second |");
     println!("|---|---:|");
     println!("| parse, seed 000 examples | {:.0} |", parses);
-    println!("| per-user eval, and(is-vip(1), github-star(\"zgsm\")) | {:.0} |", evals);
+    println!(
+        "| per-user eval, and(is-vip(1), github-star(\"zgsm\")) | {:.0} |",
+        evals
+    );
 }

@@ -76,7 +76,11 @@ pub struct QuotaError {
 
 impl QuotaError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        QuotaError { kind, message: message.into(), fields: Map::new() }
+        QuotaError {
+            kind,
+            message: message.into(),
+            fields: Map::new(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -142,9 +146,19 @@ mod tests {
     #[test]
     fn every_kind_has_a_five_char_sqlstate() {
         use ErrorKind::*;
-        for k in [InvalidParameter, NotFound, Duplicate, IdempotencyConflict, InUse,
-                  InsufficientCredits, RefundExceedsCharge, InProgress, PaymentRequired,
-                  BalanceLimit, PermissionDenied] {
+        for k in [
+            InvalidParameter,
+            NotFound,
+            Duplicate,
+            IdempotencyConflict,
+            InUse,
+            InsufficientCredits,
+            RefundExceedsCharge,
+            InProgress,
+            PaymentRequired,
+            BalanceLimit,
+            PermissionDenied,
+        ] {
             assert_eq!(k.sqlstate().len(), 5);
             assert!(!k.code().is_empty());
         }

@@ -58,7 +58,8 @@ fn describe(c: char) -> String {
 
 /// Validates an identifier (see the module documentation).
 pub fn validate_id(field: &str, value: &str, max_chars: usize) -> Result<()> {
-    let invalid = |why: String| Err(QuotaError::invalid(format!("{field} {why}")).with("field", field));
+    let invalid =
+        |why: String| Err(QuotaError::invalid(format!("{field} {why}")).with("field", field));
     let n = value.chars().count();
     if n == 0 {
         return invalid("must not be empty".into());
@@ -107,7 +108,10 @@ pub fn validate_free_text(field: &str, value: &str) -> Result<()> {
         .with("field", field));
     }
     if value.contains('\0') {
-        return Err(QuotaError::invalid(format!("{field} must not contain NUL characters")).with("field", field));
+        return Err(
+            QuotaError::invalid(format!("{field} must not contain NUL characters"))
+                .with("field", field),
+        );
     }
     Ok(())
 }
@@ -160,7 +164,15 @@ mod tests {
 
     #[test]
     fn visible_ids_with_inner_spaces_and_any_script_are_accepted() {
-        for good in ["op-1", "req 42", "заказ-7", "注文:8", "a/b:c#d", "emoji-🎉", "x"] {
+        for good in [
+            "op-1",
+            "req 42",
+            "заказ-7",
+            "注文:8",
+            "a/b:c#d",
+            "emoji-🎉",
+            "x",
+        ] {
             assert!(validate_operation_id(good).is_ok(), "{good:?}");
         }
     }

@@ -75,10 +75,15 @@ fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Parses JSON into `T`, turning serde's complaint (unknown field, wrong type) into 22023.
-pub fn from_json<T: serde::de::DeserializeOwned>(what: &str, value: serde_json::Value) -> Result<T> {
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    value: serde_json::Value,
+) -> Result<T> {
     // `field` names the body as a whole: its fields are what is invalid.
     if !value.is_object() {
-        return Err(QuotaError::invalid(format!("{what} must be a JSON object")).with("field", what));
+        return Err(
+            QuotaError::invalid(format!("{what} must be a JSON object")).with("field", what)
+        );
     }
     serde_json::from_value(value)
         .map_err(|e| QuotaError::invalid(format!("invalid {what}: {e}")).with("field", what))
@@ -146,7 +151,8 @@ mod tests {
 
     #[test]
     fn a_full_plan_parses_with_defaults() {
-        let p = PlanInput::parse(json!({"tier":"basic","name":"Basic","credits_included":100})).unwrap();
+        let p = PlanInput::parse(json!({"tier":"basic","name":"Basic","credits_included":100}))
+            .unwrap();
         assert_eq!(p.multiplier, 1.0);
         assert_eq!(p.purchase_rate, 1.0);
         assert!(p.active);
@@ -167,6 +173,12 @@ mod tests {
         assert!(PlanInput::parse(json!([1, 2])).is_err());
         assert!(PlanPatch::parse("b", json!({"monthly_cost": -1})).is_err());
         assert!(PlanPatch::parse("b", json!({"tier": "c"})).is_err());
-        assert_eq!(PlanPatch::parse("b", json!({"tier": "b"})).unwrap().tier.as_deref(), Some("b"));
+        assert_eq!(
+            PlanPatch::parse("b", json!({"tier": "b"}))
+                .unwrap()
+                .tier
+                .as_deref(),
+            Some("b")
+        );
     }
 }

@@ -37,12 +37,18 @@ pub fn show(v: f64) -> String {
 /// Validates a USD amount: finite, > 0, at most `USD_PER_OPERATION_MAX`.
 pub fn validate_usd(field: &str, usd: f64) -> Result<()> {
     if !usd.is_finite() {
-        return Err(QuotaError::invalid(format!("{field} must be a finite number, got {}", show(usd)))
-            .with("field", field));
+        return Err(QuotaError::invalid(format!(
+            "{field} must be a finite number, got {}",
+            show(usd)
+        ))
+        .with("field", field));
     }
     if usd <= 0.0 {
-        return Err(QuotaError::invalid(format!("{field} must be greater than 0, got {}", show(usd)))
-            .with("field", field));
+        return Err(QuotaError::invalid(format!(
+            "{field} must be greater than 0, got {}",
+            show(usd)
+        ))
+        .with("field", field));
     }
     if usd > USD_PER_OPERATION_MAX {
         return Err(QuotaError::invalid(format!(
@@ -78,7 +84,9 @@ pub fn validate_multiplier(multiplier: f64) -> Result<()> {
 }
 
 pub fn validate_purchase_rate(purchase_rate: f64) -> Result<()> {
-    if !(purchase_rate.is_finite() && (PURCHASE_RATE_MIN..=PURCHASE_RATE_MAX).contains(&purchase_rate)) {
+    if !(purchase_rate.is_finite()
+        && (PURCHASE_RATE_MIN..=PURCHASE_RATE_MAX).contains(&purchase_rate))
+    {
         return Err(QuotaError::invalid(format!(
             "purchase_rate must be between {PURCHASE_RATE_MIN} and {PURCHASE_RATE_MAX}, got {}",
             show(purchase_rate)
@@ -91,9 +99,19 @@ pub fn validate_purchase_rate(purchase_rate: f64) -> Result<()> {
 /// Whether a wallet can take `credits` more: the balance stays within [`BALANCE_MAX`] and the
 /// lifetime total earned within [`TOTAL_MAX`]. Refused by name (SQLSTATE 22003), not by an
 /// overflow.
-pub fn check_room(user_id: &str, balance: i64, total_earned: i64, credits: i64, earned: i64) -> Result<()> {
-    let fits = balance.checked_add(credits).is_some_and(|b| b <= BALANCE_MAX)
-        && total_earned.checked_add(earned).is_some_and(|t| t <= TOTAL_MAX);
+pub fn check_room(
+    user_id: &str,
+    balance: i64,
+    total_earned: i64,
+    credits: i64,
+    earned: i64,
+) -> Result<()> {
+    let fits = balance
+        .checked_add(credits)
+        .is_some_and(|b| b <= BALANCE_MAX)
+        && total_earned
+            .checked_add(earned)
+            .is_some_and(|t| t <= TOTAL_MAX);
     if fits {
         return Ok(());
     }
@@ -158,7 +176,11 @@ mod tests {
             (0.00015, 1.0, 1),
         ];
         for &(cost, m, want) in cases {
-            assert_eq!(charge_credits(cost, m, 10_000).unwrap(), want, "cost {cost} x {m}");
+            assert_eq!(
+                charge_credits(cost, m, 10_000).unwrap(),
+                want,
+                "cost {cost} x {m}"
+            );
         }
         assert_eq!(purchase_credits(10.0, 1.2, 10_000).unwrap(), 120_000);
     }
@@ -172,7 +194,15 @@ mod tests {
 
     #[test]
     fn rejects_non_finite_zero_negative_and_huge() {
-        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -1.0, 1e300, 2e9] {
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -1.0,
+            1e300,
+            2e9,
+        ] {
             let e = charge_credits(bad, 1.0, 10_000).unwrap_err();
             assert_eq!(e.kind.sqlstate(), "22023", "{bad}");
         }
@@ -182,7 +212,10 @@ mod tests {
     fn rejects_results_beyond_one_operation() {
         // $1e6 at rate 1000 and base 1e9 is 1e18 credits.
         assert!(charge_credits(1e6, 1000.0, 1_000_000_000).is_err());
-        assert_eq!(charge_credits(1e6, 1.0, 1_000_000_000).unwrap(), 1_000_000_000_000_000);
+        assert_eq!(
+            charge_credits(1e6, 1.0, 1_000_000_000).unwrap(),
+            1_000_000_000_000_000
+        );
         // More than $1M in one operation is refused whatever it would be worth.
         assert!(charge_credits(1e6 + 0.01, 1.0, 1).is_err());
     }

@@ -99,19 +99,26 @@ pub struct Strategy {
 fn validate_name(name: &str) -> Result<()> {
     let n = name.trim().chars().count();
     if n == 0 || n > NAME_LEN_MAX {
-        return Err(QuotaError::invalid(format!("name must be 1 to {NAME_LEN_MAX} characters, got {n}"))
-            .with("field", "name"));
+        return Err(QuotaError::invalid(format!(
+            "name must be 1 to {NAME_LEN_MAX} characters, got {n}"
+        ))
+        .with("field", "name"));
     }
     validate_free_text("name", name)
 }
 
 fn canonical_condition(text: &str) -> Result<String> {
-    Ok(condition::parse(text).map_err(QuotaError::from)?.normalize())
+    Ok(condition::parse(text)
+        .map_err(QuotaError::from)?
+        .normalize())
 }
 
 impl Strategy {
     /// Validates a creation; `check_cron` validates the periodic expression.
-    pub fn create(value: serde_json::Value, check_cron: impl Fn(&str) -> Result<()>) -> Result<Self> {
+    pub fn create(
+        value: serde_json::Value,
+        check_cron: impl Fn(&str) -> Result<()>,
+    ) -> Result<Self> {
         let i: StrategyInput = from_json("strategy", value)?;
         let s = Strategy {
             name: i.name,
@@ -129,7 +136,11 @@ impl Strategy {
     }
 
     /// Applies a partial update to `self` (the stored strategy) and validates the result.
-    pub fn apply(&self, value: serde_json::Value, check_cron: impl Fn(&str) -> Result<()>) -> Result<Self> {
+    pub fn apply(
+        &self,
+        value: serde_json::Value,
+        check_cron: impl Fn(&str) -> Result<()>,
+    ) -> Result<Self> {
         let p: StrategyPatch = from_json("strategy update", value)?;
         let mut s = self.clone();
         if let Some(v) = p.name {
@@ -178,15 +189,19 @@ impl Strategy {
         match self.kind {
             StrategyType::Periodic => {
                 if self.periodic_expr.is_empty() {
-                    return Err(QuotaError::invalid("a periodic strategy needs periodic_expr (a cron expression)")
-                        .with("field", "periodic_expr"));
+                    return Err(QuotaError::invalid(
+                        "a periodic strategy needs periodic_expr (a cron expression)",
+                    )
+                    .with("field", "periodic_expr"));
                 }
                 check_cron(&self.periodic_expr)
             }
             StrategyType::Single => {
                 if !self.periodic_expr.is_empty() {
-                    return Err(QuotaError::invalid("a single strategy takes no periodic_expr")
-                        .with("field", "periodic_expr"));
+                    return Err(
+                        QuotaError::invalid("a single strategy takes no periodic_expr")
+                            .with("field", "periodic_expr"),
+                    );
                 }
                 Ok(())
             }
@@ -218,8 +233,11 @@ mod tests {
 
     #[test]
     fn status_false_on_create_is_honoured() {
-        let s = Strategy::create(json!({"name":"n","type":"single","amount":1,"condition":"true()","status":false}), any_cron)
-            .unwrap();
+        let s = Strategy::create(
+            json!({"name":"n","type":"single","amount":1,"condition":"true()","status":false}),
+            any_cron,
+        )
+        .unwrap();
         assert!(!s.status);
     }
 
@@ -244,13 +262,26 @@ mod tests {
 
     #[test]
     fn updates_are_partial_and_validated() {
-        let s = Strategy::create(json!({"name":"n","type":"single","amount":1,"condition":"true()"}), any_cron).unwrap();
-        let u = s.apply(json!({"status": false, "amount": 7}), any_cron).unwrap();
+        let s = Strategy::create(
+            json!({"name":"n","type":"single","amount":1,"condition":"true()"}),
+            any_cron,
+        )
+        .unwrap();
+        let u = s
+            .apply(json!({"status": false, "amount": 7}), any_cron)
+            .unwrap();
         assert_eq!((u.status, u.amount, u.name.as_str()), (false, 7, "n"));
         assert!(s.apply(json!({"type": "periodic"}), any_cron).is_err());
-        assert!(s.apply(json!({"type": "periodic", "periodic_expr": "0 0 8 * * *"}), any_cron).is_ok());
+        assert!(s
+            .apply(
+                json!({"type": "periodic", "periodic_expr": "0 0 8 * * *"}),
+                any_cron
+            )
+            .is_ok());
         assert!(s.apply(json!({"nope": 1}), any_cron).is_err());
         let reject = |_: &str| Err(QuotaError::invalid("bad cron"));
-        assert!(s.apply(json!({"type": "periodic", "periodic_expr": "x"}), reject).is_err());
+        assert!(s
+            .apply(json!({"type": "periodic", "periodic_expr": "x"}), reject)
+            .is_err());
     }
 }

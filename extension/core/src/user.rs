@@ -35,7 +35,9 @@ pub struct UserProfile {
     pub access_time: Option<Option<String>>,
 }
 
-fn nullable<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<String>>, D::Error> {
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
@@ -79,13 +81,18 @@ impl UserProfile {
         }
         if let Some(Some(email)) = &self.email {
             if !email.is_empty() && !email.contains('@') {
-                return Err(QuotaError::invalid(format!("email '{email}' is not an address"))
-                    .with("field", "email"));
+                return Err(
+                    QuotaError::invalid(format!("email '{email}' is not an address"))
+                        .with("field", "email"),
+                );
             }
         }
         if let Some(stars) = &mut self.github_star {
-            let mut clean: Vec<String> =
-                stars.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let mut clean: Vec<String> = stars
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
             clean.sort();
             clean.dedup();
             if clean.len() > GITHUB_STARS_MAX {
@@ -102,11 +109,16 @@ impl UserProfile {
         }
         if let Some(vip) = self.vip {
             if !(0..=VIP_MAX).contains(&vip) {
-                return Err(QuotaError::invalid(format!("vip must be between 0 and {VIP_MAX}, got {vip}"))
-                    .with("field", "vip"));
+                return Err(QuotaError::invalid(format!(
+                    "vip must be between 0 and {VIP_MAX}, got {vip}"
+                ))
+                .with("field", "vip"));
             }
         }
-        for (field, v) in [("register_time", &mut self.register_time), ("access_time", &mut self.access_time)] {
+        for (field, v) in [
+            ("register_time", &mut self.register_time),
+            ("access_time", &mut self.access_time),
+        ] {
             if let Some(Some(t)) = v {
                 *t = to_rfc3339(&parse_timestamp(field, t)?);
             }
@@ -123,15 +135,22 @@ mod tests {
     #[test]
     fn stars_accept_a_list_or_the_seed_comma_text() {
         let a = UserProfile::parse(json!({"github_star": "zgsm, costrict,zgsm"})).unwrap();
-        assert_eq!(a.github_star, Some(vec!["costrict".to_string(), "zgsm".to_string()]));
+        assert_eq!(
+            a.github_star,
+            Some(vec!["costrict".to_string(), "zgsm".to_string()])
+        );
         let b = UserProfile::parse(json!({"github_star": ["zgsm"]})).unwrap();
         assert_eq!(b.github_star, Some(vec!["zgsm".to_string()]));
     }
 
     #[test]
     fn timestamps_are_normalized_and_null_clears() {
-        let p = UserProfile::parse(json!({"register_time": "2023-01-01 00:00:00", "org": null})).unwrap();
-        assert_eq!(p.register_time, Some(Some("2023-01-01T00:00:00Z".to_string())));
+        let p = UserProfile::parse(json!({"register_time": "2023-01-01 00:00:00", "org": null}))
+            .unwrap();
+        assert_eq!(
+            p.register_time,
+            Some(Some("2023-01-01T00:00:00Z".to_string()))
+        );
         assert_eq!(p.org, Some(None));
         assert_eq!(p.name, None);
     }

@@ -638,4 +638,3 @@ fn samples_are_deterministic_and_parse() {
     let ids: std::collections::HashSet<_> = users.iter().map(|u| &u.id).collect();
     assert_eq!(ids.len(), 200);
 }
-
