@@ -89,7 +89,10 @@ async fn malformed_json_is_invalid_json_with_request_id() {
         request(
             Method::POST,
             "/api/v1/strategies",
-            &[("x-admin-token", ADMIN), ("content-type", "application/json")],
+            &[
+                ("x-admin-token", ADMIN),
+                ("content-type", "application/json"),
+            ],
             "{\"name\": ",
         ),
     )
