@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::shapes;
 use super::JsonResult;
 use crate::auth::ServiceAuth;
 use crate::error::{self, AppError};
-use super::shapes;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery};
 use crate::{db, AppState};
 
@@ -20,13 +20,17 @@ use crate::{db, AppState};
 pub const SQL_CHECK: &str = "SELECT to_jsonb(r) FROM quota.check_credits($1::text, $2::int8) r";
 pub const SQL_CALCULATE: &str =
     "SELECT to_jsonb(r) FROM quota.calculate_credits($1::float8, $2::text, $3::text) r";
-pub const SQL_CHARGE: &str = "SELECT to_jsonb(c) || jsonb_build_object('transaction_id', c.transaction_id::text) \
+pub const SQL_CHARGE: &str =
+    "SELECT to_jsonb(c) || jsonb_build_object('transaction_id', c.transaction_id::text) \
      FROM quota.charge($1::text, $2::float8, $3::text, $4::text, $5::jsonb) c";
-pub const SQL_ADD: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+pub const SQL_ADD: &str =
+    "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
      FROM quota.add($1::text, $2::float8, $3::text, $4::text, $5::jsonb, $6::text) r";
-pub const SQL_BONUS: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+pub const SQL_BONUS: &str =
+    "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
      FROM quota.bonus($1::text, $2::int8, $3::text, $4::text, $5::jsonb) r";
-pub const SQL_REFUND: &str = "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
+pub const SQL_REFUND: &str =
+    "SELECT to_jsonb(r) || jsonb_build_object('transaction_id', r.transaction_id::text) \
      FROM quota.refund($1::text, $2::text, $3::text, $4::int8, $5::text) r";
 pub const SQL_BALANCE: &str = "SELECT jsonb_build_object('user_id', r.user_id, \
          'subscription', jsonb_build_object('tier', r.subscription_tier, 'monthly_cost', r.monthly_cost, \

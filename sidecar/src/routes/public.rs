@@ -147,7 +147,9 @@ pub async fn purchase(
     extensions(("x-sql" = json!([SQL_PUBLIC_PLANS]))),
 )]
 pub async fn plans(State(state): State<AppState>) -> JsonResult {
-    db::call_json(&state.pool, SQL_PUBLIC_PLANS, &[]).await.map(Json)
+    db::call_json(&state.pool, SQL_PUBLIC_PLANS, &[])
+        .await
+        .map(Json)
 }
 
 #[cfg(test)]
