@@ -24,8 +24,9 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
 use quota_core::ids::{
-    validate_free_text, validate_id, validate_operation_id, validate_payment_id, validate_tier,
-    validate_user_id, PAYMENT_ID_LEN_MAX,
+    validate_free_text, validate_id, validate_metadata, validate_metadata_size,
+    validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
+    PAYMENT_ID_LEN_MAX,
 };
 use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
@@ -282,6 +283,12 @@ pub fn charge_impl(
 ) -> Charged {
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("cost_usd", cost_usd).or_raise();
+    if let Some(d) = metadata {
+        // SAFETY: the datum is the caller's non-null jsonb argument (a varlena), valid for this
+        // call; toast_raw_datum_size reads its header (its size once detoasted).
+        let bytes = unsafe { pg_sys::toast_raw_datum_size(d) };
+        validate_metadata_size(bytes).or_raise();
+    }
     // Shortest decimal that reads back as exactly this f64 (the form serde_json writes).
     let cost_text = serde_json::Number::from_f64(cost_usd)
         .expect("validated finite")
@@ -517,6 +524,7 @@ pub fn add_impl(
 ) -> LedgerRow {
     validate_common(user_id, operation_id, description).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    validate_metadata(metadata.as_ref()).or_raise();
     if let Some(s) = source {
         validate_free_text("source", s).or_raise();
     }
@@ -674,6 +682,7 @@ pub fn bonus_impl(
 ) -> LedgerRow {
     validate_common(user_id, operation_id, description).or_raise();
     validate_credits("credits", credits, false).or_raise();
+    validate_metadata(metadata.as_ref()).or_raise();
     let request = json!({ "user_id": user_id, "credits": credits });
     let mut decide = |_: &mut SpiClient| Ok((credits, credits, 0, None));
     apply_credit(
@@ -869,6 +878,7 @@ pub fn confirm_payment_impl(
     validate_payment_id(payment_id).or_raise();
     validate_user_id(user_id).or_raise();
     pricing::validate_usd("amount_usd", amount_usd).or_raise();
+    validate_metadata(metadata.as_ref()).or_raise();
     if let Some(m) = payment_method_id {
         validate_id("payment_method_id", m, PAYMENT_ID_LEN_MAX).or_raise();
     }

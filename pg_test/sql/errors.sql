@@ -78,5 +78,12 @@ SELECT * FROM quota.charge('carol', 0.001, 'e11');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO p;
 SELECT credits_to_charge FROM quota.calculate_credits(0.01);
+-- metadata is bounded (64 KiB), for the charge as for the rest
+SELECT * FROM quota.charge('carol', 0.001, 'e12', NULL, jsonb_build_object('k', repeat('x', 70000)));
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
+SELECT * FROM quota.bonus('carol', 1, 'e13', NULL, jsonb_build_object('k', repeat('x', 70000)));
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO p;
 SELECT count(*) AS ledger_rows FROM quota.ledger WHERE user_id = 'carol';
 ROLLBACK;

@@ -15,6 +15,8 @@ pub const PAYMENT_ID_LEN_MAX: usize = 255;
 pub const USER_ID_LEN_MAX: usize = 255;
 pub const TIER_LEN_MAX: usize = 64;
 pub const TEXT_LEN_MAX: usize = 1024;
+/// The largest `metadata` document a ledger entry or payment keeps (its JSON text, in bytes).
+pub const METADATA_BYTES_MAX: usize = 64 * 1024;
 
 /// Unicode 15 Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt), plus the line and
 /// paragraph separators: characters that render as nothing.
@@ -116,6 +118,25 @@ pub fn validate_free_text(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bounds a metadata document by its size in bytes.
+pub fn validate_metadata_size(bytes: usize) -> Result<()> {
+    if bytes > METADATA_BYTES_MAX {
+        return Err(QuotaError::invalid(format!(
+            "metadata must be at most {METADATA_BYTES_MAX} bytes, got {bytes}"
+        ))
+        .with("field", "metadata"));
+    }
+    Ok(())
+}
+
+/// Bounds a metadata document given as JSON.
+pub fn validate_metadata(metadata: Option<&serde_json::Value>) -> Result<()> {
+    match metadata {
+        None => Ok(()),
+        Some(v) => validate_metadata_size(v.to_string().len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +196,18 @@ mod tests {
         ] {
             assert!(validate_operation_id(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn metadata_is_bounded() {
+        let small = serde_json::json!({"k": "v"});
+        assert!(validate_metadata(Some(&small)).is_ok());
+        assert!(validate_metadata(None).is_ok());
+        let big = serde_json::json!({"k": "x".repeat(METADATA_BYTES_MAX)});
+        assert_eq!(
+            validate_metadata(Some(&big)).unwrap_err().kind.sqlstate(),
+            "22023"
+        );
     }
 
     #[test]
