@@ -288,6 +288,12 @@ Try it (after loading $ENV_FILE as above):
        -H 'Content-Type: application/json' \\
        -d '{"user_id":"user_111","cost_usd":0.0123,"operation_id":"try-charge-1","description":"first call"}'
   curl -s "$url/api/internal/credits/balance/user_111" -H "X-Service-Token: \$QUOTA_SERVICE_TOKEN"
+  # a purchase needs a payment the payment side confirmed (402 without one)
+  curl -s -X POST $url/api/internal/payments -H "X-Service-Token: \$QUOTA_SERVICE_TOKEN" \\
+       -H 'Content-Type: application/json' \\
+       -d '{"payment_id":"pi_try_1","user_id":"user_111","amount_usd":5,"payment_method_id":"pm_card_visa"}'
+  curl -s -X POST $url/api/v1/credits/purchase -H "Authorization: Bearer \$QUOTA_DEMO_USER_TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"amount_usd":5,"payment_method_id":"pm_card_visa","operation_id":"try-buy-1"}'
   curl -s $url/api/v1/subscription -H "Authorization: Bearer \$QUOTA_DEMO_USER_TOKEN"
   curl -s "$url/api/v1/transactions?limit=5" -H "Authorization: Bearer \$QUOTA_DEMO_USER_TOKEN"
   curl -s $url/api/admin/statistics -H "Authorization: Bearer \$QUOTA_ADMIN_TOKEN"

@@ -59,7 +59,10 @@ SELECT * FROM quota.update_subscription('user_111', 'standard', 275000, 'demo-su
 
 -- user_222 gets a welcome bonus and buys credits at the default purchase rate.
 SELECT * FROM quota.bonus('user_222', 50000, 'demo-bonus-user_222', 'welcome bonus');
-SELECT * FROM quota.add('user_222', 5.00, 'demo-add-user_222', 'manual top-up');
+SELECT * FROM quota.add('user_222', 5.00, 'demo-add-user_222', 'manual top-up', NULL, 'demo');
+-- user_333 buys credits: the payment side confirms the payment, then the purchase uses it.
+SELECT quota.confirm_payment('demo-pi-user_333', 'user_333', 9.99, 'pm_card_visa') ->> 'status' AS payment;
+SELECT * FROM quota.purchase('user_333', 9.99, 'pm_card_visa', 'demo-buy-user_333');
 
 -- A few charges (standard tier: multiplier 1.2; 0.0123 USD -> 148 credits).
 SELECT * FROM quota.charge('user_111', 0.0123, 'demo-charge-user_111-1', 'chat completion',

@@ -9,10 +9,10 @@ UPDATE quota.wallets
    SET balance = balance - 1, total_spent = total_spent + 1, updated_at = now()
  WHERE user_id = 'user_' || :uid AND balance >= 1
 RETURNING balance AS after \gset
-INSERT INTO quota.ledger (operation_id, user_id, transaction_type, credits, balance_before,
+INSERT INTO quota.ledger (operation_id, user_id, scope, transaction_type, credits, balance_before,
                           balance_after, cost_usd, description, metadata, request)
-VALUES (:run::text || '-c-' || :client_id || '-' || :seq, 'user_' || :uid, 'charge', -1, :after::bigint + 1,
+VALUES (:run::text || '-c-' || :client_id || '-' || :seq, 'user_' || :uid, 'service', 'charge', -1, :after::bigint + 1,
         :after::bigint, 0.0001, NULL, NULL,
         jsonb_build_object('user_id', 'user_' || :uid, 'cost_usd', 0.0001::float8))
-ON CONFLICT (operation_id) DO NOTHING;
+ON CONFLICT ON CONSTRAINT ledger_operation_key DO NOTHING;
 COMMIT;
