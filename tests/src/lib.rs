@@ -552,3 +552,43 @@ pub fn tx_id(v: &Value) -> i64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("transaction_id is not a string of digits in {v}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payments (issue 9)
+
+impl Ctx {
+    /// Confirms a payment as the payment side does (`POST /api/internal/payments`, 201); returns
+    /// its id. A purchase of `amount_usd` by `user_id` (with `payment_method_id`, when one is
+    /// given) can then use it once.
+    pub async fn confirm_payment(
+        &self,
+        user_id: &str,
+        amount_usd: f64,
+        payment_method_id: Option<&str>,
+    ) -> String {
+        let payment_id = self.id("pay");
+        let mut request = json!({
+            "payment_id": payment_id,
+            "user_id": user_id,
+            "amount_usd": amount_usd,
+        });
+        if let Some(method) = payment_method_id {
+            request["payment_method_id"] = json!(method);
+        }
+        let body = self
+            .api
+            .service(Method::POST, "/api/internal/payments")
+            .json(&request)
+            .send()
+            .await
+            .expect(201);
+        assert_eq!(body["status"], "confirmed", "confirmed payment: {body}");
+        assert_eq!(body["created"], true, "confirmed payment: {body}");
+        assert_eq!(
+            body["payment_id"],
+            payment_id.as_str(),
+            "confirmed payment: {body}"
+        );
+        payment_id
+    }
+}

@@ -285,7 +285,8 @@ async fn admin_token_is_accepted_in_x_admin_token() {
         .send()
         .await
         .expect(201);
-    assert_eq!(created["tier"], input["tier"]);
+    assert_eq!(created["success"], true, "{created}");
+    assert_eq!(created["plan"]["tier"], input["tier"]);
 }
 
 #[tokio::test]

@@ -341,6 +341,88 @@ async fn same_operation_id_on_many_connections_applies_once() {
     ctx.assert_verify_clean().await;
 }
 
+/// Idempotency keys are scoped per user (issue 9): one operation_id raced by many connections
+/// for several users at once applies once for each user, each user's racers get that user's
+/// body, and no user's charge is refused or replayed because of another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_operation_id_for_many_users_applies_once_per_user() {
+    const RACE_USERS: usize = 4;
+    let ctx = Ctx::new("conc_id_users").await;
+    let mut users = vec![];
+    for _ in 0..RACE_USERS {
+        let user = ctx.id("u");
+        ctx.db
+            .query("SELECT quota.create_user($1)", &[&user])
+            .await
+            .unwrap();
+        ctx.db
+            .query(
+                "SELECT * FROM quota.bonus($1, 100000, $2)",
+                &[&user, &ctx.id("seed")],
+            )
+            .await
+            .unwrap();
+        users.push(user);
+    }
+    for round in 0..3 {
+        let operation_id = ctx.id(&format!("shared{round}"));
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNECTIONS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..CONNECTIONS {
+            let op = Op {
+                kind: Kind::Charge,
+                user: c % RACE_USERS,
+                amount_usd: 0.01,
+                operation_id: operation_id.clone(),
+            };
+            let (users, barrier) = (users.clone(), barrier.clone());
+            tasks.spawn(async move {
+                let db = connect_db().await;
+                barrier.wait().await;
+                run_sql(&db, &users, &op).await.0
+            });
+        }
+        let mut by_user: HashMap<usize, Vec<String>> = HashMap::new();
+        while let Some(done) = tasks.join_next().await {
+            match done.unwrap() {
+                Outcome::Applied { json, user, delta } => {
+                    assert_eq!(delta, -100, "round {round}: {json}");
+                    by_user.entry(user).or_default().push(json);
+                }
+                Outcome::Insufficient => panic!("insufficient with 100000 credits"),
+            }
+        }
+        assert_eq!(by_user.len(), RACE_USERS, "round {round}: {by_user:?}");
+        let mut firsts = vec![];
+        for (user, jsons) in &by_user {
+            assert_eq!(jsons.len(), CONNECTIONS / RACE_USERS);
+            assert!(
+                jsons.iter().all(|j| *j == jsons[0]),
+                "round {round}: replays for user {user} differ: {jsons:?}"
+            );
+            let body: Value = serde_json::from_str(&jsons[0]).unwrap();
+            assert_eq!(body["user_id"], users[*user].as_str(), "{body}");
+            firsts.push(jsons[0].clone());
+        }
+        firsts.sort();
+        firsts.dedup();
+        assert_eq!(
+            firsts.len(),
+            RACE_USERS,
+            "round {round}: users share a body"
+        );
+        assert_eq!(
+            ctx.ledger_rows(&operation_id).await,
+            RACE_USERS as i64,
+            "round {round}: one entry per user"
+        );
+    }
+    for user in &users {
+        assert_eq!(ctx.balance(user).await, 100_000 - 3 * 100);
+    }
+    ctx.assert_verify_clean().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_http_charges_with_duplicates_return_identical_bodies() {
     const TASKS: usize = 16;
@@ -448,7 +530,7 @@ async fn concurrent_http_charges_never_overdraw_a_tight_wallet() {
             .send()
             .await
             .expect(200);
-        int(&body, "credits")
+        int(&body, "credits_to_charge")
     };
     assert!(per_charge > 0);
     let mut tasks = tokio::task::JoinSet::new();

@@ -51,7 +51,7 @@ async fn charge_returns_seed_shape_and_moves_balance() {
     assert_eq!(int(&body, "credits_charged"), 123);
     assert_eq!(int(&body, "balance_before"), 10_000);
     assert_eq!(int(&body, "balance_after"), 10_000 - 123);
-    assert!(int(&body, "transaction_id") > 0);
+    assert!(tx_id(&body) > 0);
     assert_eq!(ctx.balance(&user).await, 10_000 - 123);
     assert_eq!(ctx.ledger_rows(&op).await, 1);
     let bal = ctx
@@ -63,7 +63,8 @@ async fn charge_returns_seed_shape_and_moves_balance() {
         .send()
         .await
         .expect(200);
-    assert_eq!(int(&bal, "total_spent"), 123);
+    assert_eq!(int(&bal["credits"], "total_spent"), 123);
+    assert_eq!(int(&bal["credits"], "balance"), 10_000 - 123);
     ctx.assert_verify_clean().await;
 }
 
@@ -105,14 +106,53 @@ async fn replay_with_other_amount_is_conflict() {
         .expect_error(409, Some("idempotency_conflict"));
     assert_eq!(ctx.balance(&user).await, before);
     assert_eq!(ctx.ledger_rows(&op).await, 1);
-    // Same amount but another user is another parameter too.
+}
+
+/// Idempotency keys are scoped per user (issue 9): the same operation_id for another user is
+/// another operation. It applies (no 409, no replay of the first user's body), and each user's
+/// replay and conflict rules stay within their own scope.
+#[tokio::test]
+async fn same_operation_id_for_another_user_is_another_operation() {
+    let ctx = Ctx::new("op_id_per_user").await;
+    let (user, _) = funded_user(&ctx, 10_000).await;
+    let op = ctx.id("op");
+    let first = ctx.charge(&user, 0.01, &op).await.expect(200);
+    assert_eq!(int(&first, "credits_charged"), 100);
     let other = ctx.create_user().await;
     ctx.top_up_credits(&other, 10_000).await;
-    ctx.charge(&other, 0.01, &op)
+    // Same id and amount, another user: applied to that user, with its own ledger entry.
+    let theirs = ctx.charge(&other, 0.01, &op).await.expect(200);
+    assert_eq!(theirs["success"], true, "{theirs}");
+    assert_eq!(theirs["user_id"], other.as_str());
+    assert_eq!(theirs["operation_id"], op.as_str());
+    assert_eq!(int(&theirs, "credits_charged"), 100);
+    assert_eq!(int(&theirs, "balance_before"), 10_000);
+    assert_eq!(int(&theirs, "balance_after"), 9_900);
+    assert_ne!(
+        tx_id(&theirs),
+        tx_id(&first),
+        "a replay of the other user's charge"
+    );
+    assert_eq!(ctx.balance(&other).await, 9_900);
+    assert_eq!(ctx.balance(&user).await, 9_900);
+    assert_eq!(ctx.ledger_rows(&op).await, 2, "one entry per user");
+    // Each user's replay returns their own first body.
+    assert_eq!(ctx.charge(&user, 0.01, &op).await.expect(200), first);
+    assert_eq!(ctx.charge(&other, 0.01, &op).await.expect(200), theirs);
+    // Other parameters under the id stay a conflict within each user's scope.
+    ctx.charge(&other, 0.02, &op)
         .await
         .expect_error(409, Some("idempotency_conflict"));
-    assert_eq!(ctx.balance(&other).await, 10_000);
-    assert_eq!(ctx.ledger_rows(&op).await, 1);
+    // A third user may use the id with another amount: still no conflict.
+    let third = ctx.create_user().await;
+    ctx.top_up_credits(&third, 10_000).await;
+    let third_body = ctx.charge(&third, 0.02, &op).await.expect(200);
+    assert_eq!(int(&third_body, "credits_charged"), 200);
+    assert_eq!(ctx.balance(&user).await, 9_900);
+    assert_eq!(ctx.balance(&other).await, 9_900);
+    assert_eq!(ctx.balance(&third).await, 9_800);
+    assert_eq!(ctx.ledger_rows(&op).await, 3);
+    ctx.assert_verify_clean().await;
 }
 
 #[tokio::test]
@@ -205,25 +245,34 @@ async fn insufficient_credits_records_nothing_and_retry_after_top_up_succeeds() 
 async fn charge_rejects_invalid_amounts_and_writes_nothing() {
     let ctx = Ctx::new("charge_invalid_amount").await;
     let (user, _) = funded_user(&ctx, 10_000).await;
-    let cases = [
-        json!(-0.01),
-        json!(0),
-        json!(0.0),
-        json!(1e300),
+    // A number the extension refuses names its field: 422 invalid_parameter (seed 004's status).
+    for cost in [json!(-0.01), json!(0), json!(0.0), json!(1e300)] {
+        let op = ctx.id("op");
+        let body = ctx
+            .api
+            .service(Method::POST, CHARGE)
+            .json(&json!({"user_id": user, "cost_usd": cost, "operation_id": op}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "cost_usd", "{body}");
+        ctx.assert_nothing_written(&user, 10_000, &op).await;
+    }
+    // Not a number at all: the body is refused before SQL, 422 invalid_body.
+    for cost in [
         json!("NaN"),
         json!("0.01"),
         json!(null),
         json!(true),
         json!([0.01]),
-    ];
-    for cost in cases {
+    ] {
         let op = ctx.id("op");
         ctx.api
             .service(Method::POST, CHARGE)
             .json(&json!({"user_id": user, "cost_usd": cost, "operation_id": op}))
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
         ctx.assert_nothing_written(&user, 10_000, &op).await;
     }
 }
@@ -233,13 +282,14 @@ async fn charge_rejects_missing_fields() {
     let ctx = Ctx::new("charge_missing_fields").await;
     let (user, _) = funded_user(&ctx, 10_000).await;
     let op = ctx.id("op");
+    // Missing, mistyped or unknown fields, or not an object: 422 invalid_body.
     let bodies = [
         json!({"cost_usd": 0.01, "operation_id": op}),
         json!({"user_id": user, "operation_id": op}),
         json!({"user_id": user, "cost_usd": 0.01}),
-        json!({"user_id": user, "cost_usd": 0.01, "operation_id": ""}),
         json!({"user_id": 17, "cost_usd": 0.01, "operation_id": op}),
         json!({"user_id": user, "cost_usd": 0.01, "operation_id": 17}),
+        json!({"user_id": user, "cost_usd": 0.01, "operation_id": op, "bogus": 1}),
         json!([user, 0.01, op]),
     ];
     for b in bodies {
@@ -248,17 +298,28 @@ async fn charge_rejects_missing_fields() {
             .json(&b)
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
     }
+    // An empty operation_id is a refused value of that field.
+    let body = ctx
+        .api
+        .service(Method::POST, CHARGE)
+        .json(&json!({"user_id": user, "cost_usd": 0.01, "operation_id": ""}))
+        .send()
+        .await
+        .expect_error(422, Some("invalid_parameter"));
+    assert_eq!(body["field"], "operation_id", "{body}");
     ctx.assert_nothing_written(&user, 10_000, &op).await;
 }
 
 #[tokio::test]
-async fn malformed_json_is_bad_request() {
+async fn malformed_json_is_unprocessable() {
     let ctx = Ctx::new("malformed_json").await;
     let (user, tier) = funded_user(&ctx, 10_000).await;
     let op = ctx.id("op");
-    let truncated = format!(r#"{{"user_id": "{user}", "cost_usd": 0.01, "operation_id": "{op}""#);
+    // Cut off after a field every one of these bodies has (a field another body does not know
+    // would be refused as invalid_body before the parser reaches the end).
+    let truncated = format!(r#"{{"user_id": "{user}""#);
     for path in [CHARGE, ADD, CALCULATE, SUBSCRIPTION_UPDATE] {
         for raw in [
             "{not json",
@@ -267,12 +328,18 @@ async fn malformed_json_is_bad_request() {
             truncated.as_str(),
             "{\"user_id\": \"x\",}",
         ] {
+            // Not JSON at all: invalid_json; JSON that is not an object (`null`): invalid_body.
+            let code = if raw == "null" {
+                "invalid_body"
+            } else {
+                "invalid_json"
+            };
             ctx.api
                 .service(Method::POST, path)
                 .raw_json(raw)
                 .send()
                 .await
-                .expect_error(400, None);
+                .expect_error(422, Some(code));
         }
     }
     ctx.assert_nothing_written(&user, 10_000, &op).await;
@@ -285,7 +352,7 @@ async fn malformed_json_is_bad_request() {
         .send()
         .await
         .expect(200);
-    assert_eq!(bal["subscription_tier"], tier.as_str());
+    assert_eq!(bal["subscription"]["tier"], tier.as_str());
 }
 
 #[tokio::test]
@@ -445,22 +512,117 @@ async fn operation_id_of_255_chars_is_accepted_and_256_rejected() {
     let prefix = ctx.id("op");
     let long = |n: usize| format!("{prefix}{}", "x".repeat(n - prefix.len()));
     let op256 = long(256);
-    ctx.charge(&user, 0.01, &op256)
+    let body = ctx
+        .charge(&user, 0.01, &op256)
         .await
-        .expect_error(400, None);
+        .expect_error(422, Some("invalid_parameter"));
+    assert_eq!(body["field"], "operation_id", "{body}");
     ctx.assert_nothing_written(&user, 10_000, &op256).await;
-    ctx.api
+    let body = ctx
+        .api
         .service(Method::POST, ADD)
         .json(&json!({"user_id": user, "amount_usd": 1.0, "operation_id": op256}))
         .send()
         .await
-        .expect_error(400, None);
+        .expect_error(422, Some("invalid_parameter"));
+    assert_eq!(body["field"], "operation_id", "{body}");
     ctx.assert_nothing_written(&user, 10_000, &op256).await;
     let op255 = long(255);
     let body = ctx.charge(&user, 0.01, &op255).await.expect(200);
     assert_eq!(body["operation_id"], op255.as_str());
     assert_eq!(ctx.ledger_rows(&op255).await, 1);
     assert_eq!(ctx.balance(&user).await, 9_900);
+}
+
+/// Ids are visible text (issue 9): blank, padded with whitespace, or holding a control or
+/// invisible character (zero-width, bidi control, NBSP, BOM), an operation_id or user_id is
+/// refused with 422 naming the field, before anything is looked up or written.
+#[tokio::test]
+async fn ids_with_padding_or_invisible_characters_are_refused() {
+    let ctx = Ctx::new("id_visible").await;
+    let (user, tier) = funded_user(&ctx, 10_000).await;
+    let base = ctx.id("op");
+    let bad_ids = [
+        " ".to_string(),
+        format!(" {base}"),
+        format!("{base} "),
+        format!("{base}\t"),
+        format!("{base}\u{0007}x"),
+        format!("{base}\u{00A0}x"),
+        format!("{base}\u{200B}x"),
+        format!("\u{FEFF}{base}"),
+        format!("{base}\u{202E}x"),
+        format!("{base}\u{2066}x"),
+    ];
+    for bad in &bad_ids {
+        let body = ctx
+            .charge(&user, 0.01, bad)
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "operation_id", "{bad:?}: {body}");
+        ctx.assert_nothing_written(&user, 10_000, bad).await;
+        let body = ctx
+            .api
+            .service(Method::POST, ADD)
+            .json(&json!({"user_id": user, "amount_usd": 1.0, "operation_id": bad}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "operation_id", "{bad:?}: {body}");
+        let body = ctx
+            .api
+            .service(Method::POST, SUBSCRIPTION_UPDATE)
+            .json(&json!({"user_id": user, "subscription_tier": tier, "credits_to_add": 1, "operation_id": bad}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "operation_id", "{bad:?}: {body}");
+        ctx.assert_nothing_written(&user, 10_000, bad).await;
+    }
+    // The same for the user id: refused as invalid, not looked up as an unknown user (404).
+    for padded in [
+        format!("{user} "),
+        format!("{user}\u{200B}"),
+        format!("\u{00A0}{user}"),
+    ] {
+        let op = ctx.id("op");
+        let body = ctx
+            .charge(&padded, 0.01, &op)
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "user_id", "{padded:?}: {body}");
+        ctx.assert_nothing_written(&user, 10_000, &op).await;
+        let body = ctx
+            .api
+            .service(Method::POST, CALCULATE)
+            .json(&json!({"cost_usd": 0.01, "user_id": padded}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "user_id", "{padded:?}: {body}");
+    }
+    // In a path too: a trailing zero-width space (percent-encoded) or space.
+    for suffix in ["%E2%80%8B", "%20"] {
+        for path in ["balance", "check"] {
+            let body = ctx
+                .api
+                .service(
+                    Method::GET,
+                    &format!("/api/internal/credits/{path}/{user}{suffix}"),
+                )
+                .send()
+                .await
+                .expect_error(422, Some("invalid_parameter"));
+            assert_eq!(body["field"], "user_id", "{path} {suffix}: {body}");
+        }
+    }
+    // Visible non-ASCII text and inner ASCII spaces are fine.
+    let op = format!("{base} é ✓");
+    let ok = ctx.charge(&user, 0.01, &op).await.expect(200);
+    assert_eq!(ok["operation_id"], op.as_str());
+    assert_eq!(ctx.ledger_rows(&op).await, 1);
+    assert_eq!(ctx.balance(&user).await, 9_900);
+    ctx.assert_verify_clean().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +633,7 @@ async fn add_credits_usd_and_replay_is_identical() {
     let ctx = Ctx::new("add_usd").await;
     let (user, _) = funded_user(&ctx, 1).await;
     let op = ctx.id("op");
-    let req = json!({"user_id": user, "amount_usd": 2.5, "operation_id": op, "description": "top up", "metadata": {"k": "v"}});
+    let req = json!({"user_id": user, "amount_usd": 2.5, "source": "stripe", "operation_id": op, "description": "top up", "metadata": {"k": "v"}});
     let first = ctx
         .api
         .service(Method::POST, ADD)
@@ -488,17 +650,34 @@ async fn add_credits_usd_and_replay_is_identical() {
             "transaction_type",
             "amount_usd",
             "credits_added",
+            "purchase_rate",
             "balance_before",
             "balance_after",
             "operation_id",
         ],
     );
     assert_eq!(first["success"], true);
+    assert!(tx_id(&first) > 0);
+    assert_eq!(first["user_id"], user.as_str());
+    assert_eq!(first["operation_id"], op.as_str());
     assert_eq!(first["transaction_type"], "add");
     assert_eq!(num(&first, "amount_usd"), 2.5);
+    assert_eq!(num(&first, "purchase_rate"), 1.0);
     assert_eq!(int(&first, "credits_added"), 25_000);
     assert_eq!(int(&first, "balance_before"), 1);
     assert_eq!(int(&first, "balance_after"), 25_001);
+    // The source is recorded in the ledger entry's metadata, beside the caller's own keys.
+    let metadata: Value = ctx
+        .db
+        .query_one(
+            "SELECT metadata FROM quota.ledger WHERE user_id = $1 AND operation_id = $2",
+            &[&user, &op],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(metadata["source"], "stripe", "{metadata}");
+    assert_eq!(metadata["k"], "v", "{metadata}");
     let again = ctx
         .api
         .service(Method::POST, ADD)
@@ -524,42 +703,62 @@ async fn add_credits_usd_and_replay_is_identical() {
 async fn add_rejects_invalid_amounts_and_writes_nothing() {
     let ctx = Ctx::new("add_invalid").await;
     let (user, _) = funded_user(&ctx, 1).await;
-    for amount in [
-        json!(-1.0),
-        json!(0),
-        json!(1e300),
-        json!("NaN"),
-        json!("10"),
-        json!(null),
-    ] {
+    // Out of range (> 0, at most 1,000,000 USD): 422 invalid_parameter naming amount_usd.
+    for amount in [json!(-1.0), json!(0), json!(1_000_000.01), json!(1e300)] {
+        let op = ctx.id("op");
+        let body = ctx
+            .api
+            .service(Method::POST, ADD)
+            .json(&json!({"user_id": user, "amount_usd": amount, "operation_id": op}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "amount_usd", "{body}");
+        ctx.assert_nothing_written(&user, 1, &op).await;
+    }
+    // Not a number, or absent: 422 invalid_body.
+    for amount in [json!("NaN"), json!("10"), json!(null)] {
         let op = ctx.id("op");
         ctx.api
             .service(Method::POST, ADD)
             .json(&json!({"user_id": user, "amount_usd": amount, "operation_id": op}))
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
         ctx.assert_nothing_written(&user, 1, &op).await;
     }
-    // add without amount_usd, bonus without credits, bonus with bad credits, unknown type.
+    // add without amount_usd, bonus without credits, bonus with mistyped credits, unknown type,
+    // fields that do not belong to the type (source only goes with add): 422 invalid_body.
     let op = ctx.id("op");
     for body in [
         json!({"user_id": user, "operation_id": op}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "bonus"}),
-        json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": 0}),
-        json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": -5}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": 1.5}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": "5"}),
+        json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": 5, "source": "stripe"}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "gift", "amount_usd": 1.0}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "charge", "amount_usd": 1.0}),
         json!({"user_id": user, "operation_id": op, "transaction_type": "refund"}),
+        json!({"user_id": user, "operation_id": op, "amount_usd": 1.0, "credits": 5}),
+        json!({"user_id": user, "operation_id": op, "amount_usd": 1.0, "bogus": true}),
     ] {
         ctx.api
             .service(Method::POST, ADD)
             .json(&body)
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
+    }
+    // A bonus of no or negative credits: 422 invalid_parameter naming credits.
+    for credits in [0, -5] {
+        let body = ctx
+            .api
+            .service(Method::POST, ADD)
+            .json(&json!({"user_id": user, "operation_id": op, "transaction_type": "bonus", "credits": credits}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "credits", "{body}");
     }
     ctx.assert_nothing_written(&user, 1, &op).await;
 }
@@ -587,6 +786,11 @@ async fn bonus_grants_exact_credits_and_replays() {
         first["amount_usd"].is_null(),
         "bonus has no amount_usd: {first}"
     );
+    assert!(
+        first["purchase_rate"].is_null(),
+        "bonus has no purchase_rate: {first}"
+    );
+    assert!(tx_id(&first) > 0);
     assert_eq!(
         ctx.api
             .service(Method::POST, ADD)
@@ -626,6 +830,11 @@ async fn refund_never_exceeds_the_charge() {
         .await
         .expect(200);
     assert_eq!(first["transaction_type"], "refund");
+    assert!(tx_id(&first) > 0);
+    assert!(
+        first["purchase_rate"].is_null(),
+        "refund has no purchase_rate: {first}"
+    );
     assert_eq!(int(&first, "credits_added"), 300);
     assert_eq!(int(&first, "balance_after"), 9_300);
     let r2 = ctx.id("r2");
@@ -682,27 +891,48 @@ async fn refund_of_unknown_or_foreign_charge_is_rejected() {
         .await
         .expect_error(404, None);
     ctx.assert_nothing_written(&user, 10_000, &op).await;
-    // A charge of another user cannot be refunded to this one.
+    // A charge of another user cannot be refunded to this one: operation ids are scoped per
+    // user, so this user has no charge of that id.
     let (other, _) = funded_user(&ctx, 10_000).await;
     let charge_op = ctx.id("charge");
     ctx.charge(&other, 0.01, &charge_op).await.expect(200);
-    let resp = refund(&ctx, &user, &charge_op, Some(1), &op).await;
-    assert!(
-        matches!(resp.status, 404 | 409),
-        "refund of a foreign charge: {resp:?}"
-    );
+    refund(&ctx, &user, &charge_op, Some(1), &op)
+        .await
+        .expect_error(404, None);
     ctx.assert_nothing_written(&user, 10_000, &op).await;
+    assert_eq!(ctx.balance(&other).await, 9_900);
     // An add is not a charge.
     let add_op = ctx.add_usd(&user, 0.01).await["operation_id"]
         .as_str()
         .unwrap()
         .to_string();
-    let resp = refund(&ctx, &user, &add_op, Some(1), &op).await;
-    assert!(
-        matches!(resp.status, 400 | 404 | 409),
-        "refund of an add: {resp:?}"
-    );
+    refund(&ctx, &user, &add_op, Some(1), &op)
+        .await
+        .expect_error(404, None);
     ctx.assert_nothing_written(&user, 10_100, &op).await;
+}
+
+/// The charge a refund names is an id like any other: empty, too long or padded, it is a refused
+/// value of `charge_operation_id`, 422 on this seed 004 route, and nothing is written.
+#[tokio::test]
+async fn refund_with_an_invalid_charge_operation_id_is_unprocessable() {
+    let ctx = Ctx::new("refund_bad_charge_id").await;
+    let (user, _) = funded_user(&ctx, 10_000).await;
+    let charge_op = ctx.id("charge");
+    ctx.charge(&user, 0.01, &charge_op).await.expect(200);
+    for bad in [
+        String::new(),
+        "x".repeat(256),
+        format!("{charge_op} "),
+        format!("{charge_op}\u{200B}"),
+    ] {
+        let op = ctx.id("r");
+        let body = refund(&ctx, &user, &bad, Some(1), &op)
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "charge_operation_id", "{bad:?}: {body}");
+        ctx.assert_nothing_written(&user, 9_900, &op).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,11 +952,46 @@ async fn balance_endpoint_reports_the_wallet() {
         .send()
         .await
         .expect(200);
+    // Seed 004's nesting: the plan under subscription, the wallet under credits.
+    assert_fields(&body, &["user_id", "subscription", "credits"]);
+    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    assert_eq!(body["user_id"], user.as_str());
     assert_eq!(
-        body,
-        json!({"user_id": user, "balance": 900, "total_earned": 1000, "total_spent": 100, "subscription_tier": tier})
+        body["credits"],
+        json!({"balance": 900, "total_earned": 1000, "total_spent": 100})
     );
-    // A user without a subscription.
+    let sub = &body["subscription"];
+    assert_eq!(sub.as_object().unwrap().len(), 4, "{body}");
+    assert_eq!(sub["tier"], tier.as_str());
+    assert_eq!(num(sub, "monthly_cost"), 9.99);
+    assert_eq!(num(sub, "multiplier"), 1.0);
+    assert_eq!(num(sub, "purchase_rate"), 1.0);
+    // SQL's quota.balance has the same values as flat columns.
+    let row = ctx
+        .db
+        .query_one(
+            "SELECT user_id, balance, total_earned, total_spent, subscription_tier, monthly_cost,
+                    multiplier, purchase_rate FROM quota.balance($1)",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), user);
+    assert_eq!(
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        (900, 1000, 100)
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some(tier.as_str())
+    );
+    assert_eq!(row.get::<_, Option<f64>>(5), Some(9.99));
+    assert_eq!((row.get::<_, f64>(6), row.get::<_, f64>(7)), (1.0, 1.0));
+    // A user without a subscription: no tier, no monthly cost, multiplier and purchase rate 1.
     let bare = ctx.create_user().await;
     let body = ctx
         .api
@@ -737,50 +1002,108 @@ async fn balance_endpoint_reports_the_wallet() {
         .send()
         .await
         .expect(200);
-    assert_eq!(int(&body, "balance"), 0);
-    assert!(body["subscription_tier"].is_null(), "{body}");
+    assert_eq!(
+        body["credits"],
+        json!({"balance": 0, "total_earned": 0, "total_spent": 0}),
+        "{body}"
+    );
+    let sub = &body["subscription"];
+    assert!(sub["tier"].is_null(), "{body}");
+    assert!(sub["monthly_cost"].is_null(), "{body}");
+    assert_eq!(num(sub, "multiplier"), 1.0);
+    assert_eq!(num(sub, "purchase_rate"), 1.0);
 }
 
 #[tokio::test]
 async fn check_endpoint_reports_sufficiency_and_deficit() {
     let ctx = Ctx::new("check").await;
-    let (user, _) = funded_user(&ctx, 500).await;
+    let (user, tier) = funded_user(&ctx, 500).await;
     let path = format!("/api/internal/credits/check/{user}");
-    let ok = ctx
-        .api
-        .service(Method::GET, &path)
-        .query(&[("required_credits", "500".into())])
-        .send()
-        .await
-        .expect(200);
+    // The body without its multiplier (a float, compared as a number).
+    let check = |query: Option<&'static str>| {
+        let (api, path) = (ctx.api.clone(), path.clone());
+        async move {
+            let mut req = api.service(Method::GET, &path);
+            if let Some(q) = query {
+                req = req.query(&[("required_credits", q.into())]);
+            }
+            let mut body = req.send().await.expect(200);
+            assert_eq!(num(&body, "multiplier"), 1.0, "{body}");
+            body.as_object_mut().unwrap().remove("multiplier");
+            body
+        }
+    };
     assert_eq!(
-        ok,
-        json!({"user_id": user, "current_balance": 500, "required_credits": 500, "has_sufficient_credits": true, "deficit": 0})
+        check(Some("500")).await,
+        json!({"user_id": user, "has_subscription": true, "subscription_tier": tier, "balance": 500,
+               "required_credits": 500, "sufficient": true, "deficit": 0})
     );
-    let short = ctx
+    assert_eq!(
+        check(Some("501")).await,
+        json!({"user_id": user, "has_subscription": true, "subscription_tier": tier, "balance": 500,
+               "required_credits": 501, "sufficient": false, "deficit": 1})
+    );
+    // Without required_credits: sufficient, nothing required, no deficit.
+    assert_eq!(
+        check(None).await,
+        json!({"user_id": user, "has_subscription": true, "subscription_tier": tier, "balance": 500,
+               "required_credits": null, "sufficient": true, "deficit": 0})
+    );
+    // A negative count is a refused value of the field; a non-integer is a bad query value.
+    let body = ctx
         .api
         .service(Method::GET, &path)
-        .query(&[("required_credits", "501".into())])
+        .query(&[("required_credits", "-1".into())])
         .send()
         .await
-        .expect(200);
-    assert_eq!(short["has_sufficient_credits"], false);
-    assert_eq!(int(&short, "deficit"), 1);
-    for bad in ["-1", "abc", "1.5", "99999999999999999999999"] {
+        .expect_error(422, Some("invalid_parameter"));
+    assert_eq!(body["field"], "required_credits", "{body}");
+    for bad in ["abc", "1.5", "99999999999999999999999"] {
         ctx.api
             .service(Method::GET, &path)
             .query(&[("required_credits", bad.into())])
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_query"));
     }
-    ctx.api
-        .service(Method::GET, &path)
+    // SQL's quota.check_credits has the same columns.
+    let row = ctx
+        .db
+        .query_one(
+            "SELECT user_id, has_subscription, subscription_tier, balance, multiplier,
+                    required_credits, sufficient, deficit FROM quota.check_credits($1, 600)",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), user);
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(tier.as_str())
+    );
+    assert_eq!(row.get::<_, i64>(3), 500);
+    assert_eq!(row.get::<_, f64>(4), 1.0);
+    assert_eq!(row.get::<_, Option<i64>>(5), Some(600));
+    assert!(!row.get::<_, bool>(6));
+    assert_eq!(row.get::<_, i64>(7), 100);
+    // A user without a plan.
+    let bare = ctx.create_user().await;
+    ctx.top_up_credits(&bare, 5).await;
+    let body = ctx
+        .api
+        .service(Method::GET, &format!("/api/internal/credits/check/{bare}"))
+        .query(&[("required_credits", "5".into())])
         .send()
         .await
-        .expect_error(400, None);
+        .expect(200);
+    assert_eq!(body["has_subscription"], false, "{body}");
+    assert!(body["subscription_tier"].is_null(), "{body}");
+    assert_eq!(num(&body, "multiplier"), 1.0);
+    assert_eq!(body["sufficient"], true, "{body}");
     // Checking does not consume.
     assert_eq!(ctx.balance(&user).await, 500);
+    assert_eq!(ctx.balance(&bare).await, 5);
 }
 
 #[tokio::test]
@@ -797,15 +1120,30 @@ async fn calculate_endpoint_shape_and_failures() {
         .send()
         .await
         .expect(200);
-    assert_fields(
-        &body,
-        &["cost_usd", "tier", "multiplier", "base_rate", "credits"],
-    );
+    const KEYS: &[&str] = &[
+        "user_id",
+        "cost_usd",
+        "tier",
+        "multiplier",
+        "base_rate",
+        "credits_to_charge",
+        "current_balance",
+        "balance_after",
+        "sufficient",
+    ];
+    assert_fields(&body, KEYS);
+    assert_eq!(body.as_object().unwrap().len(), KEYS.len(), "{body}");
+    assert_eq!(body["user_id"], user.as_str());
     assert_eq!(num(&body, "cost_usd"), 0.01);
     assert_eq!(body["tier"], tier.as_str());
     assert_eq!(num(&body, "multiplier"), 2.0);
     assert_eq!(int(&body, "base_rate"), DEFAULT_BASE_RATE);
-    assert_eq!(int(&body, "credits"), 200);
+    assert_eq!(int(&body, "credits_to_charge"), 200);
+    // The user holds 1 credit: not enough, and the balance it would leave says by how much.
+    assert_eq!(int(&body, "current_balance"), 1);
+    assert_eq!(int(&body, "balance_after"), 1 - 200);
+    assert_eq!(body["sufficient"], false);
+    // By tier: the same price, and no user to compare with.
     let by_tier = ctx
         .api
         .service(Method::POST, CALCULATE)
@@ -813,26 +1151,56 @@ async fn calculate_endpoint_shape_and_failures() {
         .send()
         .await
         .expect(200);
-    assert_eq!(by_tier, body);
+    assert_eq!(by_tier.as_object().unwrap().len(), KEYS.len(), "{by_tier}");
+    for k in [
+        "cost_usd",
+        "tier",
+        "multiplier",
+        "base_rate",
+        "credits_to_charge",
+    ] {
+        assert_eq!(by_tier[k], body[k], "{k}: {by_tier} vs {body}");
+    }
+    for k in ["user_id", "current_balance", "balance_after", "sufficient"] {
+        assert!(by_tier[k].is_null(), "{k} without a user: {by_tier}");
+    }
+    // A user who can afford it.
+    ctx.top_up_credits(&user, 199).await;
+    let enough = ctx
+        .api
+        .service(Method::POST, CALCULATE)
+        .json(&json!({"cost_usd": 0.01, "user_id": user}))
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(int(&enough, "current_balance"), 200);
+    assert_eq!(int(&enough, "balance_after"), 0);
+    assert_eq!(enough["sufficient"], true);
+    // Calculating does not consume.
+    assert_eq!(ctx.balance(&user).await, 200);
     ctx.api
         .service(Method::POST, CALCULATE)
         .json(&json!({"cost_usd": 0.01, "tier": ctx.id("no_tier")}))
         .send()
         .await
         .expect_error(404, None);
-    for cost in [
-        json!(-1),
-        json!("NaN"),
-        json!(1e300),
-        json!("0.01"),
-        json!(null),
-    ] {
+    for cost in [json!(-1), json!(0), json!(1e300)] {
+        let body = ctx
+            .api
+            .service(Method::POST, CALCULATE)
+            .json(&json!({"cost_usd": cost, "tier": tier}))
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(body["field"], "cost_usd", "{body}");
+    }
+    for cost in [json!("NaN"), json!("0.01"), json!(null)] {
         ctx.api
             .service(Method::POST, CALCULATE)
             .json(&json!({"cost_usd": cost, "tier": tier}))
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
     }
 }
 
@@ -843,7 +1211,9 @@ async fn calculate_endpoint_shape_and_failures() {
 async fn subscription_update_adds_credits_and_same_tier_again_is_conflict() {
     let ctx = Ctx::new("sub_update").await;
     let basic = ctx.create_plan(json!({})).await;
-    let pro = ctx.create_plan(json!({})).await;
+    let pro = ctx
+        .create_plan(json!({"multiplier": 1.5, "purchase_rate": 1.2}))
+        .await;
     let user = ctx.create_user().await;
     let op = ctx.id("sub");
     let req = json!({"user_id": user, "subscription_tier": basic["tier"], "credits_to_add": 1100, "operation_id": op});
@@ -854,21 +1224,35 @@ async fn subscription_update_adds_credits_and_same_tier_again_is_conflict() {
         .send()
         .await
         .expect(200);
+    // The new plan's rates are floats: compared as numbers, then the rest field for field.
+    let mut fields = first.clone();
+    let object = fields.as_object_mut().unwrap();
     assert_eq!(
-        first,
+        object.remove("multiplier").and_then(|v| v.as_f64()),
+        Some(1.0),
+        "{first}"
+    );
+    assert_eq!(
+        object.remove("purchase_rate").and_then(|v| v.as_f64()),
+        Some(1.0),
+        "{first}"
+    );
+    assert_eq!(
+        fields,
         json!({
             "success": true,
             "transaction_id": first["transaction_id"],
             "user_id": user,
             "previous_tier": null,
             "subscription_tier": basic["tier"],
+            "new_tier": basic["tier"],
             "credits_added": 1100,
             "balance_before": 0,
             "balance_after": 1100,
+            "new_balance": 1100,
             "operation_id": op,
         })
     );
-    assert!(int(&first, "transaction_id") > 0);
     // Replay with the same operation_id: identical, even though the tier is now the same.
     assert_eq!(
         ctx.api
@@ -899,7 +1283,21 @@ async fn subscription_update_adds_credits_and_same_tier_again_is_conflict() {
         .await
         .expect(200);
     assert_eq!(switched["previous_tier"], basic["tier"]);
+    assert_eq!(switched["new_tier"], pro["tier"]);
+    assert_eq!(switched["subscription_tier"], pro["tier"]);
     assert_eq!(int(&switched, "balance_after"), 1150);
+    assert_eq!(int(&switched, "new_balance"), 1150);
+    assert_eq!(
+        num(&switched, "multiplier"),
+        1.5,
+        "the new plan's: {switched}"
+    );
+    assert_eq!(
+        num(&switched, "purchase_rate"),
+        1.2,
+        "the new plan's: {switched}"
+    );
+    assert!(tx_id(&switched) > tx_id(&first));
     let bal = ctx
         .api
         .service(
@@ -909,7 +1307,8 @@ async fn subscription_update_adds_credits_and_same_tier_again_is_conflict() {
         .send()
         .await
         .expect(200);
-    assert_eq!(bal["subscription_tier"], pro["tier"]);
+    assert_eq!(bal["subscription"]["tier"], pro["tier"]);
+    assert_eq!(num(&bal["subscription"], "multiplier"), 1.5);
     ctx.assert_verify_clean().await;
 }
 
@@ -926,19 +1325,42 @@ async fn subscription_update_failures_write_nothing() {
         .await
         .expect_error(404, None);
     ctx.assert_nothing_written(&user, 0, &op).await;
+    // Refused values name their field: 422 invalid_parameter.
+    for (body, field) in [
+        (
+            json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": -1, "operation_id": op}),
+            "credits_to_add",
+        ),
+        (
+            json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": 10, "operation_id": "y".repeat(256)}),
+            "operation_id",
+        ),
+        (
+            json!({"user_id": user, "subscription_tier": format!("{} ", plan["tier"].as_str().unwrap()), "credits_to_add": 10, "operation_id": op}),
+            "tier",
+        ),
+    ] {
+        let resp = ctx
+            .api
+            .service(Method::POST, SUBSCRIPTION_UPDATE)
+            .json(&body)
+            .send()
+            .await
+            .expect_error(422, Some("invalid_parameter"));
+        assert_eq!(resp["field"], field, "{resp}");
+    }
+    // Mistyped or missing fields: 422 invalid_body.
     for body in [
-        json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": -1, "operation_id": op}),
         json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": "10", "operation_id": op}),
         json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": 10}),
         json!({"user_id": user, "credits_to_add": 10, "operation_id": op}),
-        json!({"user_id": user, "subscription_tier": plan["tier"], "credits_to_add": 10, "operation_id": "y".repeat(256)}),
     ] {
         ctx.api
             .service(Method::POST, SUBSCRIPTION_UPDATE)
             .json(&body)
             .send()
             .await
-            .expect_error(400, None);
+            .expect_error(422, Some("invalid_body"));
     }
     ctx.assert_nothing_written(&user, 0, &op).await;
     let bal = ctx
@@ -951,7 +1373,7 @@ async fn subscription_update_failures_write_nothing() {
         .await
         .expect(200);
     assert!(
-        bal["subscription_tier"].is_null(),
+        bal["subscription"]["tier"].is_null(),
         "a failed update changed the tier: {bal}"
     );
 }

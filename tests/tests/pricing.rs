@@ -21,12 +21,12 @@ async fn calculate_matches_the_worked_cases_with_half_even_rounding() {
     let p15 = ctx.create_plan(json!({"multiplier": 1.5})).await;
     let p10 = ctx.create_plan(json!({"multiplier": 1.0})).await;
     let c = calculate(&ctx, json!({"cost_usd": 0.0123, "tier": p15["tier"]})).await;
-    assert_eq!(int(&c, "credits"), 184, "0.0123 at 1.5: {c}");
+    assert_eq!(int(&c, "credits_to_charge"), 184, "0.0123 at 1.5: {c}");
     assert_eq!(num(&c, "multiplier"), 1.5);
     assert_eq!(int(&c, "base_rate"), DEFAULT_BASE_RATE);
     for (cost, credits) in [(0.00025, 2), (0.00035, 4), (0.00045, 4), (0.00015, 1)] {
         let c = calculate(&ctx, json!({"cost_usd": cost, "tier": p10["tier"]})).await;
-        assert_eq!(int(&c, "credits"), credits, "{cost} at 1.0: {c}");
+        assert_eq!(int(&c, "credits_to_charge"), credits, "{cost} at 1.0: {c}");
     }
 }
 
@@ -37,8 +37,14 @@ async fn calculate_uses_the_users_plan() {
     let user = ctx.create_user().await;
     ctx.subscribe(&user, p15["tier"].as_str().unwrap(), 1).await;
     let c = calculate(&ctx, json!({"cost_usd": 0.0123, "user_id": user})).await;
-    assert_eq!(int(&c, "credits"), 184);
+    assert_eq!(int(&c, "credits_to_charge"), 184);
     assert_eq!(c["tier"], p15["tier"]);
+    assert_eq!(num(&c, "multiplier"), 1.5);
+    assert_eq!(c["user_id"], user.as_str());
+    // The user holds 1 credit.
+    assert_eq!(int(&c, "current_balance"), 1);
+    assert_eq!(int(&c, "balance_after"), 1 - 184);
+    assert_eq!(c["sufficient"], false);
 }
 
 #[tokio::test]
@@ -88,7 +94,7 @@ async fn sql_calculate_credits_matches_the_worked_cases() {
     let p10 = ctx.create_plan(json!({"multiplier": 1.0})).await;
     let t15 = p15["tier"].as_str().unwrap();
     let t10 = p10["tier"].as_str().unwrap();
-    let sql = "SELECT credits FROM quota.calculate_credits($1::float8, NULL, $2)";
+    let sql = "SELECT credits_to_charge FROM quota.calculate_credits($1::float8, NULL, $2)";
     let credits: i64 = ctx
         .db
         .query_one(sql, &[&0.0123f64, &t15])
@@ -100,6 +106,26 @@ async fn sql_calculate_credits_matches_the_worked_cases() {
         let credits: i64 = ctx.db.query_one(sql, &[&cost, &t10]).await.unwrap().get(0);
         assert_eq!(credits, expected, "{cost} at 1.0");
     }
+    // Its columns are the REST body's; without a user the balance columns are NULL.
+    let row = ctx
+        .db
+        .query_one(
+            "SELECT user_id, cost_usd, tier, multiplier, base_rate, credits_to_charge,
+                    current_balance, balance_after, sufficient
+             FROM quota.calculate_credits(0.0123::float8, NULL, $1)",
+            &[&t15],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+    assert_eq!(row.get::<_, f64>(1), 0.0123);
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some(t15));
+    assert_eq!(row.get::<_, f64>(3), 1.5);
+    assert_eq!(row.get::<_, i64>(4), DEFAULT_BASE_RATE);
+    assert_eq!(row.get::<_, i64>(5), 184);
+    assert_eq!(row.get::<_, Option<i64>>(6), None);
+    assert_eq!(row.get::<_, Option<i64>>(7), None);
+    assert_eq!(row.get::<_, Option<bool>>(8), None);
 }
 
 /// PATCH /api/admin/settings/exchange-rate. The new rate is sent both as the query parameter
@@ -151,33 +177,40 @@ async fn exchange_rate_change_applies_on_the_first_call() {
         };
         let tier = tier2;
         let user = user2;
-        let changed = set_exchange_rate(&ctx, json!(20_000)).await.expect(200);
-        assert_eq!(int(&changed, "base_rate"), 20_000, "{changed}");
+        let mut changed = set_exchange_rate(&ctx, json!(20_000)).await.expect(200);
+        assert!(changed["updated_at"].is_string(), "{changed}");
+        changed.as_object_mut().unwrap().remove("updated_at");
+        // Seed 004's body exactly (the old base_rate / previous_base_rate keys are gone).
         assert_eq!(
-            int(&changed, "previous_base_rate"),
-            DEFAULT_BASE_RATE,
-            "{changed}"
+            changed,
+            json!({"success": true, "old_base_rate": DEFAULT_BASE_RATE, "new_base_rate": 20_000})
         );
-        assert!(changed.get("updated_at").is_some(), "{changed}");
         // The very first change is in force at once.
         let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
         assert_eq!(int(&c, "base_rate"), 20_000);
-        assert_eq!(int(&c, "credits"), 200);
+        assert_eq!(int(&c, "credits_to_charge"), 200);
         let body = ctx.charge(&user, 0.01, &ctx.id("op")).await.expect(200);
         assert_eq!(int(&body, "credits_charged"), 200);
         let body = ctx.add_usd(&user, 0.01).await;
         assert_eq!(int(&body, "credits_added"), 200);
-        // Invalid rates: 400, rate unchanged.
-        for bad in [json!(0), json!(-5), json!("abc"), json!(1.5)] {
-            set_exchange_rate(&ctx, bad).await.expect_error(400, None);
+        // Out of range (1..1e9): 422 naming base_rate; not an integer: 422. Rate unchanged.
+        for bad in [json!(0), json!(-5), json!(1_000_000_001i64)] {
+            let body = set_exchange_rate(&ctx, bad)
+                .await
+                .expect_error(422, Some("invalid_parameter"));
+            assert_eq!(body["field"], "base_rate", "{body}");
+        }
+        for bad in [json!("abc"), json!(1.5)] {
+            set_exchange_rate(&ctx, bad).await.expect_error(422, None);
         }
         let c = calculate(&ctx, json!({"cost_usd": 0.01, "tier": tier})).await;
         assert_eq!(int(&c, "base_rate"), 20_000);
-        // Setting it back reports the previous rate.
+        // Setting it back reports the rate it replaced.
         let back = set_exchange_rate(&ctx, json!(DEFAULT_BASE_RATE))
             .await
             .expect(200);
-        assert_eq!(int(&back, "previous_base_rate"), 20_000);
+        assert_eq!(int(&back, "old_base_rate"), 20_000);
+        assert_eq!(int(&back, "new_base_rate"), DEFAULT_BASE_RATE);
     })
     .await;
 
@@ -221,7 +254,10 @@ async fn charge_sees_base_rate_changes_of_other_sessions() {
     let ctx = Ctx::exclusive("rate_cache").await;
     let user = ctx.create_user().await;
     ctx.db
-        .execute("SELECT quota.bonus($1, 1000000, $2)", &[&user, &ctx.id("b")])
+        .execute(
+            "SELECT quota.bonus($1, 1000000, $2)",
+            &[&user, &ctx.id("b")],
+        )
         .await
         .unwrap();
     let charger = connect_db().await;
@@ -243,18 +279,24 @@ async fn charge_sees_base_rate_changes_of_other_sessions() {
     let mut seen: Vec<(&str, i64, String)> = Vec::new();
     let mut check = |what: &'static str, expected: i64, got: Result<i64, tokio_postgres::Error>| {
         seen.push((what, expected, format!("{got:?}")));
-        got.map_or(false, |g| g == expected)
+        got.is_ok_and(|g| g == expected)
     };
     check("default rate", 100, charge("1").await);
     // Uncommitted, then rolled back: the other session keeps the committed rate.
-    let _ = changer.batch_execute("BEGIN; UPDATE quota.settings SET base_rate = 20000").await;
+    let _ = changer
+        .batch_execute("BEGIN; UPDATE quota.settings SET base_rate = 20000")
+        .await;
     check("uncommitted change", 100, charge("2").await);
     let _ = changer.batch_execute("ROLLBACK").await;
     check("rolled back change", 100, charge("3").await);
     // Committed through the function, then through plain SQL, then TRUNCATE and INSERT.
-    let _ = changer.execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[]).await;
+    let _ = changer
+        .execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[])
+        .await;
     check("after set_exchange_rate", 200, charge("4").await);
-    let _ = changer.execute("UPDATE quota.settings SET base_rate = 30000", &[]).await;
+    let _ = changer
+        .execute("UPDATE quota.settings SET base_rate = 30000", &[])
+        .await;
     check("after a plain UPDATE", 300, charge("5").await);
     let _ = changer
         .batch_execute(
@@ -273,9 +315,16 @@ async fn charge_sees_base_rate_changes_of_other_sessions() {
         .expect("restore the base rate");
     check("after the restore", 100, charge("7").await);
     for (what, expected, got) in &seen {
-        assert_eq!(got, &format!("{:?}", Ok::<i64, ()>(*expected)), "{what}: {seen:#?}");
+        assert_eq!(
+            got,
+            &format!("{:?}", Ok::<i64, ()>(*expected)),
+            "{what}: {seen:#?}"
+        );
     }
-    assert_eq!(ctx.balance(&user).await, 1_000_000 - 100 * 4 - 200 - 300 - 400);
+    assert_eq!(
+        ctx.balance(&user).await,
+        1_000_000 - 100 * 4 - 200 - 300 - 400
+    );
     ctx.assert_verify_clean().await;
 }
 
@@ -287,7 +336,10 @@ async fn base_rate_cache_follows_commits_across_isolation_levels() {
     let ctx = Ctx::exclusive("rate_snapshots").await;
     let user = ctx.create_user().await;
     ctx.db
-        .execute("SELECT quota.bonus($1, 10000000, $2)", &[&user, &ctx.id("b")])
+        .execute(
+            "SELECT quota.bonus($1, 10000000, $2)",
+            &[&user, &ctx.id("b")],
+        )
         .await
         .unwrap();
     let charger = connect_db().await;
@@ -317,7 +369,11 @@ async fn base_rate_cache_follows_commits_across_isolation_levels() {
     let _ = changer
         .execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[])
         .await;
-    check("REPEATABLE READ, first charge after a commit", 200, charge("rr1").await);
+    check(
+        "REPEATABLE READ, first charge after a commit",
+        200,
+        charge("rr1").await,
+    );
     let _ = charger.batch_execute("COMMIT").await;
     check("the next transaction", 200, charge("rr2").await);
 
@@ -362,7 +418,11 @@ async fn base_rate_cache_follows_commits_across_isolation_levels() {
         .expect("restore the base rate");
     check("after the restore", 100, charge("end").await);
     for (what, expected, got) in &seen {
-        assert_eq!(got, &format!("{:?}", Ok::<i64, ()>(*expected)), "{what}: {seen:#?}");
+        assert_eq!(
+            got,
+            &format!("{:?}", Ok::<i64, ()>(*expected)),
+            "{what}: {seen:#?}"
+        );
     }
     ctx.assert_verify_clean().await;
 }
