@@ -26,7 +26,7 @@ use pgrx::{JsonB, PgOid};
 use quota_core::ids::{
     validate_free_text, validate_id, validate_metadata, validate_metadata_size,
     validate_operation_id, validate_payment_id, validate_tier, validate_user_id,
-    PAYMENT_ID_LEN_MAX,
+    OPERATION_ID_LEN_MAX, PAYMENT_ID_LEN_MAX,
 };
 use quota_core::pricing::{self, validate_credits};
 use quota_core::{ErrorKind, QuotaError};
@@ -709,9 +709,12 @@ pub fn refund_impl(
     description: Option<&str>,
 ) -> LedgerRow {
     validate_common(user_id, operation_id, description).or_raise();
-    validate_operation_id(charge_operation_id)
-        .map_err(|e| QuotaError::invalid(e.message.replace("operation_id", "charge_operation_id")))
-        .or_raise();
+    validate_id(
+        "charge_operation_id",
+        charge_operation_id,
+        OPERATION_ID_LEN_MAX,
+    )
+    .or_raise();
     if let Some(c) = credits {
         validate_credits("credits", c, false).or_raise();
     }

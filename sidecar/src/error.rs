@@ -160,10 +160,13 @@ impl AppError {
             AppError::Sql(sql) if sql.detail_error() == Some(PAYMENT_REQUIRED) => {
                 StatusCode::PAYMENT_REQUIRED
             }
-            // A field the extension found invalid is a validation failure of the request.
+            // A field the extension found invalid, or a request value PostgreSQL could not read
+            // (the sidecar passes dates and numbers of query strings as text to cast in SQL), is
+            // a validation failure of the request.
             AppError::Sql(sql)
                 if sql.class() == SqlClass::BadRequest
-                    && sql.detail.as_ref().is_some_and(|d| d.contains_key("field")) =>
+                    && (sql.detail.as_ref().is_some_and(|d| d.contains_key("field"))
+                        || matches!(sql.code.as_str(), "22007" | "22008" | "22P02")) =>
             {
                 invalid_input_status()
             }

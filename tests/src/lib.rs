@@ -369,7 +369,10 @@ impl Ctx {
             .await
             .expect(201);
         assert_eq!(body["success"], true, "created plan: {body}");
-        assert_eq!(body["plan"]["tier"], input["tier"], "created plan object: {body}");
+        assert_eq!(
+            body["plan"]["tier"], input["tier"],
+            "created plan object: {body}"
+        );
         body["plan"].clone()
     }
 

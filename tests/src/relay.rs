@@ -40,6 +40,12 @@ pub struct Mock {
     base: String,
 }
 
+impl Default for Mock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Mock {
     pub fn new() -> Mock {
         Mock {

@@ -151,46 +151,84 @@ async fn purchases_need_a_matching_unused_payment_of_the_same_user() {
     let ctx = Ctx::new("pay_rules").await;
     let alice = ctx.create_user().await;
     let bob = ctx.create_user().await;
-    let buy = |user: String, amount: f64, method: &'static str, op: String, payment: Option<String>| {
-        let db = &ctx.db;
-        async move {
-            db.query_one(
-                "SELECT to_jsonb(p) FROM quota.purchase($1, $2, $3, $4, $5) p",
-                &[&user, &amount, &method, &op, &payment],
-            )
-            .await
-            .map(|r| r.get::<_, Value>(0))
-        }
-    };
+    let buy =
+        |user: String, amount: f64, method: &'static str, op: String, payment: Option<String>| {
+            let db = &ctx.db;
+            async move {
+                db.query_one(
+                    "SELECT to_jsonb(p) FROM quota.purchase($1, $2, $3, $4, $5) p",
+                    &[&user, &amount, &method, &op, &payment],
+                )
+                .await
+                .map(|r| r.get::<_, Value>(0))
+            }
+        };
     let refused = |r: Result<Value, tokio_postgres::Error>| match r {
         Err(e) => sqlstate(&e),
         Ok(v) => panic!("expected a refusal, got {v}"),
     };
     // No payment at all (the 1e9 USD of the issue is refused by the bound first).
-    assert_eq!(refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await), "23514");
-    assert_eq!(refused(buy(alice.clone(), 1e9, "pm_card", ctx.id("p"), None).await), "22023");
+    assert_eq!(
+        refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await),
+        "23514"
+    );
+    assert_eq!(
+        refused(buy(alice.clone(), 1e9, "pm_card", ctx.id("p"), None).await),
+        "22023"
+    );
     // Bob's payment does not pay for Alice.
     let bobs = confirm_payments(&ctx, &bob, 10.0, 1).await;
-    assert_eq!(refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await), "23514");
     assert_eq!(
-        refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), Some(bobs[0].clone())).await),
+        refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await),
+        "23514"
+    );
+    assert_eq!(
+        refused(
+            buy(
+                alice.clone(),
+                10.0,
+                "pm_card",
+                ctx.id("p"),
+                Some(bobs[0].clone())
+            )
+            .await
+        ),
         "23514"
     );
     // Alice's payment of 10: not for 9.99, not with another method.
     let alices = confirm_payments(&ctx, &alice, 10.0, 1).await;
-    assert_eq!(refused(buy(alice.clone(), 9.99, "pm_card", ctx.id("p"), None).await), "23514");
     assert_eq!(
-        refused(buy(alice.clone(), 10.0, "pm_other", ctx.id("p"), Some(alices[0].clone())).await),
+        refused(buy(alice.clone(), 9.99, "pm_card", ctx.id("p"), None).await),
+        "23514"
+    );
+    assert_eq!(
+        refused(
+            buy(
+                alice.clone(),
+                10.0,
+                "pm_other",
+                ctx.id("p"),
+                Some(alices[0].clone())
+            )
+            .await
+        ),
         "23514"
     );
     assert_eq!(ctx.balance(&alice).await, 0, "refusals wrote nothing");
     // The matching purchase succeeds once; its replay returns the same row; a second one is refused.
     let op = ctx.id("p");
-    let first = buy(alice.clone(), 10.0, "pm_card", op.clone(), None).await.unwrap();
+    let first = buy(alice.clone(), 10.0, "pm_card", op.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(int(&first, "credits_added"), 100_000);
-    let replay = buy(alice.clone(), 10.0, "pm_card", op.clone(), None).await.unwrap();
+    let replay = buy(alice.clone(), 10.0, "pm_card", op.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(first, replay);
-    assert_eq!(refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await), "23514");
+    assert_eq!(
+        refused(buy(alice.clone(), 10.0, "pm_card", ctx.id("p"), None).await),
+        "23514"
+    );
     assert_eq!(ctx.balance(&alice).await, 100_000);
     assert_eq!(ctx.balance(&bob).await, 0);
     ctx.assert_verify_clean().await;
@@ -274,7 +312,10 @@ async fn operation_ids_are_scoped_per_user_and_caller() {
         .unwrap()
         .get(0);
     assert_eq!(executions, 1);
-    ctx.db.execute("SELECT quota.delete_strategy($1)", &[&strategy]).await.unwrap();
+    ctx.db
+        .execute("SELECT quota.delete_strategy($1)", &[&strategy])
+        .await
+        .unwrap();
     assert_eq!(ctx.balance(&alice).await, 1000 + 10_000 - 100 + 50 + 7);
     ctx.assert_verify_clean().await;
 }

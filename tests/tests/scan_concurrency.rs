@@ -13,10 +13,11 @@ async fn connect_db() -> tokio_postgres::Client {
     db
 }
 
-
 async fn user_and_strategy(db: &tokio_postgres::Client, tag: &str) -> (String, i64) {
     let user = unique_id(tag);
-    db.execute("SELECT quota.create_user($1)", &[&user]).await.unwrap();
+    db.execute("SELECT quota.create_user($1)", &[&user])
+        .await
+        .unwrap();
     let strategy = serde_json::json!({
         "name": unique_id(&format!("{tag}-s")),
         "type": "single",
@@ -24,7 +25,10 @@ async fn user_and_strategy(db: &tokio_postgres::Client, tag: &str) -> (String, i
         "condition": format!("match-user(\"{user}\")"),
     });
     let id: i64 = db
-        .query_one("SELECT (quota.create_strategy($1) ->> 'id')::bigint", &[&strategy])
+        .query_one(
+            "SELECT (quota.create_strategy($1) ->> 'id')::bigint",
+            &[&strategy],
+        )
         .await
         .unwrap()
         .get(0);
@@ -32,10 +36,13 @@ async fn user_and_strategy(db: &tokio_postgres::Client, tag: &str) -> (String, i
 }
 
 async fn recharged_by(db: &tokio_postgres::Client, strategy: i64) -> i64 {
-    db.query_one("SELECT count(*) FROM quota.executions WHERE strategy_id = $1", &[&strategy])
-        .await
-        .unwrap()
-        .get(0)
+    db.query_one(
+        "SELECT count(*) FROM quota.executions WHERE strategy_id = $1",
+        &[&strategy],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// What one `quota.scan()` call recharged for `strategy` (0 if it did not run it).
@@ -68,19 +75,31 @@ async fn two_scans_at_once_credit_each_user_once() {
         (second, n)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!racing.is_finished(), "the second scan must wait for the first");
+    assert!(
+        !racing.is_finished(),
+        "the second scan must wait for the first"
+    );
     first.batch_execute("COMMIT").await.unwrap();
-    let (_second, n) = tokio::time::timeout(Duration::from_secs(10), racing).await.unwrap().unwrap();
+    let (_second, n) = tokio::time::timeout(Duration::from_secs(10), racing)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(n, 0, "the second scan recharged again");
     assert!(by_first <= 1);
     assert_eq!(recharged_by(&setup, strategy).await, 1);
     let balance: i64 = setup
-        .query_one("SELECT balance FROM quota.wallets WHERE user_id = $1", &[&user])
+        .query_one(
+            "SELECT balance FROM quota.wallets WHERE user_id = $1",
+            &[&user],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(balance, 7);
-    setup.execute("SELECT quota.disable_strategy($1)", &[&strategy]).await.unwrap();
+    setup
+        .execute("SELECT quota.disable_strategy($1)", &[&strategy])
+        .await
+        .unwrap();
     assert_verify_clean(&setup).await;
 }
 
@@ -92,12 +111,18 @@ async fn a_strategy_disabled_while_a_scan_waits_for_it_is_not_run() {
     // The admin's disable holds the strategy row; the scan reaches it, waits, then sees it off.
     let admin = connect_db().await;
     admin.batch_execute("BEGIN").await.unwrap();
-    admin.execute("SELECT quota.disable_strategy($1)", &[&strategy]).await.unwrap();
+    admin
+        .execute("SELECT quota.disable_strategy($1)", &[&strategy])
+        .await
+        .unwrap();
     let scanner = connect_db().await;
     let scan = tokio::spawn(async move { scan_for(&scanner, strategy).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     admin.batch_execute("COMMIT").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(10), scan).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), scan)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(n, 0, "a strategy disabled before its turn was run");
 }
 
@@ -112,23 +137,38 @@ async fn a_disable_issued_during_a_scan_takes_effect_when_that_scan_ends() {
     // The disable waits for the scan holding the strategy; it is not lost.
     let admin = connect_db().await;
     let disable = tokio::spawn(async move {
-        admin.execute("SELECT quota.disable_strategy($1)", &[&strategy]).await.unwrap();
+        admin
+            .execute("SELECT quota.disable_strategy($1)", &[&strategy])
+            .await
+            .unwrap();
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!disable.is_finished(), "the disable must wait for the scan");
     scanner.batch_execute("COMMIT").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), disable).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), disable)
+        .await
+        .unwrap()
+        .unwrap();
     let status: bool = setup
-        .query_one("SELECT status FROM quota.strategies WHERE id = $1", &[&strategy])
+        .query_one(
+            "SELECT status FROM quota.strategies WHERE id = $1",
+            &[&strategy],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(!status);
     // A user who comes to match later is not recharged by a disabled strategy.
     let late = unique_id("afterscan-late");
-    setup.execute("SELECT quota.create_user($1)", &[&late]).await.unwrap();
+    setup
+        .execute("SELECT quota.create_user($1)", &[&late])
+        .await
+        .unwrap();
     let patch = serde_json::json!({ "condition": format!("match-user(\"{late}\")") });
-    setup.execute("SELECT quota.update_strategy($1, $2)", &[&strategy, &patch]).await.unwrap();
+    setup
+        .execute("SELECT quota.update_strategy($1, $2)", &[&strategy, &patch])
+        .await
+        .unwrap();
     assert_eq!(scan_for(&setup, strategy).await, 0);
     assert_eq!(recharged_by(&setup, strategy).await, 1);
 }

@@ -31,7 +31,9 @@ fn exact_keys(what: &str, v: &Value, expected: &[&str]) {
 
 fn string_id(what: &str, v: &Value) {
     assert!(
-        v["transaction_id"].as_str().is_some_and(|s| s.parse::<i64>().is_ok()),
+        v["transaction_id"]
+            .as_str()
+            .is_some_and(|s| s.parse::<i64>().is_ok()),
         "{what}: transaction_id must be a JSON string: {v}"
     );
 }
@@ -81,7 +83,11 @@ async fn seed_004_bodies_have_the_seed_keys() {
     has_keys(
         "created plan",
         &created["plan"],
-        &[&PUBLIC_PLAN_KEYS[..8], &["active", "created_at", "updated_at"]].concat(),
+        &[
+            &PUBLIC_PLAN_KEYS[..8],
+            &["active", "created_at", "updated_at"],
+        ]
+        .concat(),
     );
     let admin_list = api
         .admin(Method::GET, "/api/admin/subscription-plans")
@@ -114,7 +120,13 @@ async fn seed_004_bodies_have_the_seed_keys() {
     has_keys(
         "multiplier",
         &m,
-        &["success", "tier", "old_multiplier", "new_multiplier", "updated_at"],
+        &[
+            "success",
+            "tier",
+            "old_multiplier",
+            "new_multiplier",
+            "updated_at",
+        ],
     );
     let r = api
         .admin(
@@ -127,7 +139,13 @@ async fn seed_004_bodies_have_the_seed_keys() {
     has_keys(
         "purchase rate",
         &r,
-        &["success", "tier", "old_purchase_rate", "new_purchase_rate", "updated_at"],
+        &[
+            "success",
+            "tier",
+            "old_purchase_rate",
+            "new_purchase_rate",
+            "updated_at",
+        ],
     );
     // The same rate again: nothing changes for the other tests.
     let x = api
@@ -148,8 +166,10 @@ async fn seed_004_bodies_have_the_seed_keys() {
     let (user, token) = ctx.create_user_with_token().await;
     let sub = api
         .service(Method::POST, "/api/internal/subscription/update")
-        .json(&json!({"user_id": user, "subscription_tier": tier, "credits_to_add": 1100,
-                      "operation_id": ctx.id("sub")}))
+        .json(
+            &json!({"user_id": user, "subscription_tier": tier, "credits_to_add": 1100,
+                      "operation_id": ctx.id("sub")}),
+        )
         .send()
         .await
         .expect(200);
@@ -173,8 +193,10 @@ async fn seed_004_bodies_have_the_seed_keys() {
     let add_op = ctx.id("add");
     let add = api
         .service(Method::POST, "/api/internal/credits/add")
-        .json(&json!({"user_id": user, "amount_usd": 10.0, "source": "stripe", "operation_id": add_op,
-                      "description": "top up", "metadata": {"invoice": "in_1"}}))
+        .json(
+            &json!({"user_id": user, "amount_usd": 10.0, "source": "stripe", "operation_id": add_op,
+                      "description": "top up", "metadata": {"invoice": "in_1"}}),
+        )
         .send()
         .await
         .expect(200);
@@ -253,7 +275,10 @@ async fn seed_004_bodies_have_the_seed_keys() {
     }
 
     let balance = api
-        .service(Method::GET, &format!("/api/internal/credits/balance/{user}"))
+        .service(
+            Method::GET,
+            &format!("/api/internal/credits/balance/{user}"),
+        )
         .send()
         .await
         .expect(200);
@@ -293,7 +318,11 @@ async fn seed_004_bodies_have_the_seed_keys() {
         .await
         .expect(200);
     has_keys("subscription", &s, &["subscription", "credits"]);
-    has_keys("subscription.subscription", &s["subscription"], PUBLIC_PLAN_KEYS);
+    has_keys(
+        "subscription.subscription",
+        &s["subscription"],
+        PUBLIC_PLAN_KEYS,
+    );
     has_keys(
         "subscription.credits",
         &s["credits"],
@@ -321,7 +350,10 @@ async fn seed_004_bodies_have_the_seed_keys() {
             ],
         );
     }
-    let charged = items.iter().find(|i| i["type"] == "charge").expect("a charge");
+    let charged = items
+        .iter()
+        .find(|i| i["type"] == "charge")
+        .expect("a charge");
     assert_eq!(num(charged, "cost_usd"), 0.0123);
     let added = items.iter().find(|i| i["type"] == "add").expect("an add");
     assert_eq!(num(added, "amount_usd"), 10.0);
@@ -330,8 +362,10 @@ async fn seed_004_bodies_have_the_seed_keys() {
     let payment = ctx.id("pay");
     let confirmed = api
         .service(Method::POST, "/api/internal/payments")
-        .json(&json!({"payment_id": payment, "user_id": user, "amount_usd": 5.0,
-                      "payment_method_id": "pm_card_visa"}))
+        .json(
+            &json!({"payment_id": payment, "user_id": user, "amount_usd": 5.0,
+                      "payment_method_id": "pm_card_visa"}),
+        )
         .send()
         .await
         .expect(201);
@@ -345,7 +379,13 @@ async fn seed_004_bodies_have_the_seed_keys() {
     has_keys(
         "purchase",
         &bought,
-        &["success", "transaction_id", "amount_usd", "credits_added", "new_balance"],
+        &[
+            "success",
+            "transaction_id",
+            "amount_usd",
+            "credits_added",
+            "new_balance",
+        ],
     );
     string_id("purchase", &bought);
 
@@ -357,10 +397,19 @@ async fn seed_004_bodies_have_the_seed_keys() {
     has_keys(
         "statistics",
         &stats,
-        &["period", "total_users", "subscriptions", "credits", "transactions"],
+        &[
+            "period",
+            "total_users",
+            "subscriptions",
+            "credits",
+            "transactions",
+        ],
     );
     has_keys("statistics.period", &stats["period"], &["start", "end"]);
-    assert!(stats["subscriptions"]["subscriptions"].is_object(), "{stats}");
+    assert!(
+        stats["subscriptions"]["subscriptions"].is_object(),
+        "{stats}"
+    );
     has_keys(
         "statistics.credits",
         &stats["credits"],
@@ -385,11 +434,14 @@ async fn seed_004_status_codes() {
         .send()
         .await
         .expect_error(403, None);
-    api.anon(Method::GET, &format!("/api/internal/credits/balance/{user}"))
-        .header("X-Service-Token", "wrong")
-        .send()
-        .await
-        .expect_error(403, None);
+    api.anon(
+        Method::GET,
+        &format!("/api/internal/credits/balance/{user}"),
+    )
+    .header("X-Service-Token", "wrong")
+    .send()
+    .await
+    .expect_error(403, None);
     api.user("pq_wrong", Method::GET, "/api/v1/subscription")
         .send()
         .await
@@ -400,8 +452,10 @@ async fn seed_004_status_codes() {
         .await
         .expect_error(404, None);
     api.service(Method::POST, "/api/internal/subscription/update")
-        .json(&json!({"user_id": user, "subscription_tier": "no-such-tier", "credits_to_add": 0,
-                      "operation_id": ctx.id("s")}))
+        .json(
+            &json!({"user_id": user, "subscription_tier": "no-such-tier", "credits_to_add": 0,
+                      "operation_id": ctx.id("s")}),
+        )
         .send()
         .await
         .expect_error(404, None);
@@ -420,7 +474,9 @@ async fn seed_004_status_codes() {
     ctx.top_up_credits(&user, 1000).await;
     let op = ctx.id("c");
     ctx.charge(&user, 0.01, &op).await.expect(200);
-    ctx.charge(&user, 0.02, &op).await.expect_error(409, Some("idempotency_conflict"));
+    ctx.charge(&user, 0.02, &op)
+        .await
+        .expect_error(409, Some("idempotency_conflict"));
     // 402 for a purchase without a confirmed payment; nothing written.
     let (_, token) = ctx.issue_token(&user).await;
     let before = ctx.balance(&user).await;

@@ -64,7 +64,10 @@ async fn a_failing_strategy_does_not_stop_the_worker_or_the_others() {
     let after = worker_status(&ctx.db).await;
     let broken_error: Option<String> = ctx
         .db
-        .query_one("SELECT last_error FROM quota.strategies WHERE id = $1", &[&broken])
+        .query_one(
+            "SELECT last_error FROM quota.strategies WHERE id = $1",
+            &[&broken],
+        )
         .await
         .unwrap()
         .get(0);
@@ -77,12 +80,17 @@ async fn a_failing_strategy_does_not_stop_the_worker_or_the_others() {
     assert!(recharged, "the good strategy never ran: {after}");
     assert_eq!(ctx.balance(&user).await, 3);
     assert!(
-        broken_error.as_deref().is_some_and(|e| e.contains("invalid condition")),
+        broken_error
+            .as_deref()
+            .is_some_and(|e| e.contains("invalid condition")),
         "the broken strategy's error is kept: {broken_error:?}"
     );
     // Same worker process, still running, and it counted the failures.
     assert_eq!(after["state"], "running", "{after}");
-    assert_eq!(after["pid"], before["pid"], "the worker restarted: {before} -> {after}");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "the worker restarted: {before} -> {after}"
+    );
     assert!(
         int(&after, "strategy_errors") > int(&before, "strategy_errors"),
         "{before} -> {after}"
