@@ -1,11 +1,14 @@
 # pg_quota: PostgreSQL 15 with the pg_quota extension preloaded, plus the quota-sidecar binary.
 #
 #   docker build -t pg_quota .
-#   docker run -d --name pg_quota -e POSTGRES_PASSWORD=secret -p 5432:5432 pg_quota
-#       -> database $POSTGRES_DB (default postgres) has the extension; its worker connects there.
+#   docker run -d --name pg_quota -e POSTGRES_PASSWORD=secret -e QUOTA_SIDECAR_PASSWORD=s3cret \
+#       -p 5432:5432 pg_quota
+#       -> database $POSTGRES_DB (default postgres) has the extension; its worker connects there;
+#          the login role quota_sidecar (a member of quota_admin, not a superuser) is created
+#          when QUOTA_SIDECAR_PASSWORD is set.
 #   docker run -d --name quota-sidecar --network container:pg_quota \
 #       -e QUOTA_LISTEN=0.0.0.0:8080 \
-#       -e QUOTA_DATABASE_URL='host=127.0.0.1 port=5432 user=postgres password=secret dbname=postgres' \
+#       -e QUOTA_DATABASE_URL='host=127.0.0.1 port=5432 user=quota_sidecar password=s3cret dbname=postgres' \
 #       -e QUOTA_ADMIN_TOKEN=... -e QUOTA_SERVICE_TOKEN=... \
 #       pg_quota quota-sidecar
 #
@@ -36,12 +39,10 @@ RUN cd extension \
  && cargo pgrx package --pg-config "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config" --out-dir /out/ext \
  && find /out/ext -type f | sort
 
-# The sidecar (and the AiGateway mock when the crate has it).
-RUN cargo build --release -p quota-sidecar --bins \
+# The sidecar (the AiGateway mock is a test double: tests/aigateway-mock, not shipped).
+RUN cargo build --release -p quota-sidecar --bin quota-sidecar \
  && mkdir -p /out/bin \
- && for b in quota-sidecar aigateway-mock; do \
-        if [ -x "target/release/$b" ]; then cp "target/release/$b" /out/bin/; fi; \
-    done \
+ && cp target/release/quota-sidecar /out/bin/ \
  && ls -l /out/bin
 
 # ------------------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ RUN echo "shared_preload_libraries = 'pg_quota'" >> /usr/share/postgresql/postgr
         "SELECT format('ALTER SYSTEM SET quota.database = %L', current_database()) \\gexec" \
         'CREATE EXTENSION IF NOT EXISTS pg_quota;' \
         > /docker-entrypoint-initdb.d/10-pg_quota.sql
+
+COPY scripts/docker-init-sidecar-role.sh /docker-entrypoint-initdb.d/20-pg_quota-sidecar-role.sh
 
 EXPOSE 5432 8080
 
