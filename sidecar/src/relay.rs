@@ -1003,6 +1003,85 @@ mod tests {
         }
     }
 
+    /// An https gateway (rustls): a delivery reaches a TLS gateway whose certificate is signed by a
+    /// private CA named in `QUOTA_AIGATEWAY_CA_FILE`; without that file the gateway is not trusted
+    /// and nothing is delivered.
+    #[tokio::test]
+    async fn an_https_gateway_is_reached_through_its_ca_file() {
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let mock = MockState::new("gw-cred", "/v1/chat/completions");
+        let app = router(mock.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("pq-relay-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let gateway = AiGatewayConfig {
+            url: format!("https://localhost:{port}"),
+            admin_path: "/v1/chat/completions".into(),
+            credential: Secret::new("gw-cred"),
+            idempotent: false,
+            ca_file: Some(ca_file),
+        };
+        let timeout = Duration::from_secs(5);
+        let trusted = http_client(&gateway, timeout).unwrap();
+        assert_eq!(
+            deliver(&trusted, &gateway, &row(7), timeout).await,
+            Outcome::Delivered
+        );
+        assert_eq!(mock.deltas().len(), 1);
+        let untrusted_gateway = AiGatewayConfig {
+            ca_file: None,
+            ..gateway.clone()
+        };
+        let untrusted = http_client(&untrusted_gateway, timeout).unwrap();
+        let outcome = deliver(&untrusted, &untrusted_gateway, &row(8), timeout).await;
+        assert!(!matches!(outcome, Outcome::Delivered), "{outcome:?}");
+        assert_eq!(
+            mock.deltas().len(),
+            1,
+            "nothing delivered to an untrusted gateway"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn deliver_sends_the_form_bearer_and_idempotency_key() {
         let (mock, gateway) = mock_gateway().await;
