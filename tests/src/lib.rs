@@ -595,3 +595,42 @@ impl Ctx {
         payment_id
     }
 }
+
+/// The 12 keys of a plan as seed 004's admin API lists it, exactly (its own tests count them).
+pub const ADMIN_PLAN_KEYS: &[&str] = &[
+    "tier",
+    "name",
+    "monthly_cost",
+    "fixed_cost",
+    "credits_included",
+    "bonus_credits",
+    "multiplier",
+    "purchase_rate",
+    "active",
+    "users_count",
+    "created_at",
+    "updated_at",
+];
+
+/// The 9 keys of a plan as seed 004's public API lists it, exactly.
+pub const PUBLIC_PLAN_KEYS: &[&str] = &[
+    "tier",
+    "name",
+    "monthly_cost",
+    "fixed_cost",
+    "credits_included",
+    "bonus_credits",
+    "multiplier",
+    "purchase_rate",
+    "total_credits",
+];
+
+/// Asserts the object has exactly these keys.
+pub fn assert_exact_keys(v: &Value, keys: &[&str]) {
+    assert_fields(v, keys);
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        keys.len(),
+        "expected exactly {keys:?}: {v}"
+    );
+}

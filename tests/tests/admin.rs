@@ -12,29 +12,8 @@ fn tier_of(plan: &Value) -> String {
         .to_string()
 }
 
-/// The 12 keys of an admin plan object (seed 004's admin list), exactly.
-const ADMIN_PLAN_KEYS: &[&str] = &[
-    "tier",
-    "name",
-    "monthly_cost",
-    "fixed_cost",
-    "credits_included",
-    "bonus_credits",
-    "multiplier",
-    "purchase_rate",
-    "active",
-    "users_count",
-    "created_at",
-    "updated_at",
-];
-
 fn assert_admin_plan(plan: &Value) {
-    assert_fields(plan, ADMIN_PLAN_KEYS);
-    assert_eq!(
-        plan.as_object().unwrap().len(),
-        ADMIN_PLAN_KEYS.len(),
-        "an admin plan has exactly {ADMIN_PLAN_KEYS:?}: {plan}"
-    );
+    assert_exact_keys(plan, ADMIN_PLAN_KEYS);
 }
 
 async fn list_plans(ctx: &Ctx, active_only: Option<bool>) -> Vec<Value> {

@@ -246,86 +246,125 @@ async fn exchange_rate_change_applies_on_the_first_call() {
     ctx.assert_verify_clean().await;
 }
 
+/// Two sessions around one user: `charger` charges 0.01 USD (100 credits at the default rate),
+/// `changer` changes the rate. Checks are collected and asserted by `finish`, after the default
+/// rate is restored, so a failing check never leaves the global rate changed for other tests.
+struct RateProbe<'a> {
+    ctx: &'a Ctx,
+    user: String,
+    charger: tokio_postgres::Client,
+    changer: tokio_postgres::Client,
+    seen: Vec<(&'static str, i64, String)>,
+}
+
+impl<'a> RateProbe<'a> {
+    async fn new(ctx: &'a Ctx, credits: i64) -> RateProbe<'a> {
+        let user = ctx.create_user().await;
+        ctx.db
+            .execute(
+                "SELECT quota.bonus($1, $2, $3)",
+                &[&user, &credits, &ctx.id("b")],
+            )
+            .await
+            .unwrap();
+        RateProbe {
+            ctx,
+            user,
+            charger: connect_db().await,
+            changer: connect_db().await,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn charge(&self, n: &str) -> Result<i64, tokio_postgres::Error> {
+        self.charger
+            .query_one(
+                "SELECT credits_charged FROM quota.charge($1, 0.01, $2)",
+                &[&self.user, &self.ctx.id(n)],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    }
+
+    fn check(
+        &mut self,
+        what: &'static str,
+        expected: i64,
+        got: Result<i64, tokio_postgres::Error>,
+    ) {
+        self.seen.push((what, expected, format!("{got:?}")));
+    }
+
+    async fn charger_sql(&self, sql: &str) {
+        let _ = self.charger.batch_execute(sql).await;
+    }
+
+    async fn changer_sql(&self, sql: &str) {
+        let _ = self.changer.batch_execute(sql).await;
+    }
+
+    /// Restores the default rate, checks a charge at it, then asserts every check.
+    async fn finish(mut self) -> String {
+        self.ctx
+            .db
+            .query(
+                "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
+                &[&DEFAULT_BASE_RATE],
+            )
+            .await
+            .expect("restore the base rate");
+        let got = self.charge("end").await;
+        self.check("after the restore", 100, got);
+        for (what, expected, got) in &self.seen {
+            assert_eq!(
+                got,
+                &format!("{:?}", Ok::<i64, ()>(*expected)),
+                "{what}: {:#?}",
+                self.seen
+            );
+        }
+        self.ctx.assert_verify_clean().await;
+        self.user
+    }
+}
+
 /// quota.charge caches settings.base_rate in each backend. A change committed by another session
 /// (through the function, a plain UPDATE, or TRUNCATE and INSERT) is in force for the next charge
 /// of a backend that has already charged; an uncommitted or rolled back one is not.
 #[tokio::test]
 async fn charge_sees_base_rate_changes_of_other_sessions() {
     let ctx = Ctx::exclusive("rate_cache").await;
-    let user = ctx.create_user().await;
-    ctx.db
-        .execute(
-            "SELECT quota.bonus($1, 1000000, $2)",
-            &[&user, &ctx.id("b")],
-        )
-        .await
-        .unwrap();
-    let charger = connect_db().await;
-    let changer = connect_db().await;
-    let charge = |n: &'static str| {
-        let (charger, user, op) = (&charger, user.clone(), ctx.id(n));
-        async move {
-            charger
-                .query_one(
-                    "SELECT credits_charged FROM quota.charge($1, 0.01, $2)",
-                    &[&user, &op],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0))
-        }
-    };
-
-    // Collect, restore, then assert: the rate is restored even when a check fails.
-    let mut seen: Vec<(&str, i64, String)> = Vec::new();
-    let mut check = |what: &'static str, expected: i64, got: Result<i64, tokio_postgres::Error>| {
-        seen.push((what, expected, format!("{got:?}")));
-        got.is_ok_and(|g| g == expected)
-    };
-    check("default rate", 100, charge("1").await);
+    let mut p = RateProbe::new(&ctx, 1_000_000).await;
+    let got = p.charge("1").await;
+    p.check("default rate", 100, got);
     // Uncommitted, then rolled back: the other session keeps the committed rate.
-    let _ = changer
-        .batch_execute("BEGIN; UPDATE quota.settings SET base_rate = 20000")
+    p.changer_sql("BEGIN; UPDATE quota.settings SET base_rate = 20000")
         .await;
-    check("uncommitted change", 100, charge("2").await);
-    let _ = changer.batch_execute("ROLLBACK").await;
-    check("rolled back change", 100, charge("3").await);
+    let got = p.charge("2").await;
+    p.check("uncommitted change", 100, got);
+    p.changer_sql("ROLLBACK").await;
+    let got = p.charge("3").await;
+    p.check("rolled back change", 100, got);
     // Committed through the function, then through plain SQL, then TRUNCATE and INSERT.
-    let _ = changer
-        .execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[])
+    p.changer_sql("SELECT quota.set_exchange_rate(20000, 'e2e')")
         .await;
-    check("after set_exchange_rate", 200, charge("4").await);
-    let _ = changer
-        .execute("UPDATE quota.settings SET base_rate = 30000", &[])
+    let got = p.charge("4").await;
+    p.check("after set_exchange_rate", 200, got);
+    p.changer_sql("UPDATE quota.settings SET base_rate = 30000")
         .await;
-    check("after a plain UPDATE", 300, charge("5").await);
-    let _ = changer
-        .batch_execute(
-            "BEGIN; TRUNCATE quota.settings; INSERT INTO quota.settings (base_rate) VALUES (40000); COMMIT",
-        )
-        .await;
-    check("after TRUNCATE and INSERT", 400, charge("6").await);
-
-    // Restore the default whatever happened above.
-    ctx.db
-        .query(
-            "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
-            &[&DEFAULT_BASE_RATE],
-        )
-        .await
-        .expect("restore the base rate");
-    check("after the restore", 100, charge("7").await);
-    for (what, expected, got) in &seen {
-        assert_eq!(
-            got,
-            &format!("{:?}", Ok::<i64, ()>(*expected)),
-            "{what}: {seen:#?}"
-        );
-    }
+    let got = p.charge("5").await;
+    p.check("after a plain UPDATE", 300, got);
+    p.changer_sql(
+        "BEGIN; TRUNCATE quota.settings; INSERT INTO quota.settings (base_rate) VALUES (40000); COMMIT",
+    )
+    .await;
+    let got = p.charge("6").await;
+    p.check("after TRUNCATE and INSERT", 400, got);
+    let user = p.finish().await;
     assert_eq!(
         ctx.balance(&user).await,
         1_000_000 - 100 * 4 - 200 - 300 - 400
     );
-    ctx.assert_verify_clean().await;
 }
 
 /// The per-backend base_rate cache is never filled from an old snapshot (issue 9): a backend that
@@ -334,95 +373,53 @@ async fn charge_sees_base_rate_changes_of_other_sessions() {
 #[tokio::test]
 async fn base_rate_cache_follows_commits_across_isolation_levels() {
     let ctx = Ctx::exclusive("rate_snapshots").await;
-    let user = ctx.create_user().await;
-    ctx.db
-        .execute(
-            "SELECT quota.bonus($1, 10000000, $2)",
-            &[&user, &ctx.id("b")],
-        )
-        .await
-        .unwrap();
-    let charger = connect_db().await;
-    let changer = connect_db().await;
-    let charge = |n: &'static str| {
-        let (charger, user, op) = (&charger, user.clone(), ctx.id(n));
-        async move {
-            charger
-                .query_one(
-                    "SELECT credits_charged FROM quota.charge($1, 0.01, $2)",
-                    &[&user, &op],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0))
-        }
-    };
-    let mut seen: Vec<(&str, i64, String)> = Vec::new();
-    let mut check = |what: &'static str, expected: i64, got: Result<i64, tokio_postgres::Error>| {
-        seen.push((what, expected, format!("{got:?}")));
-    };
+    let mut p = RateProbe::new(&ctx, 10_000_000).await;
 
     // A REPEATABLE READ transaction takes its snapshot, the rate changes and commits, then the
     // transaction's first charge fills the cache: from the latest snapshot, not the old one.
-    let _ = charger
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+    p.charger_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
         .await;
-    let _ = changer
-        .execute("SELECT quota.set_exchange_rate(20000, 'e2e')", &[])
+    p.changer_sql("SELECT quota.set_exchange_rate(20000, 'e2e')")
         .await;
-    check(
-        "REPEATABLE READ, first charge after a commit",
-        200,
-        charge("rr1").await,
-    );
-    let _ = charger.batch_execute("COMMIT").await;
-    check("the next transaction", 200, charge("rr2").await);
+    let got = p.charge("rr1").await;
+    p.check("REPEATABLE READ, first charge after a commit", 200, got);
+    p.charger_sql("COMMIT").await;
+    let got = p.charge("rr2").await;
+    p.check("the next transaction", 200, got);
 
     // A REPEATABLE READ transaction that cached the rate sees a change committed meanwhile.
-    let _ = charger
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    p.charger_sql("BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    let got = p.charge("rr3").await;
+    p.check("REPEATABLE READ, cached", 200, got);
+    p.changer_sql("SELECT quota.set_exchange_rate(30000, 'e2e')")
         .await;
-    check("REPEATABLE READ, cached", 200, charge("rr3").await);
-    let _ = changer
-        .execute("SELECT quota.set_exchange_rate(30000, 'e2e')", &[])
-        .await;
-    check("REPEATABLE READ, after a commit", 300, charge("rr4").await);
-    let _ = charger.batch_execute("COMMIT").await;
-    check("after COMMIT", 300, charge("rr5").await);
+    let got = p.charge("rr4").await;
+    p.check("REPEATABLE READ, after a commit", 300, got);
+    p.charger_sql("COMMIT").await;
+    let got = p.charge("rr5").await;
+    p.check("after COMMIT", 300, got);
 
     // One READ COMMITTED transaction: a charge after a committed change uses the new rate.
-    let _ = charger.batch_execute("BEGIN").await;
-    check("READ COMMITTED, cached", 300, charge("rc1").await);
-    let _ = changer
-        .execute("SELECT quota.set_exchange_rate(40000, 'e2e')", &[])
+    p.charger_sql("BEGIN").await;
+    let got = p.charge("rc1").await;
+    p.check("READ COMMITTED, cached", 300, got);
+    p.changer_sql("SELECT quota.set_exchange_rate(40000, 'e2e')")
         .await;
-    check("READ COMMITTED, after a commit", 400, charge("rc2").await);
-    let _ = charger.batch_execute("COMMIT").await;
-    check("after COMMIT", 400, charge("rc3").await);
+    let got = p.charge("rc2").await;
+    p.check("READ COMMITTED, after a commit", 400, got);
+    p.charger_sql("COMMIT").await;
+    let got = p.charge("rc3").await;
+    p.check("after COMMIT", 400, got);
 
     // calculate_credits prices with the same rule.
-    let calculated = charger
+    let calculated = p
+        .charger
         .query_one(
             "SELECT credits_to_charge FROM quota.calculate_credits(0.01)",
             &[],
         )
         .await
         .map(|r| r.get::<_, i64>(0));
-    check("calculate_credits", 400, calculated);
-
-    ctx.db
-        .query(
-            "SELECT quota.set_exchange_rate($1, 'e2e-restore')",
-            &[&DEFAULT_BASE_RATE],
-        )
-        .await
-        .expect("restore the base rate");
-    check("after the restore", 100, charge("end").await);
-    for (what, expected, got) in &seen {
-        assert_eq!(
-            got,
-            &format!("{:?}", Ok::<i64, ()>(*expected)),
-            "{what}: {seen:#?}"
-        );
-    }
-    ctx.assert_verify_clean().await;
+    p.check("calculate_credits", 400, calculated);
+    p.finish().await;
 }

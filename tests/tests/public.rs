@@ -5,29 +5,6 @@ use pg_quota_e2e::*;
 
 const PURCHASE: &str = "/api/v1/credits/purchase";
 
-/// The 9 keys of a plan as users see it (seed 004's public list), exactly.
-const PUBLIC_PLAN_KEYS: &[&str] = &[
-    "tier",
-    "name",
-    "monthly_cost",
-    "fixed_cost",
-    "credits_included",
-    "bonus_credits",
-    "multiplier",
-    "purchase_rate",
-    "total_credits",
-];
-
-/// Asserts `v` has exactly `keys`.
-fn assert_exact_keys(v: &Value, keys: &[&str]) {
-    assert_fields(v, keys);
-    assert_eq!(
-        v.as_object().unwrap().len(),
-        keys.len(),
-        "expected exactly {keys:?}: {v}"
-    );
-}
-
 /// The keys every transaction item has; `cost_usd`, `amount_usd` and `refund_of` come only with
 /// the types they belong to.
 const TRANSACTION_KEYS: &[&str] = &[

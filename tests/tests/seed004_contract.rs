@@ -38,32 +38,6 @@ fn string_id(what: &str, v: &Value) {
     );
 }
 
-const ADMIN_PLAN_KEYS: &[&str] = &[
-    "tier",
-    "name",
-    "monthly_cost",
-    "fixed_cost",
-    "credits_included",
-    "bonus_credits",
-    "multiplier",
-    "purchase_rate",
-    "active",
-    "users_count",
-    "created_at",
-    "updated_at",
-];
-const PUBLIC_PLAN_KEYS: &[&str] = &[
-    "tier",
-    "name",
-    "monthly_cost",
-    "fixed_cost",
-    "credits_included",
-    "bonus_credits",
-    "multiplier",
-    "purchase_rate",
-    "total_credits",
-];
-
 #[tokio::test]
 async fn seed_004_bodies_have_the_seed_keys() {
     let ctx = Ctx::new("seed004_shapes").await;
