@@ -60,6 +60,17 @@ pub enum SqlClass {
 
 pub const SQLSTATE_SERIALIZATION_FAILURE: &str = "40001";
 pub const SQLSTATE_CHECK_VIOLATION: &str = "23514";
+/// object_not_in_prerequisite_state: the subject is not in a state that allows the call (a
+/// reservation no longer held: 409; a disabled organization: 403, see [`QUOTA_REFUSALS`]).
+pub const SQLSTATE_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+
+/// The DETAIL `error` codes of a reservation (or consume) that the quota refuses: the caller may
+/// not spend this, HTTP 403 (seed 003), whatever their SQLSTATE (23514 or 55000).
+pub const QUOTA_REFUSALS: &[&str] = &[
+    "insufficient_user_quota",
+    "insufficient_org_quota",
+    "org_disabled",
+];
 
 /// The contract's table. Class 22 (data exception) is a bad argument as a whole, not only the
 /// listed 22023/22P02/22007/22008: pgrx raises 22000 for a plain `Err`, and an out-of-range
@@ -67,7 +78,9 @@ pub const SQLSTATE_CHECK_VIOLATION: &str = "23514";
 pub fn classify_sqlstate(code: &str) -> SqlClass {
     match code {
         "P0002" => SqlClass::NotFound,
-        "23505" | "23503" | SQLSTATE_CHECK_VIOLATION => SqlClass::Conflict,
+        "23505" | "23503" | SQLSTATE_CHECK_VIOLATION | SQLSTATE_NOT_IN_PREREQUISITE_STATE => {
+            SqlClass::Conflict
+        }
         SQLSTATE_SERIALIZATION_FAILURE => SqlClass::Retry,
         _ if code.starts_with("22") => SqlClass::BadRequest,
         _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
@@ -115,6 +128,14 @@ impl SqlError {
     pub fn detail_error(&self) -> Option<&str> {
         self.detail.as_ref()?.get("error")?.as_str()
     }
+
+    /// A refusal of the quota (user wallet, organization, disabled organization): 403.
+    pub fn is_quota_refusal(&self) -> bool {
+        self.class() == SqlClass::Conflict
+            && self
+                .detail_error()
+                .is_some_and(|code| QUOTA_REFUSALS.contains(&code))
+    }
 }
 
 tokio::task_local! {
@@ -160,6 +181,7 @@ impl AppError {
             AppError::Sql(sql) if sql.detail_error() == Some(PAYMENT_REQUIRED) => {
                 StatusCode::PAYMENT_REQUIRED
             }
+            AppError::Sql(sql) if sql.is_quota_refusal() => StatusCode::FORBIDDEN,
             // A field the extension found invalid, or a request value PostgreSQL could not read
             // (the sidecar passes dates and numbers of query strings as text to cast in SQL), is
             // a validation failure of the request.
@@ -367,6 +389,7 @@ mod tests {
             ("23505", 409),
             ("23503", 409),
             ("23514", 409),
+            ("55000", 409),
             ("40001", 409),
             ("08006", 503),
             ("08001", 503),
@@ -378,6 +401,8 @@ mod tests {
             ("P0001", 500),
             ("40P01", 500),
             ("57014", 500),
+            ("55P03", 500),
+            ("55006", 500),
         ];
         for (code, status) in table {
             assert_eq!(
@@ -477,6 +502,64 @@ mod tests {
         assert!(message.contains("1500 ms"), "{message}");
         assert!(message.contains("outcome is unknown"), "{message}");
         assert!(message.contains("same operation_id"), "{message}");
+    }
+
+    #[test]
+    fn quota_refusals_are_403_with_their_detail() {
+        for (code, error) in [
+            ("23514", "insufficient_user_quota"),
+            ("23514", "insufficient_org_quota"),
+            ("55000", "org_disabled"),
+        ] {
+            let err = sql_error(
+                code,
+                "refused",
+                Some(
+                    json!({"error": error, "user_id": "u1", "required_credits": 50, "available_credits": 10}),
+                ),
+            );
+            assert_eq!(err.status(), StatusCode::FORBIDDEN, "{code} {error}");
+            let body = err.body();
+            assert_eq!(body["error"], error);
+            assert_eq!(body["user_id"], "u1");
+            assert_eq!(body["required_credits"], 50);
+            assert_eq!(body["available_credits"], 10);
+            assert_eq!(body["message"], "refused");
+            // Not the charge's 200 refusal.
+            assert!(insufficient_credits_reply(&err).is_none());
+        }
+    }
+
+    #[test]
+    fn reservation_not_held_is_409_naming_its_status() {
+        let err = sql_error(
+            "55000",
+            "reservation 7 is settled, not held",
+            Some(
+                json!({"error": "reservation_not_held", "reservation_id": 7, "status": "settled"}),
+            ),
+        );
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        let body = err.body();
+        assert_eq!(body["error"], "reservation_not_held");
+        assert_eq!(body["reservation_id"], 7);
+        assert_eq!(body["status"], "settled");
+        assert_eq!(body["message"], "reservation 7 is settled, not held");
+        // 55000 without our DETAIL: still 409, with a generic code.
+        let err = sql_error("55000", "not in state", None);
+        assert_eq!(err.status(), StatusCode::CONFLICT);
+        assert_eq!(err.body()["error"], "conflict");
+    }
+
+    #[tokio::test]
+    async fn quota_refusal_stays_403_on_seed004_routes() {
+        let err = sql_error(
+            "23514",
+            "no room",
+            Some(json!({"error": "insufficient_org_quota", "field": "org"})),
+        );
+        let status = SEED004_ROUTE.scope((), async { err.status() }).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
     }
 
     #[test]

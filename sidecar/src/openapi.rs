@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "public", description = "Public API of a user (Authorization: Bearer <user API token>), seed 004"),
         (name = "admin", description = "Plans, rates and statistics (admin token), seed 004"),
         (name = "admin-users", description = "Users and their API tokens (admin token)"),
+        (name = "organizations", description = "Organizations and their quota (admin token), seed 003"),
+        (name = "reservations", description = "Holds of credits: reserve, settle, release, consume (X-Service-Token), seed 003"),
         (name = "strategies", description = "Recharge strategies and their executions (admin token), seed 000"),
         (name = "system", description = "Open operational endpoints"),
     )
@@ -41,8 +43,9 @@ pub struct ApiDoc;
 pub struct ErrorBody {
     /// Machine-readable code: invalid_json, invalid_body, invalid_query, invalid_path,
     /// invalid_parameter, unauthorized, forbidden, not_found, duplicate, idempotency_conflict,
-    /// in_use, in_progress, refund_exceeds_charge, timeout, database_unavailable,
-    /// internal_error, ...
+    /// in_use, in_progress, refund_exceeds_charge, insufficient_user_quota,
+    /// insufficient_org_quota, org_disabled, reservation_not_held, timeout,
+    /// database_unavailable, internal_error, ...
     error: String,
     /// What went wrong, for people.
     message: String,
@@ -98,7 +101,11 @@ const ERRORS: &[(&str, &str)] = &[
          SQLSTATE 22xxx)",
     ),
     ("401", "Missing credential"),
-    ("403", "Wrong credential, or this API is not configured"),
+    (
+        "403",
+        "Wrong credential, or this API is not configured; on reservations, the quota's refusal \
+         (insufficient_user_quota, insufficient_org_quota, org_disabled)",
+    ),
     ("404", "Unknown subject (SQLSTATE P0002)"),
     (
         "422",
@@ -108,7 +115,8 @@ const ERRORS: &[(&str, &str)] = &[
     ),
     (
         "409",
-        "Duplicate, idempotency conflict, in use, or the same operation in progress",
+        "Duplicate, idempotency conflict, in use, a reservation no longer held \
+         (reservation_not_held, SQLSTATE 55000), or the same operation in progress",
     ),
     (
         "500",

@@ -168,6 +168,71 @@ async fn empty_body_and_non_object_are_rejected_on_admin_routes() {
     );
 }
 
+/// Reservations and organizations are not seed 004 routes: their invalid input is 400.
+#[tokio::test]
+async fn reservation_and_organization_input_errors_are_400() {
+    let cases = [
+        (
+            "/api/internal/reservations",
+            r#"{"operation_id":"o","user_id":"u1","credits":5,"hold":1}"#,
+            "hold",
+        ),
+        (
+            "/api/internal/reservations",
+            r#"{"operation_id":"o","user_id":"u1","credits":"5"}"#,
+            "credits",
+        ),
+        (
+            "/api/internal/reservations/7/settle",
+            r#"{"operation_id":"o"}"#,
+            "actual_credits",
+        ),
+        (
+            "/api/internal/reservations/7/release",
+            r#"{"operation_id":"o","credits":1}"#,
+            "credits",
+        ),
+        (
+            "/api/internal/consume",
+            r#"{"operation_id":"o","user_id":"u1","ttl_s":5}"#,
+            "ttl_s",
+        ),
+    ];
+    for (uri, text, field) in cases {
+        let (status, _, body) = send(test_app(), service_post(uri, text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {text}");
+        assert_eq!(body["error"], "invalid_body", "{uri} {text}");
+        assert!(
+            body["message"].as_str().unwrap().contains(field),
+            "{uri} {text}: {body}"
+        );
+    }
+    let (status, _, body) = send(
+        test_app(),
+        service_post(
+            "/api/internal/reservations/x7/settle",
+            r#"{"actual_credits":1,"operation_id":"o"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_path");
+    let admin = [("authorization", "Bearer test-admin-token")];
+    for (uri, text) in [
+        ("/api/admin/organizations", r#"{"name":"no id"}"#),
+        ("/api/admin/organizations", r#"{"id":"a","org_id":"a"}"#),
+        ("/api/admin/organizations/acme/quota", r#"{"credits":1}"#),
+        (
+            "/api/admin/organizations/acme/quota",
+            r#"{"credits":1,"operation_id":"o","note":"x"}"#,
+        ),
+    ] {
+        let (status, _, body) = send(test_app(), request(Method::POST, uri, &admin, text)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {text}");
+        assert_eq!(body["error"], "invalid_body", "{uri} {text}");
+    }
+}
+
 #[tokio::test]
 async fn client_request_id_is_kept_and_echoed() {
     let req = request(
@@ -493,9 +558,26 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/api/admin/users"),
     ("get", "/api/admin/users/{user_id}"),
     ("put", "/api/admin/users/{user_id}"),
+    ("delete", "/api/admin/users/{user_id}"),
     ("post", "/api/admin/users/import"),
     ("post", "/api/admin/users/{user_id}/api-tokens"),
     ("delete", "/api/admin/api-tokens/{token_id}"),
+    // Organizations and reservations (issue 11, seed 003).
+    ("post", "/api/admin/organizations"),
+    ("get", "/api/admin/organizations"),
+    ("get", "/api/admin/organizations/{org_id}"),
+    ("put", "/api/admin/organizations/{org_id}"),
+    ("delete", "/api/admin/organizations/{org_id}"),
+    ("get", "/api/admin/organizations/{org_id}/users"),
+    ("post", "/api/admin/organizations/{org_id}/quota"),
+    ("post", "/api/internal/reservations"),
+    ("get", "/api/internal/reservations/{reservation_id}"),
+    ("post", "/api/internal/reservations/{reservation_id}/settle"),
+    (
+        "post",
+        "/api/internal/reservations/{reservation_id}/release",
+    ),
+    ("post", "/api/internal/consume"),
     // Recharge strategies (SPEC 6.6).
     ("post", "/api/v1/strategies"),
     ("get", "/api/v1/strategies"),
@@ -634,6 +716,8 @@ async fn every_documented_operation_is_mounted() {
             .replace("{user_id}", "u1")
             .replace("{tier}", "basic")
             .replace("{token_id}", "7")
+            .replace("{org_id}", "acme")
+            .replace("{reservation_id}", "7")
             .replace("{id}", "7");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, _, body) = send(test_app(), request(method.clone(), &uri, &[], "")).await;

@@ -5,7 +5,9 @@ pub mod admin;
 pub mod executions;
 pub mod health;
 pub mod internal;
+pub mod organizations;
 pub mod public;
+pub mod reservations;
 pub mod shapes;
 pub mod strategies;
 pub mod users;
@@ -54,10 +56,25 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::statistics).layer(seed004()))
         // Admin users and API tokens.
         .routes(routes!(users::create, users::list))
-        .routes(routes!(users::get, users::update))
+        .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(users::import).layer(DefaultBodyLimit::max(users::IMPORT_BODY_BYTES_MAX)))
         .routes(routes!(users::token_issue))
         .routes(routes!(users::token_revoke))
+        // Organizations and reservations (issue 11, seed 003). Not seed 004 routes: invalid
+        // input is 400; the quota's refusals are 403 (`error::QUOTA_REFUSALS`).
+        .routes(routes!(organizations::create, organizations::list))
+        .routes(routes!(
+            organizations::get,
+            organizations::update,
+            organizations::delete
+        ))
+        .routes(routes!(organizations::users))
+        .routes(routes!(organizations::add_quota))
+        .routes(routes!(reservations::reserve))
+        .routes(routes!(reservations::get))
+        .routes(routes!(reservations::settle))
+        .routes(routes!(reservations::release))
+        .routes(routes!(reservations::consume))
         // Recharge strategies (seed 000, SPEC 6.6) and their executions.
         .routes(routes!(strategies::create, strategies::list))
         .routes(routes!(strategies::scan))

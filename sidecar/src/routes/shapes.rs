@@ -1,7 +1,7 @@
-//! The response bodies of seed 004's endpoints, for the OpenAPI document. The handlers pass the
-//! JSON their SQL builds straight through (the shapes are made in SQL, so SQL and REST callers
-//! see one rendering); these types describe it, and the e2e contract test
-//! (tests/tests/seed004_contract.rs) checks the bodies against seed 004's key lists.
+//! The response bodies of the endpoints (seed 004's and later ones), for the OpenAPI document.
+//! The handlers pass the JSON their SQL builds straight through (the shapes are made in SQL, so
+//! SQL and REST callers see one rendering); these types describe it, and the e2e contract test
+//! (tests/tests/seed004_contract.rs) checks seed 004's bodies against its key lists.
 #![allow(dead_code)] // documentation only
 
 use serde_json::Value;
@@ -319,4 +319,164 @@ pub struct StatisticsResponse {
     subscriptions: SubscriptionCounts,
     credits: CreditTotals,
     transactions: TransactionCounts,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organizations, users' deletion and reservations (issue 11, seed 003).
+
+/// An organization (`quota.get_organization`).
+#[derive(ToSchema)]
+pub struct Organization {
+    id: String,
+    name: String,
+    /// enabled | disabled
+    status: String,
+    /// prepaid | postpaid
+    billing_type: String,
+    /// Credits granted to the organization (its ledger's sum).
+    quota: i64,
+    /// Credits its users have spent (limited and unlimited users alike).
+    used_quota: i64,
+    /// Credits held by open reservations of its users.
+    held_quota: i64,
+    /// How far past its quota a postpaid organization may spend.
+    overdraft_limit: i64,
+    /// prepaid: quota - held_quota; postpaid: quota + overdraft_limit - used_quota - held_quota.
+    available_quota: i64,
+    users_count: i64,
+    open_reservations: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+/// `GET /api/admin/organizations`.
+#[derive(ToSchema)]
+pub struct OrganizationList {
+    organizations: Vec<Organization>,
+    total: i64,
+    limit: i32,
+    offset: i32,
+}
+
+/// `DELETE /api/admin/organizations/{org_id}`.
+#[derive(ToSchema)]
+pub struct OrganizationDeleted {
+    /// true
+    deleted: bool,
+    organization: Organization,
+}
+
+/// `GET /api/admin/organizations/{org_id}/users`: user objects as `GET /api/admin/users` lists
+/// them (with unlimited, used_quota, request_count, held_credits).
+#[derive(ToSchema)]
+pub struct OrganizationUsers {
+    #[schema(value_type = Vec<Object>)]
+    users: Vec<Value>,
+    total: i64,
+    limit: i32,
+    offset: i32,
+}
+
+/// `POST /api/admin/organizations/{org_id}/quota` (or its replay).
+#[derive(ToSchema)]
+pub struct OrganizationQuotaAdded {
+    org_id: String,
+    operation_id: String,
+    credits: i64,
+    quota_after: i64,
+    used_quota_after: i64,
+    held_quota_after: i64,
+    /// The organization ledger's entry.
+    entry_id: i64,
+}
+
+/// `DELETE /api/admin/users/{user_id}`.
+#[derive(ToSchema)]
+pub struct UserDeleted {
+    /// true
+    deleted: bool,
+    /// The user as it was.
+    #[schema(value_type = Object)]
+    user: Value,
+}
+
+/// `POST /api/internal/reservations` (or its replay): a hold.
+#[derive(ToSchema)]
+pub struct ReservationHeld {
+    reservation_id: i64,
+    /// held
+    status: String,
+    user_id: String,
+    /// The user's organization, if any.
+    org: Option<String>,
+    /// Whether the user was unlimited when the hold was made (the rule it settles under).
+    unlimited: bool,
+    credits_held: i64,
+    /// Held in the user's wallet (0 for an unlimited user).
+    user_credits_held: i64,
+    /// Held in the organization (0 without one).
+    org_credits_held: i64,
+    /// When the hold was priced from a USD cost.
+    cost_usd: Option<f64>,
+    /// Past this, the worker expires the hold and returns it.
+    expires_at: String,
+    created_at: String,
+    operation_id: String,
+}
+
+/// `POST /api/internal/reservations/{reservation_id}/settle`, `.../release` and
+/// `POST /api/internal/consume`: how a reservation ended.
+#[derive(ToSchema)]
+pub struct ReservationEnded {
+    reservation_id: i64,
+    /// settled | released
+    status: String,
+    user_id: String,
+    org: Option<String>,
+    unlimited: bool,
+    credits_held: i64,
+    actual_credits: Option<i64>,
+    /// Taken from the user's wallet.
+    charged_credits: i64,
+    /// Hold returned unspent.
+    returned_credits: i64,
+    /// What the wallet could not pay of actual_credits (it never goes below 0).
+    uncollected_credits: i64,
+    org_charged_credits: i64,
+    org_uncollected_credits: i64,
+    balance_after: i64,
+    held_credits_after: i64,
+    used_quota_after: i64,
+    request_count_after: i64,
+    /// null without an organization.
+    org_quota_after: Option<i64>,
+    org_used_quota_after: Option<i64>,
+    /// The settle's, release's or consume's own operation_id.
+    operation_id: String,
+}
+
+/// `GET /api/internal/reservations/{reservation_id}`.
+#[derive(ToSchema)]
+pub struct Reservation {
+    reservation_id: i64,
+    /// held | settled | released | expired (a hold past expires_at shows expired)
+    status: String,
+    user_id: String,
+    org: Option<String>,
+    unlimited: bool,
+    credits_held: i64,
+    user_credits_held: i64,
+    org_credits_held: i64,
+    cost_usd: Option<f64>,
+    expires_at: String,
+    created_at: String,
+    ended_at: Option<String>,
+    operation_id: String,
+    end_operation_id: Option<String>,
+    actual_credits: Option<i64>,
+    charged_credits: Option<i64>,
+    returned_credits: Option<i64>,
+    uncollected_credits: Option<i64>,
+    org_charged_credits: Option<i64>,
+    org_uncollected_credits: Option<i64>,
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::JsonResult;
+use super::{shapes, JsonResult};
 use crate::auth::AdminAuth;
 use crate::error::AppError;
 use crate::extract::{optional_param, ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -18,6 +18,7 @@ pub const SQL_USER_LIST: &str = "SELECT quota.list_users($1::int4, $2::int4)";
 pub const SQL_USER_GET: &str = "SELECT quota.get_user($1::text)";
 pub const SQL_USER_UPDATE: &str = "SELECT quota.update_user($1::text, $2::jsonb)";
 pub const SQL_USER_IMPORT: &str = "SELECT quota.import_users($1::jsonb)";
+pub const SQL_USER_DELETE: &str = "SELECT quota.delete_user($1::text)";
 pub const SQL_TOKEN_ISSUE: &str =
     "SELECT to_jsonb(r) FROM quota.issue_api_token($1::text, $2::text) r";
 /// revoke_api_token returns a bare boolean; the object is built in the same statement.
@@ -32,14 +33,29 @@ pub const IMPORT_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// The profile fields of a user (the extension validates them).
 pub const PROFILE_FIELDS: &str = "{\"id\": \"<user id>\", ...profile}; profile fields: name, \
      github_username, email, phone, github_star (array or comma-separated text), vip (int >= 0), \
-     org, register_time, access_time";
+     org (the id of an existing organization, or null; an unknown one is 404), unlimited (bool: \
+     the user's own wallet is not charged, the organization still is; default true for a user \
+     created in an organization, else false), register_time, access_time";
+
+/// The body of an import.
+pub const IMPORT_FIELDS: &str = "[user objects with id] or {\"users\": [...]}; each object has \
+     the fields of POST /api/admin/users: name, github_username, email, phone, github_star, vip, \
+     org (an existing organization or null), unlimited (bool; default true in an organization, \
+     else false), register_time, access_time";
 
 /// Splits a create body into the id and the profile. `user_id` is accepted as a synonym of
 /// `id` because every other endpoint calls it that.
-pub fn split_user_id(mut body: Map<String, Value>) -> Result<(String, Value), AppError> {
-    let id = match (body.remove("id"), body.remove("user_id")) {
+pub fn split_user_id(body: Map<String, Value>) -> Result<(String, Value), AppError> {
+    split_id(body, "user_id")
+}
+
+/// Splits a create body into its `id` (or `synonym`, not both) and the rest.
+pub fn split_id(mut body: Map<String, Value>, synonym: &str) -> Result<(String, Value), AppError> {
+    let id = match (body.remove("id"), body.remove(synonym)) {
         (Some(_), Some(_)) => {
-            return Err(AppError::InvalidBody("give id or user_id, not both".into()))
+            return Err(AppError::InvalidBody(format!(
+                "give id or {synonym}, not both"
+            )))
         }
         (Some(id), None) | (None, Some(id)) => id,
         (None, None) => return Err(AppError::InvalidBody("missing field `id`".into())),
@@ -128,7 +144,8 @@ pub async fn get(
         .map(Json)
 }
 
-/// Update a user's profile (partial).
+/// Update a user's profile (partial; `org` and `unlimited` included: a change of `unlimited`
+/// applies to the next reservation, a hold already made settles under its own rule).
 ///
 /// SQL: `quota.update_user(user_id, patch)`.
 #[utoipa::path(
@@ -148,6 +165,28 @@ pub async fn update(
 ) -> JsonResult {
     let patch = Value::Object(patch);
     db::call_json(&state.pool, SQL_USER_UPDATE, &[&user_id, &patch])
+        .await
+        .map(Json)
+}
+
+/// Delete a user with their wallet, ledger, tokens, payments and closed reservations (the audit
+/// log keeps the history); 409 `in_use` while the user has a reservation held.
+///
+/// SQL: `quota.delete_user(user_id)`.
+#[utoipa::path(
+    delete, path = "/api/admin/users/{user_id}", tag = "admin-users",
+    operation_id = "admin_user_delete",
+    params(("user_id" = String, Path, description = "the user")),
+    responses((status = 200, description = "{deleted: true, user}", body = shapes::UserDeleted)),
+    security(("adminBearer" = []), ("adminToken" = [])),
+    extensions(("x-sql" = json!([SQL_USER_DELETE]))),
+)]
+pub async fn delete(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    ApiPath(user_id): ApiPath<String>,
+) -> JsonResult {
+    db::call_json(&state.pool, SQL_USER_DELETE, &[&user_id])
         .await
         .map(Json)
 }
@@ -173,7 +212,7 @@ pub fn import_array(body: Value) -> Result<Value, AppError> {
 #[utoipa::path(
     post, path = "/api/admin/users/import", tag = "admin-users",
     operation_id = "admin_user_import",
-    request_body(content = Object, description = "[user objects with id] or {\"users\": [...]}"),
+    request_body(content = Object, description = IMPORT_FIELDS),
     responses((status = 200, description = "{created, updated}", body = Object)),
     security(("adminBearer" = []), ("adminToken" = [])),
     extensions(("x-sql" = json!([SQL_USER_IMPORT]))),
