@@ -75,6 +75,36 @@ COMMENT ON FUNCTION quota.scan(timestamptz, boolean, bigint, bigint) IS
     'Runs the enabled strategies due now: single ones (each user at most once), periodic ones for their latest cron fire since the last. Exactly once per (strategy, user, fire). Each strategy in its own subtransaction (a failure shows in error and last_error; the others go on); users whose balance would pass its limit are skipped and reported. strategy_id limits it to one strategy, batch_users the users per strategy (more = some left). now other than the current time: superusers only (a test hook).';
 COMMENT ON FUNCTION quota.next_fire(text, timestamptz, text) IS 'The next fire of a cron expression after a time, in quota.timezone or the given zone.';
 
+-- Organizations and reservations (seed 003, SPEC 3).
+COMMENT ON FUNCTION quota.create_organization(text, jsonb, text) IS
+    'Creates an organization from JSON (name, status enabled|disabled, billing_type prepaid|postpaid, quota >= 0, overdraft_limit >= 0). Duplicate id: 23505. Audited.';
+COMMENT ON FUNCTION quota.update_organization(text, jsonb, text) IS
+    'Changes an organization (name, status, billing_type, overdraft_limit, quota: a new quota is an adjust entry of the org ledger). Refused (22023) if it would no longer cover its holds. Audited.';
+COMMENT ON FUNCTION quota.get_organization(text) IS
+    'An organization as JSON: quota, used_quota, held_quota, overdraft_limit, available_quota, users_count, open_reservations. Reads only.';
+COMMENT ON FUNCTION quota.list_organizations(integer, integer) IS
+    'Organizations as JSON {organizations, total, limit, offset}; limit 1 to 1000. Reads only.';
+COMMENT ON FUNCTION quota.organization_users(text, integer, integer) IS
+    'The users of an organization as JSON {users, total, limit, offset}. Reads only.';
+COMMENT ON FUNCTION quota.delete_organization(text, text) IS
+    'Deletes an organization and its ledger; refused (23503 in_use) while it has users or open holds. Audited.';
+COMMENT ON FUNCTION quota.add_organization_quota(text, bigint, text, text) IS
+    'Adds credits to an organization''s quota (org ledger type add). Idempotent by operation_id (other parameters: 23505).';
+COMMENT ON FUNCTION quota.delete_user(text, text) IS
+    'Deletes a user with their wallet, ledger, tokens, payments, executions and ended reservations; refused (23503 in_use) while they have an open hold. Audited.';
+COMMENT ON FUNCTION quota.reserve(text, text, bigint, double precision, integer) IS
+    'Holds credits (or a USD cost priced like quota.charge) on the user''s wallet (not for an unlimited user) and on their organization (always), for ttl_s seconds (1..86400, default 300). Refusals: 23514 insufficient_user_quota / insufficient_org_quota, 55000 org_disabled, nothing written. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.settle(bigint, bigint, text) IS
+    'Ends a hold charging actual_credits: the rest of the hold is returned; above the hold, the extra is charged if the wallet (or the org) can pay it, else what it can and the rest is uncollected. used_quota and request_count grow. Not held: 55000 reservation_not_held. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.release(bigint, text) IS
+    'Ends a hold charging nothing. Not held: 55000 reservation_not_held. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.consume(text, text, bigint, double precision) IS
+    'Reserve and settle in one step (same checks and refusals as quota.reserve). Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.get_reservation(bigint) IS
+    'A reservation as JSON (status held, settled, released or expired, and its amounts). Reads only.';
+COMMENT ON FUNCTION quota.expire_reservations(integer) IS
+    'Releases up to max_count holds past their expiry, each exactly once (the background worker calls it every tick); more = some may be left.';
+
 -- ---------------------------------------------------------------------------------------------
 -- Access (SPEC 1.6). Nothing is executable by PUBLIC; each role gets the functions of its job
 -- (quota_admin includes quota_service, which includes quota_reader; schema.sql creates them).
@@ -91,18 +121,21 @@ DECLARE
             'now', 'price_credits', 'parse_condition', 'next_fire', 'eval_condition', 'match_users',
             'check_credits', 'calculate_credits', 'balance', 'transactions', 'subscription', 'verify',
             'list_plans', 'subscription_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
-            'strategy_executions', 'worker_status', 'library_version', 'relay_status'),
+            'strategy_executions', 'worker_status', 'library_version', 'relay_status',
+            'get_organization', 'list_organizations', 'organization_users', 'get_reservation'),
         -- what a service does per request
         'quota_service', jsonb_build_array(
             'charge', 'add', 'purchase', 'confirm_payment', 'bonus', 'refund', 'update_subscription',
-            'resolve_api_token'),
+            'resolve_api_token', 'reserve', 'settle', 'release', 'consume'),
         -- plans, rates, users, tokens, strategies, the relay
         'quota_admin', jsonb_build_array(
             'create_plan', 'update_plan', 'delete_plan', 'set_plan_multiplier', 'set_plan_purchase_rate',
             'set_exchange_rate', 'create_user', 'update_user', 'import_users', 'issue_api_token',
             'revoke_api_token', 'create_strategy', 'update_strategy', 'delete_strategy', 'enable_strategy',
             'disable_strategy', 'scan', 'outbox_claim', 'outbox_complete', 'outbox_retry', 'outbox_fail',
-            'outbox_unknown', 'retry_execution', 'confirm_execution'));
+            'outbox_unknown', 'retry_execution', 'confirm_execution', 'create_organization',
+            'update_organization', 'delete_organization', 'add_organization_quota', 'delete_user',
+            'expire_reservations'));
     r text;
     f regprocedure;
     missing text;
@@ -128,6 +161,7 @@ END
 $grants$;
 
 GRANT SELECT ON quota.users, quota.wallets, quota.plans, quota.settings, quota.subscriptions,
-                quota.ledger, quota.payments, quota.strategies, quota.executions, quota.ledger_problems
+                quota.ledger, quota.payments, quota.strategies, quota.executions, quota.ledger_problems,
+                quota.organizations, quota.org_ledger, quota.reservations, quota.reservation_problems
     TO quota_reader;
 GRANT SELECT ON quota.audit_log, quota.outbox TO quota_admin;

@@ -32,6 +32,26 @@ $$;
 COMMENT ON FUNCTION quota.now() IS
     'The clock of pg_quota: now(), unless the setting quota.now_override pins it (tests).';
 
+-- Organizations (seed 003, SPEC 3). `id` is the value users.org and the strategy condition
+-- belong-to(...) use. prepaid: `quota` is what is left, a settle takes from it; postpaid: a settle
+-- adds to `used_quota`, which may reach quota + overdraft_limit. `held_quota` is the sum of the
+-- open reservations' holds on it. Every change of quota, used_quota or held_quota is a row of
+-- quota.org_ledger (reservations.sql), and quota.verify() checks the sums.
+CREATE TABLE quota.organizations (
+    id              text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 255),
+    name            text NOT NULL CHECK (length(name) BETWEEN 1 AND 255),
+    status          text NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
+    billing_type    text NOT NULL DEFAULT 'prepaid' CHECK (billing_type IN ('prepaid', 'postpaid')),
+    quota           bigint NOT NULL DEFAULT 0 CHECK (quota BETWEEN 0 AND 1000000000000000000),
+    used_quota      bigint NOT NULL DEFAULT 0 CHECK (used_quota >= 0),
+    held_quota      bigint NOT NULL DEFAULT 0 CHECK (held_quota >= 0),
+    overdraft_limit bigint NOT NULL DEFAULT 0 CHECK (overdraft_limit BETWEEN 0 AND 1000000000000000000),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80);
+COMMENT ON TABLE quota.organizations IS
+    'Organizations (seed 003): prepaid spend quota, postpaid accrue used_quota up to quota + overdraft_limit; held_quota = open holds.';
+
 -- One users table for the whole product (SPEC 3 and 6.1). Later features add columns here.
 CREATE TABLE quota.users (
     id              text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 255),
@@ -41,13 +61,17 @@ CREATE TABLE quota.users (
     phone           text,
     github_star     text[] NOT NULL DEFAULT '{}',
     vip             integer NOT NULL DEFAULT 0 CHECK (vip >= 0),
-    org             text,
+    org             text REFERENCES quota.organizations (id),
+    -- Seed 003: reservations neither check nor debit an unlimited user's wallet (the
+    -- organization is still charged). Defaults to true for a user created in an organization.
+    unlimited       boolean NOT NULL DEFAULT false,
     register_time   timestamptz,
     access_time     timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE quota.users IS 'Users: the seed 000 profile fields; the wallet is quota.wallets.';
+CREATE INDEX users_org_idx ON quota.users (org) WHERE org IS NOT NULL;
+COMMENT ON TABLE quota.users IS 'Users: the seed 000 profile fields, org and unlimited (seed 003); the wallet is quota.wallets.';
 
 -- The wallet of each user. Its balance only moves together with a quota.ledger row.
 -- Bounds (quota_core::pricing): balance <= 1e18, far below the bigint limit, so a full wallet is
@@ -63,6 +87,13 @@ CREATE TABLE quota.wallets (
     -- The charge multiplier of the user's plan (1 without one), kept in step by the triggers
     -- below so a charge prices itself from the row it updates, without two more lookups.
     multiplier   double precision NOT NULL DEFAULT 1,
+    -- Seed 003: credits held by open reservations (part of balance that no charge or other
+    -- reservation may take), credits consumed by settled requests (counted for unlimited users
+    -- too) and the number of settled requests. No CHECKs here (see above); quota.verify()
+    -- proves them against the ledger and the reservations.
+    held_credits  bigint NOT NULL DEFAULT 0,
+    used_quota    bigint NOT NULL DEFAULT 0,
+    request_count bigint NOT NULL DEFAULT 0,
     updated_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 80); -- room for HOT updates: every charge rewrites the row
 COMMENT ON TABLE quota.wallets IS
@@ -157,6 +188,8 @@ CREATE TABLE quota.ledger (
     credits          bigint NOT NULL,
     balance_before   bigint NOT NULL,
     balance_after    bigint NOT NULL CHECK (balance_after = balance_before + credits),
+    -- The change of the wallet's held_credits (reserve +, settle / release -).
+    held_change      bigint NOT NULL DEFAULT 0,
     cost_usd         double precision,
     amount_usd       double precision,
     refund_of        text,
@@ -215,6 +248,7 @@ CREATE TABLE quota.audit_log (
 );
 CREATE INDEX audit_log_created_at_idx ON quota.audit_log (created_at);
 
+SELECT pg_catalog.pg_extension_config_dump('quota.organizations', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.users', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.wallets', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.plans', '');
@@ -258,7 +292,8 @@ LANGUAGE sql STABLE AS $$
         'register_time', u.register_time, 'access_time', u.access_time,
         'created_at', u.created_at, 'updated_at', u.updated_at,
         'balance', w.balance, 'total_earned', w.total_earned, 'total_spent', w.total_spent,
-        'subscription_tier', s.tier)
+        'subscription_tier', s.tier, 'unlimited', u.unlimited, 'held_credits', w.held_credits,
+        'used_quota', w.used_quota, 'request_count', w.request_count)
     FROM quota.users u
     JOIN quota.wallets w ON w.user_id = u.id
     LEFT JOIN quota.subscriptions s ON s.user_id = u.id
@@ -280,6 +315,7 @@ LANGUAGE sql STABLE AS $$
         || CASE WHEN l.transaction_type = 'add' AND l.amount_usd IS NOT NULL
                 THEN jsonb_build_object('amount_usd', round(l.amount_usd::numeric, 2)::float8) ELSE '{}' END
         || CASE WHEN l.refund_of IS NOT NULL THEN jsonb_build_object('refund_of', l.refund_of) ELSE '{}' END
+        || CASE WHEN l.held_change <> 0 THEN jsonb_build_object('held_change', l.held_change) ELSE '{}' END
 $$;
 
 CREATE FUNCTION quota._payment_json(p quota.payments) RETURNS jsonb

@@ -12,6 +12,7 @@ pub static SCHEDULER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static RELAY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static NOW_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SCAN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static EXPIRE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -85,6 +86,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"quota.expire_batch_size",
+        c"The most expired reservations the background worker releases in one transaction.",
+        c"More due continue in the next transaction at once; 0 turns expiry by the worker off.",
+        &EXPIRE_BATCH_SIZE,
+        0,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 }
 
 pub fn database() -> String {
@@ -116,6 +127,11 @@ pub fn scheduler_enabled() -> bool {
 
 pub fn relay() -> bool {
     RELAY.get()
+}
+
+/// Expired holds released per worker transaction; 0 = the worker does not expire holds.
+pub fn expire_batch_size() -> i32 {
+    EXPIRE_BATCH_SIZE.get().max(0)
 }
 
 pub fn scan_batch_size() -> i64 {

@@ -113,7 +113,7 @@ const FIND_OPERATION_SQL: &str =
 /// The ledger row of an operation id in a user's scope. `fresh` reads with a new snapshot (a
 /// read-write SPI call: in READ COMMITTED it sees what committed since the statement began),
 /// for use after waiting on a lock.
-fn find_operation(
+pub(crate) fn find_operation(
     client: &mut SpiClient,
     user_id: &str,
     scope: Scope,
@@ -133,7 +133,11 @@ fn find_operation(
 }
 
 /// Replay or conflict for an operation_id that is already in the ledger.
-fn replay(existing: LedgerRow, kind: &str, request: &Value) -> Result<LedgerRow, QuotaError> {
+pub(crate) fn replay(
+    existing: LedgerRow,
+    kind: &str,
+    request: &Value,
+) -> Result<LedgerRow, QuotaError> {
     if existing.transaction_type == kind && existing.request == *request {
         return Ok(existing);
     }
@@ -215,7 +219,7 @@ WITH w AS (
        SET balance = balance - quota.price_credits($2, multiplier, $7),
            total_spent = total_spent + quota.price_credits($2, multiplier, $7),
            updated_at = now()
-     WHERE user_id = $1 AND balance >= quota.price_credits($2, multiplier, $7)
+     WHERE user_id = $1 AND balance - held_credits >= quota.price_credits($2, multiplier, $7)
     RETURNING balance, quota.price_credits($2, multiplier, $7) AS credits),
 l AS (
     INSERT INTO quota.ledger (user_id, scope, operation_id, transaction_type, credits, balance_before,
@@ -234,7 +238,7 @@ UPDATE quota.wallets SET balance = balance + $2, total_spent = total_spent - $2 
 
 /// The slow path after a charge wrote no ledger row: why (replay, unknown user, short balance)?
 const CHARGE_READ_SQL: &str = "
-SELECT w.balance, w.multiplier,
+SELECT w.balance - w.held_credits AS balance, w.multiplier,
        l.transaction_id, l.user_id, l.transaction_type, l.credits, l.balance_before,
        l.balance_after, l.cost_usd, l.amount_usd, l.metadata, l.request, l.operation_id
 FROM (VALUES (1)) AS one (x)
@@ -1634,7 +1638,9 @@ fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, St
     let rows = Spi::connect(|client| {
         client
             .select(
-                "SELECT subject, problem FROM quota.ledger_problems ORDER BY subject",
+                "SELECT subject, problem FROM quota.ledger_problems
+                 UNION ALL SELECT subject, problem FROM quota.reservation_problems
+                 ORDER BY subject",
                 None,
                 &[],
             )

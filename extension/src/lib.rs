@@ -28,8 +28,10 @@ mod condition;
 mod error;
 mod gucs;
 mod ledger;
+mod organizations;
 mod plans;
 mod read;
+mod reservations;
 mod schedule;
 mod settings;
 mod strategies;
@@ -46,6 +48,11 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/strategies.sql",
     name = "strategies",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/reservations.sql",
+    name = "reservations",
     requires = ["schema"]
 );
 extension_sql_file!(

@@ -65,11 +65,38 @@ fn assignments<'a>(p: &'a UserProfile, first: usize) -> (Vec<String>, Vec<DatumW
     if let Some(vip) = p.vip {
         push("vip", "", vip.into(), &mut sets);
     }
+    if let Some(unlimited) = p.unlimited {
+        push("unlimited", "", unlimited.into(), &mut sets);
+    }
     (sets, args)
 }
 
-/// Inserts or updates one user; returns true when it was created.
+/// A user's organization must exist: 404 naming it (not the foreign key's 23503). The row is
+/// locked (KEY SHARE) so it cannot be deleted before this transaction ends.
+fn check_org_exists(client: &mut SpiClient, org: &str) {
+    let found = !client
+        .update(
+            "SELECT 1 FROM quota.organizations WHERE id = $1 FOR KEY SHARE",
+            Some(1),
+            &[org.into()],
+        )
+        .or_raise()
+        .is_empty();
+    if !found {
+        raise(
+            QuotaError::not_found(format!("organization '{org}' not found"))
+                .with("field", "org")
+                .with("org", org),
+        );
+    }
+}
+
+/// Inserts or updates one user; returns true when it was created. A new user is unlimited by
+/// default when it is created in an organization (seed 003), limited otherwise.
 fn upsert_user(client: &mut SpiClient, user_id: &str, p: &UserProfile, must_be_new: bool) -> bool {
+    if let Some(Some(org)) = &p.org {
+        check_org_exists(client, org);
+    }
     let inserted = !client
         .update(
             "INSERT INTO quota.users (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id",
@@ -96,6 +123,16 @@ fn upsert_user(client: &mut SpiClient, user_id: &str, p: &UserProfile, must_be_n
             )
             .or_raise();
     }
+    let defaulted;
+    let p = if inserted && p.unlimited.is_none() {
+        defaulted = UserProfile {
+            unlimited: Some(matches!(p.org, Some(Some(_)))),
+            ..p.clone()
+        };
+        &defaulted
+    } else {
+        p
+    };
     let (sets, mut args) = assignments(p, 2);
     if !sets.is_empty() {
         let sql = format!(
@@ -414,4 +451,72 @@ fn resolve_api_token(token: &str) -> Option<String> {
          WHERE token_sha256 = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL",
         &[token.into()],
     )
+}
+
+/// Deletes a user and everything that is only theirs (wallet, ledger, subscription, API tokens,
+/// payments, ended reservations, strategy executions and their relay rows). Refused (23503
+/// in_use) while the user has an open hold. The last state is kept in the audit log.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, quota, pg_temp)]
+fn delete_user(user_id: Option<&str>, actor: default!(Option<&str>, "NULL")) -> JsonB {
+    let user_id = required(user_id, "user_id");
+    validate_user_id(user_id).or_raise();
+    let actor = audit::actor_or_role(actor);
+    Spi::connect_mut(|client| {
+        // The wallet lock orders this after any reserve in flight for the user.
+        let locked = client
+            .update(
+                "SELECT 1 FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
+                Some(1),
+                &[user_id.into()],
+            )
+            .or_raise();
+        if locked.is_empty() {
+            raise(unknown_user(user_id));
+        }
+        let open = client
+            .update(
+                "SELECT count(*) FROM quota.reservations WHERE user_id = $1 AND status = 'held'",
+                Some(1),
+                &[user_id.into()],
+            )
+            .or_raise()
+            .first()
+            .get_one::<i64>()
+            .or_raise()
+            .unwrap_or_default();
+        if open > 0 {
+            raise(
+                QuotaError::new(
+                    ErrorKind::InUse,
+                    format!("user '{user_id}' has {open} open reservation(s); settle or release them first"),
+                )
+                .with("user_id", user_id)
+                .with("open_reservations", open),
+            );
+        }
+        let old = user_json(client, user_id).expect("locked");
+        for sql in [
+            "DELETE FROM quota.outbox o USING quota.executions e WHERE o.execution_id = e.id AND e.user_id = $1",
+            "DELETE FROM quota.executions WHERE user_id = $1",
+            "DELETE FROM quota.reservations WHERE user_id = $1",
+            "DELETE FROM quota.api_tokens WHERE user_id = $1",
+            "DELETE FROM quota.payments WHERE user_id = $1",
+            "DELETE FROM quota.subscriptions WHERE user_id = $1",
+            "DELETE FROM quota.ledger WHERE user_id = $1",
+            "DELETE FROM quota.wallets WHERE user_id = $1",
+            "DELETE FROM quota.users WHERE id = $1",
+        ] {
+            client.update(sql, None, &[user_id.into()]).or_raise();
+        }
+        audit::record(
+            client,
+            &actor,
+            "delete_user",
+            &format!("user:{user_id}"),
+            Some(old.clone()),
+            None,
+        );
+        JsonB(json!({ "deleted": true, "user": old }))
+    })
 }

@@ -50,6 +50,8 @@ pub struct WorkerState {
     skipped: i64,
     strategy_errors: i64,
     tick_errors: i64,
+    /// Reservations whose hold the worker released at expiry (seed 003).
+    expired: i64,
     last_scan_at: pg_sys::TimestampTz,
 }
 
@@ -174,8 +176,23 @@ fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
             .unwrap_or(false)
         })
     });
-    if !installed || !gucs::scheduler_enabled() {
-        return (installed, false);
+    if !installed {
+        return (false, false);
+    }
+    // Holds past their TTL, at most quota.expire_batch_size per transaction.
+    let expire_batch = gucs::expire_batch_size();
+    let mut expire_more = false;
+    if expire_batch > 0 {
+        let (expired, more) =
+            BackgroundWorker::transaction(move || crate::reservations::expire_impl(expire_batch));
+        if expired > 0 {
+            log!("pg_quota worker: expired {expired} reservations");
+            WORKER.exclusive().expired += i64::from(expired);
+        }
+        expire_more = more;
+    }
+    if !gucs::scheduler_enabled() {
+        return (installed, expire_more);
     }
     // Periodic strategies every tick; single ones every quota.scan_interval.
     let now = now();
@@ -214,7 +231,7 @@ fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
     s.skipped += skipped;
     s.strategy_errors += errors;
     s.last_scan_at = now;
-    (installed, more)
+    (installed, more || expire_more)
 }
 
 fn timestamp(ts: pg_sys::TimestampTz) -> Option<TimestampWithTimeZone> {
@@ -240,6 +257,7 @@ fn worker_status() -> TableIterator<
         name!(skipped, i64),
         name!(strategy_errors, i64),
         name!(tick_errors, i64),
+        name!(expired, i64),
     ),
 > {
     if !PRELOADED.load(Ordering::Relaxed) {
@@ -251,6 +269,7 @@ fn worker_status() -> TableIterator<
             None,
             0,
             None,
+            0,
             0,
             0,
             0,
@@ -270,6 +289,7 @@ fn worker_status() -> TableIterator<
         s.skipped,
         s.strategy_errors,
         s.tick_errors,
+        s.expired,
     ))
 }
 

@@ -8,6 +8,9 @@ SELECT quota.create_user('reader_1') ->> 'id' AS created;
 SELECT credits_added FROM quota.bonus('reader_1', 500, 'reader-seed');
 SELECT credits_charged FROM quota.charge('reader_1', 0.001, 'reader-charge');
 SELECT quota.create_strategy('{"name":"reads-s","type":"single","amount":1,"condition":"match-user(reader_1)","status":false}') ->> 'name' AS strategy;
+SELECT quota.create_organization('reads-org', '{"quota":10}') ->> 'id' AS org;
+SELECT status FROM quota.reserve('reader-reserve', 'reader_1', 1);
+SELECT status FROM quota.release((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve'), 'reader-release');
 COMMIT;
 
 BEGIN TRANSACTION READ ONLY;
@@ -34,6 +37,10 @@ SELECT backlog >= 0 AS relay FROM quota.relay_status();
 SELECT quota.library_version() IS NOT NULL AS library;
 SELECT state IS NOT NULL AS worker FROM quota.worker_status();
 SELECT quota.now() IS NOT NULL AS clock;
+SELECT quota.get_organization('reads-org') ->> 'quota' AS org_quota;
+SELECT quota.list_organizations() -> 'total' IS NOT NULL AS organizations;
+SELECT quota.organization_users('reads-org') -> 'total' AS org_users;
+SELECT quota.get_reservation((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve')) ->> 'status' AS reservation;
 -- none of them took a transaction id
 SELECT pg_current_xact_id_if_assigned() AS xid;
 COMMIT;
@@ -57,6 +64,9 @@ SELECT quota.eval_condition('match-user(reader_1)', 'reader_1') AS matches;
 SELECT quota.resolve_api_token('pq_nothing') AS user_id;
 SELECT backlog >= 0 AS relay FROM quota.relay_status();
 SELECT quota.library_version() IS NOT NULL AS library;
+SELECT quota.get_organization('reads-org') ->> 'quota' AS org_quota;
+SELECT quota.organization_users('reads-org') -> 'total' AS org_users;
+SELECT quota.get_reservation((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve')) ->> 'status' AS reservation;
 -- the pricing function reads the base rate in a worker too (not kept there)
 SELECT credits_to_charge FROM quota.calculate_credits(0.0123, tier => NULL);
 RESET force_parallel_mode;
@@ -65,7 +75,8 @@ RESET force_parallel_mode;
 SELECT p.proname AS immutable_rendering_time
   FROM pg_proc p
  WHERE p.pronamespace = 'quota'::regnamespace AND p.provolatile = 'i'
-   AND p.proname IN ('_transaction_json', '_plan_json', '_user_json', '_payment_json', '_strategy_json', '_execution_json');
+   AND p.proname IN ('_transaction_json', '_plan_json', '_user_json', '_payment_json', '_strategy_json', '_execution_json',
+                     '_organization_json', '_reservation_json');
 
 BEGIN;
 DELETE FROM quota.executions WHERE strategy_id = (SELECT id FROM quota.strategies WHERE name = 'reads-s');

@@ -31,6 +31,15 @@ pub enum ErrorKind {
     BalanceLimit,
     /// The caller's role may not do this (a test hook used by a non-superuser). SQLSTATE 42501.
     PermissionDenied,
+    /// A limited user's wallet cannot hold a reservation (seed 003). SQLSTATE 23514; HTTP 403.
+    InsufficientUserQuota,
+    /// An organization has no room for a reservation (seed 003). SQLSTATE 23514; HTTP 403.
+    InsufficientOrgQuota,
+    /// The user's organization is disabled (seed 003). SQLSTATE 55000; HTTP 403.
+    OrgDisabled,
+    /// A settle or release of a reservation that is no longer held (settled, released or
+    /// expired). SQLSTATE 55000; HTTP 409.
+    ReservationNotHeld,
 }
 
 impl ErrorKind {
@@ -45,6 +54,8 @@ impl ErrorKind {
             ErrorKind::PaymentRequired => "23514",
             ErrorKind::BalanceLimit => "22003",
             ErrorKind::PermissionDenied => "42501",
+            ErrorKind::InsufficientUserQuota | ErrorKind::InsufficientOrgQuota => "23514",
+            ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld => "55000",
         }
     }
 
@@ -62,6 +73,10 @@ impl ErrorKind {
             ErrorKind::PaymentRequired => "payment_required",
             ErrorKind::BalanceLimit => "balance_limit",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::InsufficientUserQuota => "insufficient_user_quota",
+            ErrorKind::InsufficientOrgQuota => "insufficient_org_quota",
+            ErrorKind::OrgDisabled => "org_disabled",
+            ErrorKind::ReservationNotHeld => "reservation_not_held",
         }
     }
 }
@@ -158,6 +173,10 @@ mod tests {
             PaymentRequired,
             BalanceLimit,
             PermissionDenied,
+            InsufficientUserQuota,
+            InsufficientOrgQuota,
+            OrgDisabled,
+            ReservationNotHeld,
         ] {
             assert_eq!(k.sqlstate().len(), 5);
             assert!(!k.code().is_empty());

@@ -13,6 +13,7 @@ use crate::error::{QuotaError, Result};
 pub const OPERATION_ID_LEN_MAX: usize = 255;
 pub const PAYMENT_ID_LEN_MAX: usize = 255;
 pub const USER_ID_LEN_MAX: usize = 255;
+pub const ORG_ID_LEN_MAX: usize = 255;
 pub const TIER_LEN_MAX: usize = 64;
 pub const TEXT_LEN_MAX: usize = 1024;
 /// The largest `metadata` document a ledger entry or payment keeps (its JSON text, in bytes).
@@ -99,6 +100,10 @@ pub fn validate_payment_id(payment_id: &str) -> Result<()> {
 
 pub fn validate_user_id(user_id: &str) -> Result<()> {
     validate_id("user_id", user_id, USER_ID_LEN_MAX)
+}
+
+pub fn validate_org_id(org_id: &str) -> Result<()> {
+    validate_id("org_id", org_id, ORG_ID_LEN_MAX)
 }
 
 pub fn validate_tier(tier: &str) -> Result<()> {

@@ -1,7 +1,7 @@
 //! User profile input (the seed 000 `user_info` fields, SPEC 6.1), for create, update and import.
 
 use crate::error::{QuotaError, Result};
-use crate::ids::{validate_free_text, validate_user_id};
+use crate::ids::{validate_free_text, validate_id, validate_user_id, ORG_ID_LEN_MAX};
 use crate::plan::from_json;
 use crate::time::{parse_timestamp, to_rfc3339};
 use serde::{Deserialize, Deserializer};
@@ -27,8 +27,12 @@ pub struct UserProfile {
     #[serde(default, deserialize_with = "stars")]
     pub github_star: Option<Vec<String>>,
     pub vip: Option<i32>,
+    /// The user's organization (an existing `quota.organizations` id), or null for none.
     #[serde(default, deserialize_with = "nullable")]
     pub org: Option<Option<String>>,
+    /// Seed 003: an unlimited user's wallet is neither checked nor debited by reservations.
+    /// When a user is created without it, it defaults to "has an organization".
+    pub unlimited: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     pub register_time: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
@@ -73,11 +77,13 @@ impl UserProfile {
             ("github_username", &self.github_username),
             ("email", &self.email),
             ("phone", &self.phone),
-            ("org", &self.org),
         ] {
             if let Some(Some(s)) = v {
                 validate_free_text(field, s)?;
             }
+        }
+        if let Some(Some(org)) = &self.org {
+            validate_id("org", org, ORG_ID_LEN_MAX)?;
         }
         if let Some(Some(email)) = &self.email {
             if !email.is_empty() && !email.contains('@') {
@@ -162,5 +168,14 @@ mod tests {
         assert!(UserProfile::parse(json!({"email": "nope"})).is_err());
         assert!(UserProfile::parse(json!({"nickname": "x"})).is_err());
         assert!(UserProfile::parse(json!({"access_time": "soon"})).is_err());
+        assert!(UserProfile::parse(json!({"org": " padded"})).is_err());
+        assert!(UserProfile::parse(json!({"org": ""})).is_err());
+        assert!(UserProfile::parse(json!({"unlimited": "yes"})).is_err());
+        assert_eq!(
+            UserProfile::parse(json!({"unlimited": false}))
+                .unwrap()
+                .unlimited,
+            Some(false)
+        );
     }
 }
