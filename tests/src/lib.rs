@@ -634,3 +634,293 @@ pub fn assert_exact_keys(v: &Value, keys: &[&str]) {
         "expected exactly {keys:?}: {v}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Organizations and reservations (issue 11, seed 003)
+
+/// The keys of an organization object.
+pub const ORGANIZATION_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "billing_type",
+    "quota",
+    "used_quota",
+    "held_quota",
+    "overdraft_limit",
+    "available_quota",
+    "users_count",
+    "open_reservations",
+    "created_at",
+    "updated_at",
+];
+
+/// The keys of a hold (`POST /api/internal/reservations`).
+pub const RESERVATION_HELD_KEYS: &[&str] = &[
+    "reservation_id",
+    "status",
+    "user_id",
+    "org",
+    "unlimited",
+    "credits_held",
+    "user_credits_held",
+    "org_credits_held",
+    "cost_usd",
+    "expires_at",
+    "created_at",
+    "operation_id",
+];
+
+/// The keys of a settle, release or consume answer.
+pub const RESERVATION_ENDED_KEYS: &[&str] = &[
+    "reservation_id",
+    "status",
+    "user_id",
+    "org",
+    "unlimited",
+    "credits_held",
+    "actual_credits",
+    "charged_credits",
+    "returned_credits",
+    "uncollected_credits",
+    "org_charged_credits",
+    "org_uncollected_credits",
+    "balance_after",
+    "held_credits_after",
+    "used_quota_after",
+    "request_count_after",
+    "org_quota_after",
+    "org_used_quota_after",
+    "operation_id",
+];
+
+impl Ctx {
+    /// Creates an organization through the admin API (201) with a unique id and `fields` merged
+    /// in; returns its id.
+    pub async fn create_org(&self, fields: Value) -> String {
+        let id = self.id("org");
+        let mut body = json!({ "id": id });
+        if let Some(extra) = fields.as_object() {
+            for (k, v) in extra {
+                body[k] = v.clone();
+            }
+        }
+        let created = self
+            .api
+            .admin(Method::POST, "/api/admin/organizations")
+            .json(&body)
+            .send()
+            .await
+            .expect(201);
+        assert_eq!(
+            created["id"],
+            id.as_str(),
+            "created organization: {created}"
+        );
+        id
+    }
+
+    /// `GET /api/admin/organizations/{org_id}` (200).
+    pub async fn org(&self, org_id: &str) -> Value {
+        self.api
+            .admin(Method::GET, &format!("/api/admin/organizations/{org_id}"))
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// Tops an organization's quota up by `credits` (200); returns the answer.
+    pub async fn add_org_quota(&self, org_id: &str, credits: i64) -> Value {
+        self.api
+            .admin(
+                Method::POST,
+                &format!("/api/admin/organizations/{org_id}/quota"),
+            )
+            .json(&json!({ "credits": credits, "operation_id": self.id("orgq") }))
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// Creates a user through the admin API (201), in `org` when given, with `fields` merged
+    /// in; returns the user object.
+    pub async fn create_user_with(&self, org: Option<&str>, fields: Value) -> Value {
+        let id = self.id("u");
+        let mut body = json!({ "id": id });
+        if let Some(org) = org {
+            body["org"] = json!(org);
+        }
+        if let Some(extra) = fields.as_object() {
+            for (k, v) in extra {
+                body[k] = v.clone();
+            }
+        }
+        let created = self
+            .api
+            .admin(Method::POST, "/api/admin/users")
+            .json(&body)
+            .send()
+            .await
+            .expect(201);
+        assert_eq!(created["id"], id.as_str(), "created user object: {created}");
+        created
+    }
+
+    /// `GET /api/admin/users/{user_id}` (200).
+    pub async fn user_json(&self, user_id: &str) -> Value {
+        self.api
+            .admin(Method::GET, &format!("/api/admin/users/{user_id}"))
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// `PUT /api/admin/users/{user_id}` (200).
+    pub async fn update_user(&self, user_id: &str, patch: Value) -> Value {
+        self.api
+            .admin(Method::PUT, &format!("/api/admin/users/{user_id}"))
+            .json(&patch)
+            .send()
+            .await
+            .expect(200)
+    }
+
+    /// `POST /api/internal/reservations` with this body.
+    pub async fn reserve(&self, body: Value) -> Resp {
+        self.api
+            .service(Method::POST, "/api/internal/reservations")
+            .json(&body)
+            .send()
+            .await
+    }
+
+    /// Reserves `credits` for `user_id` under a fresh operation id (201); returns the hold.
+    pub async fn hold(&self, user_id: &str, credits: i64) -> Value {
+        self.reserve(
+            json!({ "operation_id": self.id("rsv"), "user_id": user_id, "credits": credits }),
+        )
+        .await
+        .expect(201)
+    }
+
+    /// `POST /api/internal/reservations/{reservation_id}/settle`.
+    pub async fn settle(
+        &self,
+        reservation_id: i64,
+        actual_credits: i64,
+        operation_id: &str,
+    ) -> Resp {
+        self.api
+            .service(
+                Method::POST,
+                &format!("/api/internal/reservations/{reservation_id}/settle"),
+            )
+            .json(&json!({ "actual_credits": actual_credits, "operation_id": operation_id }))
+            .send()
+            .await
+    }
+
+    /// `POST /api/internal/reservations/{reservation_id}/release`.
+    pub async fn release(&self, reservation_id: i64, operation_id: &str) -> Resp {
+        self.api
+            .service(
+                Method::POST,
+                &format!("/api/internal/reservations/{reservation_id}/release"),
+            )
+            .json(&json!({ "operation_id": operation_id }))
+            .send()
+            .await
+    }
+
+    /// `GET /api/internal/reservations/{reservation_id}`.
+    pub async fn reservation(&self, reservation_id: i64) -> Resp {
+        self.api
+            .service(
+                Method::GET,
+                &format!("/api/internal/reservations/{reservation_id}"),
+            )
+            .send()
+            .await
+    }
+
+    /// `POST /api/internal/consume` with this body.
+    pub async fn consume(&self, body: Value) -> Resp {
+        self.api
+            .service(Method::POST, "/api/internal/consume")
+            .json(&body)
+            .send()
+            .await
+    }
+
+    /// Everything a reservation call may write for a user and (optionally) an organization, read
+    /// through SQL: the wallet row, the user's ledger and reservation counts, the organization
+    /// row and its ledger count. A refused call leaves it equal.
+    pub async fn money_state(&self, user_id: &str, org_id: Option<&str>) -> Value {
+        self.db
+            .query_one(
+                "SELECT jsonb_build_object(
+                    'wallet', (SELECT to_jsonb(w) FROM quota.wallets w WHERE w.user_id = $1),
+                    'user', (SELECT to_jsonb(u) FROM quota.users u WHERE u.id = $1),
+                    'ledger_rows', (SELECT count(*) FROM quota.ledger l WHERE l.user_id = $1),
+                    'reservations', (SELECT count(*) FROM quota.reservations r WHERE r.user_id = $1),
+                    'org', (SELECT to_jsonb(o) FROM quota.organizations o WHERE o.id = $2),
+                    'org_ledger_rows', (SELECT count(*) FROM quota.org_ledger g WHERE g.org_id = $2),
+                    'org_reservations', (SELECT count(*) FROM quota.reservations r WHERE r.org = $2))",
+                &[&user_id, &org_id],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("money state of {user_id} / {org_id:?}: {e}"))
+            .get(0)
+    }
+
+    /// Polls the stored status of a reservation (the table, not the read that already shows a
+    /// hold past its expiry as expired) until it is `status`; panics after `timeout`.
+    pub async fn wait_reservation_status(
+        &self,
+        reservation_id: i64,
+        status: &str,
+        timeout: Duration,
+    ) {
+        let start = std::time::Instant::now();
+        loop {
+            let stored: String = self
+                .db
+                .query_one(
+                    "SELECT status FROM quota.reservations WHERE reservation_id = $1",
+                    &[&reservation_id],
+                )
+                .await
+                .expect("reservation status")
+                .get(0);
+            if stored == status {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "reservation {reservation_id} is still {stored} after {timeout:?}, expected {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The user and organization ledger rows that ended a reservation: (user ledger settle or release
+/// rows, organization ledger settle, release or expire rows). Exactly one of each (the second
+/// only with an organization) once it ended, none while held.
+pub async fn reservation_ends(db: &tokio_postgres::Client, reservation_id: i64) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT
+                (SELECT count(*) FROM quota.ledger l
+                  WHERE l.user_id = r.user_id AND l.transaction_type IN ('settle', 'release')
+                    AND (l.request ->> 'reservation_id')::bigint = r.reservation_id),
+                (SELECT count(*) FROM quota.org_ledger o
+                  WHERE o.org_id = r.org AND o.reservation_id = r.reservation_id
+                    AND o.entry_type IN ('settle', 'release', 'expire'))
+             FROM quota.reservations r WHERE r.reservation_id = $1",
+            &[&reservation_id],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ends of reservation {reservation_id}: {e}"));
+    (row.get(0), row.get(1))
+}

@@ -834,18 +834,25 @@ const USER_FIELDS: &[&str] = &[
     "total_earned",
     "total_spent",
     "subscription_tier",
+    // Issue 11 (seed 003).
+    "unlimited",
+    "used_quota",
+    "request_count",
+    "held_credits",
 ];
 
 #[tokio::test]
 async fn create_and_get_user() {
     let ctx = Ctx::new("user_create").await;
     let id = ctx.id("u");
+    // A user's org must be an existing organization (issue 11).
+    let org = ctx.create_org(json!({"name": "Acme"})).await;
     let created = ctx
         .api
         .admin(Method::POST, "/api/admin/users")
         .json(&json!({
             "id": id, "name": "Ada", "github_username": "ada", "email": "ada@example.com", "phone": "+100",
-            "github_star": ["repo-a", "repo-b"], "vip": 2, "org": "acme", "register_time": "2024-01-02 03:04:05",
+            "github_star": ["repo-a", "repo-b"], "vip": 2, "org": org, "register_time": "2024-01-02 03:04:05",
             "access_time": "2024-02-03"
         }))
         .send()
@@ -856,6 +863,7 @@ async fn create_and_get_user() {
     assert_eq!(created["name"], "Ada");
     assert_eq!(created["github_star"], json!(["repo-a", "repo-b"]));
     assert_eq!(int(&created, "vip"), 2);
+    assert_eq!(created["org"], org.as_str());
     assert_eq!(int(&created, "balance"), 0);
     assert!(created["subscription_tier"].is_null());
     let got = ctx
