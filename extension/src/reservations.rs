@@ -910,6 +910,19 @@ pub fn expire_impl(max_count: i32) -> (i32, bool) {
             .or_raise()
             .map(|r| r.get::<i64>(1).or_raise().expect("primary key"))
             .collect();
+        // One transaction ends holds of many users, so it takes their wallets, then their
+        // organizations, each in id order, before ending any: a reserve or settle takes one
+        // wallet and then its organization, so it cannot wait in a cycle with this batch.
+        for sql in [
+            "SELECT 1 FROM quota.wallets WHERE user_id IN
+                (SELECT user_id FROM quota.reservations WHERE reservation_id = ANY($1))
+             ORDER BY user_id FOR UPDATE",
+            "SELECT 1 FROM quota.organizations WHERE id IN
+                (SELECT org FROM quota.reservations WHERE reservation_id = ANY($1))
+             ORDER BY id FOR UPDATE",
+        ] {
+            client.update(sql, None, &[ids.clone().into()]).or_raise();
+        }
         for id in &ids {
             end_impl(client, *id, End::Expire, None, &format!("expire:{id}"));
         }

@@ -3,6 +3,9 @@
 -- matches every 10th user.
 \set ON_ERROR_STOP on
 SET client_min_messages = warning;
+-- users.org names an organization: the 50 organizations first.
+INSERT INTO quota.organizations (id, name) SELECT 'org' || i, 'Scan org ' || i FROM generate_series(0, 49) AS i
+ON CONFLICT (id) DO NOTHING;
 INSERT INTO quota.users (id, name, vip, github_star, org, register_time, access_time)
 SELECT 'su_' || i, 'Scan user ' || i,
        CASE WHEN i % 5 = 0 THEN 1 + (i / 5) % 3 ELSE 0 END,
