@@ -3,6 +3,8 @@
 \set VERBOSITY terse
 BEGIN;
 SET LOCAL quota.now_override = '2026-01-01 00:00:00+00';
+-- reservation ids in messages do not depend on the scripts that ran before
+SELECT setval(pg_get_serial_sequence('quota.reservations', 'reservation_id'), 1000) AS next_reservation_after;
 SELECT quota.set_exchange_rate(10000, 'pg_test') ->> 'new_base_rate' AS base_rate;
 -- organizations: one prepaid with 1000 credits, one postpaid with an overdraft of 50
 SELECT quota.create_organization('acme', '{"name":"Acme","quota":1000}') - 'created_at' - 'updated_at' AS acme;
