@@ -33,14 +33,36 @@ BEGIN
 END
 $$;
 
--- Users (one users table for the whole product; the wallet comes with the user).
+-- Organizations (seed 003): users name one in `org`, so they come first. demo-org is prepaid
+-- (it spends its quota), org001 postpaid with an overdraft, org002 prepaid.
+DO $$
+DECLARE
+    o record;
+BEGIN
+    FOR o IN SELECT * FROM (VALUES
+        ('demo-org', '{"name": "Demo Org", "billing_type": "prepaid", "quota": 5000000}'::jsonb),
+        ('org001', '{"name": "Org 001", "billing_type": "postpaid", "quota": 1000000, "overdraft_limit": 200000}'::jsonb),
+        ('org002', '{"name": "Org 002", "billing_type": "prepaid", "quota": 2000000}'::jsonb)
+    ) AS t(id, body)
+    LOOP
+        BEGIN
+            PERFORM quota.create_organization(o.id, o.body, 'demo');
+        EXCEPTION WHEN unique_violation THEN
+            RAISE NOTICE 'organization % exists: skipped', o.id;
+        END;
+    END LOOP;
+END
+$$;
+
+-- Users (one users table for the whole product; the wallet comes with the user). A user created
+-- in an organization is unlimited unless it says otherwise: user_111 keeps a limited wallet.
 DO $$
 DECLARE
     u record;
 BEGIN
     FOR u IN SELECT * FROM (VALUES
         ('user_111', $j${"name": "Demo User", "email": "demo@example.com", "github_username": "demo-user",
-                        "vip": 1, "org": "demo-org", "register_time": "2024-01-15 10:00:00"}$j$::jsonb),
+                        "vip": 1, "org": "demo-org", "unlimited": false, "register_time": "2024-01-15 10:00:00"}$j$::jsonb),
         ('user_222', $j${"name": "Second User", "email": "second@example.com"}$j$::jsonb),
         ('user_333', $j${"name": "Third User"}$j$::jsonb)
     ) AS t(id, profile)
@@ -113,6 +135,17 @@ FROM jsonb_array_elements('[
   {"name": "named-users", "title": "Hand-picked users", "type": "single", "amount": 42,
    "model": "gpt-3.5-turbo", "condition": "match-user(\"user_001\", \"user_002\")", "status": false}
 ]'::jsonb) AS s;
+
+-- Two-phase consumption (seed 003): user_111 (limited, in demo-org) reserves 2000 credits and
+-- settles 1500; user_003 (unlimited, in the postpaid org001) consumes 700 in one step (its wallet
+-- is untouched, org001's used_quota grows); user_222 keeps an open hold for a day.
+SELECT reservation_id, status, credits_held, expires_at FROM quota.reserve('demo-reserve-user_111-1', 'user_111', 2000);
+SELECT status, charged_credits, returned_credits, balance_after, org_quota_after
+FROM quota.settle((SELECT reservation_id FROM quota.reservations
+                   WHERE user_id = 'user_111' AND operation_id = 'demo-reserve-user_111-1'),
+                  1500, 'demo-settle-user_111-1');
+SELECT status, charged_credits, org_charged_credits, org_used_quota_after FROM quota.consume('demo-consume-user_003-1', 'user_003', 700);
+SELECT reservation_id, status, credits_held, expires_at FROM quota.reserve('demo-reserve-user_222-1', 'user_222', 100, ttl_s => 86400);
 
 -- The ledger invariant holds: quota.verify() returns no rows.
 DO $$
