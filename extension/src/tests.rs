@@ -351,7 +351,17 @@ mod tests {
             sqlstate_of("PERFORM quota.create_user('t11')").as_deref(),
             Some("23505")
         );
+        assert_eq!(
+            sqlstate_of(r#"PERFORM quota.update_user('t11', '{"org":"acme"}')"#).as_deref(),
+            Some("P0002")
+        );
+        run(r#"SELECT quota.create_organization('acme')"#);
         run(r#"SELECT quota.update_user('t11', '{"org":"acme"}')"#);
+        // Moving into an organization does not change an existing user's limit; creating does.
+        assert_eq!(
+            one_text("SELECT unlimited::text FROM quota.users WHERE id = 't11'"),
+            "false"
+        );
         assert_eq!(
             one_text("SELECT org FROM quota.users WHERE id = 't11'"),
             "acme"
@@ -494,6 +504,12 @@ mod tests {
         let users = sample_users(7, 60);
         for u in &users {
             let ts = |t: &Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339());
+            Spi::run_with_args(
+                "INSERT INTO quota.organizations (id, name) SELECT $1, $1 WHERE $1 IS NOT NULL
+                 ON CONFLICT (id) DO NOTHING",
+                &[u.org.clone().into()],
+            )
+            .unwrap();
             Spi::run_with_args(
                 "INSERT INTO quota.users (id, vip, org, github_star, register_time, access_time)
                  VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz)",
@@ -908,5 +924,49 @@ mod tests {
             sqlstate_of("PERFORM quota.add('u', NULL, 'n2')").as_deref(),
             Some("22023")
         );
+    }
+
+    /// A hold ends exactly once: released, then neither settle nor release nor expiry moves it
+    /// again; an abandoned hold is released by expire_reservations (the worker's job) once.
+    #[pg_test]
+    fn a_hold_ends_exactly_once() {
+        run(r#"SELECT quota.create_organization('o1', '{"quota":100}')"#);
+        run(r#"SELECT quota.create_user('h1', '{"org":"o1","unlimited":false}')"#);
+        run("SELECT * FROM quota.bonus('h1', 50, 'seed')");
+        let r1 = one_i64("SELECT reservation_id FROM quota.reserve('a', 'h1', 30)");
+        assert_eq!(
+            sqlstate_of("PERFORM * FROM quota.reserve('b', 'h1', 21)").as_deref(),
+            Some("23514")
+        );
+        run(&format!("SELECT * FROM quota.release({r1}, 'a-end')"));
+        assert_eq!(
+            sqlstate_of(&format!("PERFORM * FROM quota.settle({r1}, 1, 'a-end-2')")).as_deref(),
+            Some("55000")
+        );
+        assert_eq!(
+            one_i64("SELECT held_credits FROM quota.wallets WHERE user_id = 'h1'"),
+            0
+        );
+        let r2 = one_i64("SELECT reservation_id FROM quota.reserve('c', 'h1', 40, ttl_s => 1)");
+        run("SET LOCAL quota.now_override = '2999-01-01 00:00:00+00'");
+        assert_eq!(
+            one_i64("SELECT expired::int8 FROM quota.expire_reservations()"),
+            1
+        );
+        assert_eq!(
+            one_i64("SELECT expired::int8 FROM quota.expire_reservations()"),
+            0
+        );
+        assert_eq!(
+            one_text(&format!(
+                "SELECT status FROM quota.reservations WHERE reservation_id = {r2}"
+            )),
+            "expired"
+        );
+        assert_eq!(
+            one_i64("SELECT held_quota FROM quota.organizations WHERE id = 'o1'"),
+            0
+        );
+        assert_eq!(one_i64("SELECT count(*) FROM quota.verify()"), 0);
     }
 }
