@@ -13,7 +13,7 @@
 WITH w AS (
     UPDATE quota.wallets
        SET balance = balance - 1, total_spent = total_spent + 1, updated_at = now()
-     WHERE user_id = 'user_' || :uid AND balance >= 1
+     WHERE user_id = 'user_' || :uid AND balance - held_credits >= 1
     RETURNING user_id, balance)
 INSERT INTO quota.ledger (operation_id, user_id, scope, transaction_type, credits, balance_before,
                           balance_after, cost_usd, description, metadata, request)
