@@ -16,11 +16,11 @@ use pg_quota_e2e::*;
 
 const WORKERS_SQL: usize = 24;
 const WORKERS_HTTP: usize = 8;
-const STEPS_PER_WORKER: usize = 30;
+const STEPS_PER_WORKER: usize = 50;
 const USERS_PER_ORG: usize = 3;
-/// Operation keys per user: 32 workers x 30 steps draw from 6 x 50 keys, so most keys are used
+/// Operation keys per user: 32 workers x 50 steps draw from 6 x 60 keys, so most keys are used
 /// by several workers, some at the same moment.
-const KEYS_PER_USER: u64 = 50;
+const KEYS_PER_USER: u64 = 60;
 const USER_CREDITS: i64 = 1500;
 const PREPAID_QUOTA: i64 = 4000;
 const POSTPAID_QUOTA: i64 = 2500;
@@ -439,6 +439,7 @@ async fn concurrent_reservations_end_exactly_once_within_bounds() {
         refused > 0,
         "the balances were meant to be tight: nothing was refused"
     );
+    assert!(probes > 0, "the bounds were never probed during the run");
 
     // Every replay answered what the first call answered, field for field.
     for (operation_id, list) in &answers {
