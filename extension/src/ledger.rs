@@ -19,7 +19,7 @@
 //! table rights); the read functions use read-only SPI (`crate::read`) and take no transaction id.
 
 use crate::error::{raise, required, OrRaise};
-use crate::{read, settings};
+use crate::{read, settings, spi_cache};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use pgrx::{JsonB, PgOid};
@@ -122,9 +122,9 @@ pub(crate) fn find_operation(
 ) -> Option<LedgerRow> {
     let args = [user_id.into(), scope.as_str().into(), operation_id.into()];
     let table = if fresh {
-        client.update(FIND_OPERATION_SQL, Some(1), &args).or_raise()
+        spi_cache::update(client, FIND_OPERATION_SQL, Some(1), &args).or_raise()
     } else {
-        client.select(FIND_OPERATION_SQL, Some(1), &args).or_raise()
+        spi_cache::select(client, FIND_OPERATION_SQL, Some(1), &args).or_raise()
     };
     table
         .into_iter()

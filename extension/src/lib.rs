@@ -34,6 +34,7 @@ mod read;
 mod reservations;
 mod schedule;
 mod settings;
+mod spi_cache;
 mod strategies;
 mod subxact;
 mod users;

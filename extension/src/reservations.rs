@@ -15,7 +15,7 @@
 
 use crate::error::{raise, required, OrRaise};
 use crate::ledger::{find_operation, replay, Scope};
-use crate::{read, settings};
+use crate::{read, settings, spi_cache};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -65,14 +65,14 @@ fn get<T: FromDatum + IntoDatum>(row: &pgrx::spi::SpiHeapTupleData, name: &str) 
 
 /// Locks an organization and reads its counters.
 fn lock_org(client: &mut SpiClient, org_id: &str) -> Org {
-    let t = client
-        .update(
-            "SELECT status, billing_type, quota, used_quota, held_quota, overdraft_limit
+    let t = spi_cache::update(
+        client,
+        "SELECT status, billing_type, quota, used_quota, held_quota, overdraft_limit
              FROM quota.organizations WHERE id = $1 FOR UPDATE",
-            Some(1),
-            &[org_id.into()],
-        )
-        .or_raise();
+        Some(1),
+        &[org_id.into()],
+    )
+    .or_raise();
     let Some(row) = t.into_iter().next() else {
         // users.org is a foreign key: an organization that is gone has no users left.
         raise(
@@ -105,8 +105,7 @@ fn move_org(
     description: Option<&str>,
     request: Value,
 ) -> (i64, i64, i64) {
-    let t = client
-        .update(
+    let t = spi_cache::update(client,
             "WITH o AS (
                 UPDATE quota.organizations
                    SET quota = quota + $6, used_quota = used_quota + $7, held_quota = held_quota + $8,
@@ -172,9 +171,9 @@ fn move_wallet(
     metadata: Value,
     request: Value,
 ) -> (i64, i64, i64, i64) {
-    let t = client
-        .update(
-            "WITH w AS (
+    let t = spi_cache::update(
+        client,
+        "WITH w AS (
                 UPDATE quota.wallets
                    SET balance = balance - $5, total_spent = total_spent + $5,
                        held_credits = held_credits + $6, used_quota = used_quota + $7,
@@ -189,22 +188,22 @@ fn move_wallet(
                 RETURNING transaction_id)
              SELECT w.balance, w.held_credits, w.used_quota, w.request_count, l.transaction_id
              FROM w LEFT JOIN l ON true",
-            Some(1),
-            &[
-                user_id.into(),
-                scope.as_str().into(),
-                operation_id.into(),
-                kind.into(),
-                charged.into(),
-                held_change.into(),
-                used.into(),
-                requests.into(),
-                cost_usd.into(),
-                JsonB(metadata).into(),
-                JsonB(request).into(),
-            ],
-        )
-        .or_raise();
+        Some(1),
+        &[
+            user_id.into(),
+            scope.as_str().into(),
+            operation_id.into(),
+            kind.into(),
+            charged.into(),
+            held_change.into(),
+            used.into(),
+            requests.into(),
+            cost_usd.into(),
+            JsonB(metadata).into(),
+            JsonB(request).into(),
+        ],
+    )
+    .or_raise();
     let row = t
         .into_iter()
         .next()
@@ -236,8 +235,7 @@ fn reserve_impl(
     let request = reserve_request(user_id, amount, ttl_s);
     let replayed = |client: &mut SpiClient, existing| -> (i64, bool) {
         replay(existing, kind, &request).or_raise();
-        let id = client
-            .update(
+        let id = spi_cache::update(client,
                 "SELECT reservation_id FROM quota.reservations WHERE user_id = $1 AND operation_id = $2",
                 Some(1),
                 &[user_id.into(), operation_id.into()],
@@ -252,15 +250,15 @@ fn reserve_impl(
     if let Some(existing) = find_operation(client, user_id, Scope::Service, operation_id, false) {
         return replayed(client, existing);
     }
-    let t = client
-        .update(
-            "SELECT w.balance, w.held_credits, w.multiplier, u.unlimited, u.org
+    let t = spi_cache::update(
+        client,
+        "SELECT w.balance, w.held_credits, w.multiplier, u.unlimited, u.org
              FROM quota.wallets w JOIN quota.users u ON u.id = w.user_id
              WHERE w.user_id = $1 FOR UPDATE OF w",
-            Some(1),
-            &[user_id.into()],
-        )
-        .or_raise();
+        Some(1),
+        &[user_id.into()],
+    )
+    .or_raise();
     let Some(wallet) = t.into_iter().next() else {
         raise(unknown_user(user_id));
     };
@@ -292,31 +290,31 @@ fn reserve_impl(
         None => 0,
     };
     let ttl = ttl_s.unwrap_or(rules::TTL_S_DEFAULT);
-    let reservation_id = client
-        .update(
-            "INSERT INTO quota.reservations (user_id, org, unlimited, operation_id, credits_held,
+    let reservation_id = spi_cache::update(
+        client,
+        "INSERT INTO quota.reservations (user_id, org, unlimited, operation_id, credits_held,
                     user_credits_held, org_credits_held, cost_usd, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, quota.now(),
                      quota.now() + make_interval(secs => $9))
              RETURNING reservation_id",
-            Some(1),
-            &[
-                user_id.into(),
-                org.as_deref().into(),
-                unlimited.into(),
-                operation_id.into(),
-                credits.into(),
-                user_hold.into(),
-                org_hold.into(),
-                cost_usd.into(),
-                f64::from(ttl).into(),
-            ],
-        )
-        .or_raise()
-        .first()
-        .get_one::<i64>()
-        .or_raise()
-        .expect("identity");
+        Some(1),
+        &[
+            user_id.into(),
+            org.as_deref().into(),
+            unlimited.into(),
+            operation_id.into(),
+            credits.into(),
+            user_hold.into(),
+            org_hold.into(),
+            cost_usd.into(),
+            f64::from(ttl).into(),
+        ],
+    )
+    .or_raise()
+    .first()
+    .get_one::<i64>()
+    .or_raise()
+    .expect("identity");
     move_wallet(
         client,
         user_id,
@@ -393,15 +391,15 @@ fn reserve(
     Spi::connect_mut(|client| {
         let (id, _) = reserve_impl(client, &operation_id, &user_id, amount, Some(ttl_s));
         // The first answer, also on a replay: these columns never change after the reserve.
-        let t = client
-            .update(
-                "SELECT reservation_id, user_id, org, unlimited, credits_held, user_credits_held,
+        let t = spi_cache::update(
+            client,
+            "SELECT reservation_id, user_id, org, unlimited, credits_held, user_credits_held,
                         org_credits_held, cost_usd, expires_at, created_at, operation_id
                  FROM quota.reservations WHERE reservation_id = $1",
-                Some(1),
-                &[id.into()],
-            )
-            .or_raise();
+            Some(1),
+            &[id.into()],
+        )
+        .or_raise();
         let r = t.into_iter().next().expect("just written or found");
         TableIterator::once((
             id,
@@ -504,13 +502,13 @@ impl Outcome {
 }
 
 fn stored_outcome(client: &mut SpiClient, reservation_id: i64, operation_id: &str) -> Outcome {
-    let t = client
-        .update(
-            "SELECT outcome FROM quota.reservations WHERE reservation_id = $1",
-            Some(1),
-            &[reservation_id.into()],
-        )
-        .or_raise();
+    let t = spi_cache::update(
+        client,
+        "SELECT outcome FROM quota.reservations WHERE reservation_id = $1",
+        Some(1),
+        &[reservation_id.into()],
+    )
+    .or_raise();
     t.into_iter()
         .next()
         .and_then(|r| get::<JsonB>(&r, "outcome"))
@@ -538,32 +536,32 @@ fn end_impl(
             json!({ "reservation_id": reservation_id, "expired": true }),
         ),
     };
-    let user_id = client
-        .update(
-            "SELECT user_id FROM quota.reservations WHERE reservation_id = $1",
-            Some(1),
-            &[reservation_id.into()],
-        )
-        .or_raise()
-        .into_iter()
-        .next()
-        .and_then(|r| get::<String>(&r, "user_id"))
-        .unwrap_or_else(|| raise(unknown_reservation(reservation_id)));
+    let user_id = spi_cache::update(
+        client,
+        "SELECT user_id FROM quota.reservations WHERE reservation_id = $1",
+        Some(1),
+        &[reservation_id.into()],
+    )
+    .or_raise()
+    .into_iter()
+    .next()
+    .and_then(|r| get::<String>(&r, "user_id"))
+    .unwrap_or_else(|| raise(unknown_reservation(reservation_id)));
     if let Some(op) = caller_op {
         if let Some(existing) = find_operation(client, &user_id, Scope::Service, op, false) {
             replay(existing, kind, &request).or_raise();
             return stored_outcome(client, reservation_id, op);
         }
     }
-    let t = client
-        .update(
-            "SELECT org, unlimited, credits_held, user_credits_held, org_credits_held, status,
+    let t = spi_cache::update(
+        client,
+        "SELECT org, unlimited, credits_held, user_credits_held, org_credits_held, status,
                     expires_at <= quota.now() AS past_expiry, expires_at::text AS expires_at
              FROM quota.reservations WHERE reservation_id = $1 FOR UPDATE",
-            Some(1),
-            &[reservation_id.into()],
-        )
-        .or_raise();
+        Some(1),
+        &[reservation_id.into()],
+    )
+    .or_raise();
     let r = t
         .into_iter()
         .next()
@@ -603,13 +601,13 @@ fn end_impl(
     }
 
     // Lock order: reservation, wallet, organization.
-    let t = client
-        .update(
-            "SELECT balance, held_credits FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
-            Some(1),
-            &[user_id.as_str().into()],
-        )
-        .or_raise();
+    let t = spi_cache::update(
+        client,
+        "SELECT balance, held_credits FROM quota.wallets WHERE user_id = $1 FOR UPDATE",
+        Some(1),
+        &[user_id.as_str().into()],
+    )
+    .or_raise();
     let w = t
         .into_iter()
         .next()
@@ -710,28 +708,28 @@ fn end_impl(
         org_used_quota_after: org_used_after,
         operation_id: reported_op.to_string(),
     };
-    client
-        .update(
-            "UPDATE quota.reservations
+    spi_cache::update(
+        client,
+        "UPDATE quota.reservations
                 SET status = $2, ended_at = quota.now(), end_operation_id = $3, actual_credits = $4,
                     charged_credits = $5, returned_credits = $6, uncollected_credits = $7,
                     org_charged_credits = $8, org_uncollected_credits = $9, outcome = $10
               WHERE reservation_id = $1",
-            None,
-            &[
-                reservation_id.into(),
-                status.into(),
-                reported_op.into(),
-                (if settled { Some(actual) } else { None }).into(),
-                user_split.charged.into(),
-                user_split.returned.into(),
-                user_split.uncollected.into(),
-                org_split.charged.into(),
-                org_split.uncollected.into(),
-                JsonB(serde_json::to_value(&outcome).expect("plain data")).into(),
-            ],
-        )
-        .or_raise();
+        None,
+        &[
+            reservation_id.into(),
+            status.into(),
+            reported_op.into(),
+            (if settled { Some(actual) } else { None }).into(),
+            user_split.charged.into(),
+            user_split.returned.into(),
+            user_split.uncollected.into(),
+            org_split.charged.into(),
+            org_split.uncollected.into(),
+            JsonB(serde_json::to_value(&outcome).expect("plain data")).into(),
+        ],
+    )
+    .or_raise();
     outcome
 }
 
@@ -867,17 +865,17 @@ fn consume(
         if replayed {
             return stored_outcome(client, id, &operation_id);
         }
-        let held = client
-            .update(
-                "SELECT credits_held FROM quota.reservations WHERE reservation_id = $1",
-                Some(1),
-                &[id.into()],
-            )
-            .or_raise()
-            .first()
-            .get_one::<i64>()
-            .or_raise()
-            .expect("not null");
+        let held = spi_cache::update(
+            client,
+            "SELECT credits_held FROM quota.reservations WHERE reservation_id = $1",
+            Some(1),
+            &[id.into()],
+        )
+        .or_raise()
+        .first()
+        .get_one::<i64>()
+        .or_raise()
+        .expect("not null");
         end_impl(client, id, End::Settle(held), None, &operation_id)
     });
     TableIterator::once(o.row())
@@ -899,17 +897,17 @@ fn get_reservation(reservation_id: i64) -> JsonB {
 /// the next call. `more`: some may be left.
 pub fn expire_impl(max_count: i32) -> (i32, bool) {
     Spi::connect_mut(|client| {
-        let ids: Vec<i64> = client
-            .update(
-                "SELECT reservation_id FROM quota.reservations
+        let ids: Vec<i64> = spi_cache::update(
+            client,
+            "SELECT reservation_id FROM quota.reservations
                  WHERE status = 'held' AND expires_at <= quota.now()
                  ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-                None,
-                &[max_count.into()],
-            )
-            .or_raise()
-            .map(|r| r.get::<i64>(1).or_raise().expect("primary key"))
-            .collect();
+            None,
+            &[max_count.into()],
+        )
+        .or_raise()
+        .map(|r| r.get::<i64>(1).or_raise().expect("primary key"))
+        .collect();
         // One transaction ends holds of many users, so it takes their wallets, then their
         // organizations, each in id order, before ending any: a reserve or settle takes one
         // wallet and then its organization, so it cannot wait in a cycle with this batch.
@@ -921,7 +919,7 @@ pub fn expire_impl(max_count: i32) -> (i32, bool) {
                 (SELECT org FROM quota.reservations WHERE reservation_id = ANY($1))
              ORDER BY id FOR UPDATE",
         ] {
-            client.update(sql, None, &[ids.clone().into()]).or_raise();
+            spi_cache::update(client, sql, None, &[ids.clone().into()]).or_raise();
         }
         for id in &ids {
             end_impl(client, *id, End::Expire, None, &format!("expire:{id}"));

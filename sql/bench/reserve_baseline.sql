@@ -5,6 +5,9 @@
 --   row (with the same idempotency key) and the organization's ledger row;
 --   settle: the reservation leaves 'held' (with its amounts and outcome), the wallet is charged and
 --   its hold released, the organization likewise, and both ledger rows.
+-- Each organization UPDATE names the wallet CTE (EXISTS (SELECT 1 FROM w)), so the wallet row is
+-- locked first, as the extension does: otherwise the executor may take them in either order and
+-- clients of one organization deadlock.
 -- What (r) does on top: validation, the function calls (SPI), the replay look-ups, the row locks
 -- in a fixed order, the settle policy. Keep in step with extension/src/reservations.rs.
 \set uid 1 + :stride * random(0, :nusers / :stride - 1)
@@ -67,7 +70,7 @@ l AS (
 o AS (
     UPDATE quota.organizations
        SET quota = quota - 1, used_quota = used_quota + 1, held_quota = held_quota - 2, updated_at = now()
-     WHERE id = (SELECT org FROM r)
+     WHERE id = (SELECT org FROM r) AND EXISTS (SELECT 1 FROM w)
     RETURNING id, quota, used_quota, held_quota)
 INSERT INTO quota.org_ledger (org_id, scope, operation_id, entry_type, quota_change, used_change,
                               held_change, quota_after, used_quota_after, held_quota_after,
