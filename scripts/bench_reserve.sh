@@ -13,7 +13,9 @@
 #     (r)  sql/bench/reserve.sql           quota.reserve, then quota.settle
 #     (rb) sql/bench/reserve_baseline.sql  the same writes in bare SQL, one statement per step
 #   on random users of all organizations, and on the users of one organization (every step
-#   updates that organization's row: they serialize on it);
+#   updates that organization's row: they serialize on it); a deadlock of the bare SQL (its CTEs
+#   lock the wallet and the organization in no fixed order) is retried (--max-tries=10), any
+#   failure left fails the run;
 # - each figure is the median of BENCH_ROUNDS runs, (r) and (rb) interleaved; prints a Markdown
 #   table (also .test-run/bench_reserve.md) and checks quota.verify().
 set -euo pipefail
@@ -51,7 +53,7 @@ pgbench_run() {
     local script="$1" c="$2" stride="$3" secs="$4" tag="$5" j out rc=0
     j=$((c < NCPU ? c : NCPU))
     psqlb -c "VACUUM quota.wallets, quota.organizations, quota.reservations" -c CHECKPOINT >/dev/null
-    out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" \
+    out="$("$PG_BIN/pgbench" -n -M prepared --max-tries=10 -T "$secs" -c "$c" -j "$j" \
         -f "$REPO/sql/bench/$script" -D run="$RUN-$tag" -D seq=0 -D nusers="$NUSERS" -D stride="$stride" \
         -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
     if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out" || grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then

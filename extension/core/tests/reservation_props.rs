@@ -5,8 +5,8 @@
 //! quota + overdraft_limit, held amounts equal the open holds, and a settle splits its actual
 //! amount into charged + uncollected.
 
-use quota_core::reservation::{check_org_hold, check_user_hold, settle_split, Billing, Org};
 use proptest::prelude::*;
+use quota_core::reservation::{check_org_hold, check_user_hold, settle_split, Billing, Org};
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -43,13 +43,26 @@ struct Hold {
 fn check(org: &Org, wallets: &[Wallet], holds: &[Hold]) {
     for (i, w) in wallets.iter().enumerate() {
         assert!(w.balance >= 0, "wallet {i} below 0: {w:?}");
-        assert!(w.held >= 0 && w.held <= w.balance, "wallet {i} hold uncovered: {w:?}");
-        let open: i64 = holds.iter().filter(|h| h.user == i).map(|h| h.user_hold).sum();
+        assert!(
+            w.held >= 0 && w.held <= w.balance,
+            "wallet {i} hold uncovered: {w:?}"
+        );
+        let open: i64 = holds
+            .iter()
+            .filter(|h| h.user == i)
+            .map(|h| h.user_hold)
+            .sum();
         assert_eq!(w.held, open, "wallet {i} held vs open holds");
     }
-    assert_eq!(org.held_quota, holds.iter().map(|h| h.org_hold).sum::<i64>());
+    assert_eq!(
+        org.held_quota,
+        holds.iter().map(|h| h.org_hold).sum::<i64>()
+    );
     assert!(org.quota >= 0 && org.used_quota >= 0 && org.held_quota >= 0);
-    assert!(org.available() >= 0, "organization promised more than it has: {org:?}");
+    assert!(
+        org.available() >= 0,
+        "organization promised more than it has: {org:?}"
+    );
     if org.billing == Billing::Postpaid {
         assert!(org.used_quota <= org.quota + org.overdraft_limit);
     }
