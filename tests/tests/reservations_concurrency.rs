@@ -441,6 +441,8 @@ async fn concurrent_reservations_end_exactly_once_within_bounds() {
     );
     assert!(probes > 0, "the bounds were never probed during the run");
 
+    let replayed = answers.values().filter(|list| list.len() > 1).count();
+    assert!(replayed > 0, "no operation id was used twice");
     // Every replay answered what the first call answered, field for field.
     for (operation_id, list) in &answers {
         for other in &list[1..] {
