@@ -247,9 +247,6 @@ fn reserve_impl(
             .unwrap_or_else(|| raise(in_progress(operation_id)));
         (id, true)
     };
-    if let Some(existing) = find_operation(client, user_id, Scope::Service, operation_id, false) {
-        return replayed(client, existing);
-    }
     let t = spi_cache::update(
         client,
         "SELECT w.balance, w.held_credits, w.multiplier, u.unlimited, u.org
@@ -267,7 +264,8 @@ fn reserve_impl(
     let multiplier: f64 = get(&wallet, "multiplier").unwrap_or(1.0);
     let unlimited: bool = get(&wallet, "unlimited").unwrap_or(false);
     let org: Option<String> = get(&wallet, "org");
-    // A concurrent call with this operation_id committed while we waited for the wallet.
+    // A replay, or a concurrent call with this operation_id that committed while we waited for
+    // the wallet (read with a fresh snapshot).
     if let Some(existing) = find_operation(client, user_id, Scope::Service, operation_id, true) {
         return replayed(client, existing);
     }
@@ -536,26 +534,9 @@ fn end_impl(
             json!({ "reservation_id": reservation_id, "expired": true }),
         ),
     };
-    let user_id = spi_cache::update(
-        client,
-        "SELECT user_id FROM quota.reservations WHERE reservation_id = $1",
-        Some(1),
-        &[reservation_id.into()],
-    )
-    .or_raise()
-    .into_iter()
-    .next()
-    .and_then(|r| get::<String>(&r, "user_id"))
-    .unwrap_or_else(|| raise(unknown_reservation(reservation_id)));
-    if let Some(op) = caller_op {
-        if let Some(existing) = find_operation(client, &user_id, Scope::Service, op, false) {
-            replay(existing, kind, &request).or_raise();
-            return stored_outcome(client, reservation_id, op);
-        }
-    }
     let t = spi_cache::update(
         client,
-        "SELECT org, unlimited, credits_held, user_credits_held, org_credits_held, status,
+        "SELECT user_id, org, unlimited, credits_held, user_credits_held, org_credits_held, status,
                     expires_at <= quota.now() AS past_expiry, expires_at::text AS expires_at
              FROM quota.reservations WHERE reservation_id = $1 FOR UPDATE",
         Some(1),
@@ -566,8 +547,10 @@ fn end_impl(
         .into_iter()
         .next()
         .unwrap_or_else(|| raise(unknown_reservation(reservation_id)));
+    let user_id: String = get(&r, "user_id").unwrap_or_default();
     if let Some(op) = caller_op {
-        // The same operation_id committed by a concurrent call while we waited for the row.
+        // A replay, or the same operation_id committed by a concurrent call while we waited
+        // for the row (read with a fresh snapshot).
         if let Some(existing) = find_operation(client, &user_id, Scope::Service, op, true) {
             replay(existing, kind, &request).or_raise();
             return stored_outcome(client, reservation_id, op);
