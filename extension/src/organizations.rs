@@ -23,7 +23,6 @@ fn org_json(client: &mut SpiClient, org_id: &str) -> Option<Value> {
             &[org_id.into()],
         )
         .or_raise()
-        .into_iter()
         .next()
         .and_then(|r| r.get_by_name::<JsonB, _>("j").or_raise())
         .map(|j| j.0)

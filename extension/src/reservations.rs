@@ -105,8 +105,9 @@ fn move_org(
     description: Option<&str>,
     request: Value,
 ) -> (i64, i64, i64) {
-    let t = spi_cache::update(client,
-            "WITH o AS (
+    let t = spi_cache::update(
+        client,
+        "WITH o AS (
                 UPDATE quota.organizations
                    SET quota = quota + $6, used_quota = used_quota + $7, held_quota = held_quota + $8,
                        updated_at = now()
@@ -116,7 +117,8 @@ fn move_org(
                 INSERT INTO quota.org_ledger (org_id, scope, operation_id, entry_type, quota_change,
                        used_change, held_change, quota_after, used_quota_after, held_quota_after,
                        reservation_id, user_id, description, request)
-                SELECT $1, $2, $3, $4, $6, $7, $8, o.quota, o.used_quota, o.held_quota, $5, $9, $10, $11
+                SELECT $1, $2, $3, $4, $6, $7, $8, o.quota, o.used_quota, o.held_quota, $5, $9,
+                       $10, $11
                 FROM o
                 ON CONFLICT ON CONSTRAINT org_ledger_operation_key DO NOTHING
                 RETURNING entry_id)
@@ -235,16 +237,17 @@ fn reserve_impl(
     let request = reserve_request(user_id, amount, ttl_s);
     let replayed = |client: &mut SpiClient, existing| -> (i64, bool) {
         replay(existing, kind, &request).or_raise();
-        let id = spi_cache::update(client,
-                "SELECT reservation_id FROM quota.reservations WHERE user_id = $1 AND operation_id = $2",
-                Some(1),
-                &[user_id.into(), operation_id.into()],
-            )
-            .or_raise()
-            .into_iter()
-            .next()
-            .and_then(|r| get::<i64>(&r, "reservation_id"))
-            .unwrap_or_else(|| raise(in_progress(operation_id)));
+        let id = spi_cache::update(
+            client,
+            "SELECT reservation_id FROM quota.reservations
+             WHERE user_id = $1 AND operation_id = $2",
+            Some(1),
+            &[user_id.into(), operation_id.into()],
+        )
+        .or_raise()
+        .next()
+        .and_then(|r| get::<i64>(&r, "reservation_id"))
+        .unwrap_or_else(|| raise(in_progress(operation_id)));
         (id, true)
     };
     let t = spi_cache::update(
