@@ -8,6 +8,7 @@ pub mod error;
 pub mod ids;
 pub mod plan;
 pub mod pricing;
+pub mod ratelimit;
 pub mod reservation;
 pub mod schedule;
 pub mod strategy;
