@@ -29,6 +29,36 @@ pub struct UserAuth {
     pub user_id: String,
 }
 
+/// Proof that the request carried the admin token or the service token (a token consume on
+/// behalf of a caller).
+pub struct AdminOrServiceAuth;
+
+/// Seed 001's access tokens start with this (`flow_` + 64 hex).
+pub const ACCESS_TOKEN_PREFIX: &str = "flow_";
+
+/// The access token a caller presents as `Authorization: Bearer flow_...` (`/flow/verify`). Never
+/// rejects: a request without one is answered by the handler (401 `unknown_token`).
+pub enum AccessTokenBearer {
+    /// Could be one of our tokens: the extension decides (it may still be unknown).
+    Candidate(String),
+    /// No bearer credential, or one that cannot be an access token (another prefix, over
+    /// [`TOKEN_BYTES_MAX`], not text): refused without a database call.
+    NotAToken,
+}
+
+impl AccessTokenBearer {
+    pub fn from_headers(headers: &HeaderMap) -> AccessTokenBearer {
+        match bearer_token(headers) {
+            Ok(Some(token))
+                if token.starts_with(ACCESS_TOKEN_PREFIX) && token.len() <= TOKEN_BYTES_MAX =>
+            {
+                AccessTokenBearer::Candidate(token.to_owned())
+            }
+            _ => AccessTokenBearer::NotAToken,
+        }
+    }
+}
+
 /// The text of a header, None when absent. A header that is not visible ASCII cannot be a
 /// token we issued, so it is reported as malformed.
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AppError> {
@@ -99,6 +129,49 @@ pub fn check_admin(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(),
 pub fn check_service(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), AppError> {
     let presented = header_text(headers, SERVICE_TOKEN_HEADER)?;
     check_shared_secret(presented, expected, "internal API", "X-Service-Token")
+}
+
+/// The service token when `X-Service-Token` is present, else the admin token. Missing both: 401.
+pub fn check_admin_or_service(
+    headers: &HeaderMap,
+    admin: Option<&Secret>,
+    service: Option<&Secret>,
+) -> Result<(), AppError> {
+    if headers.contains_key(SERVICE_TOKEN_HEADER) {
+        return check_service(headers, service);
+    }
+    let has_admin_credential =
+        headers.contains_key(ADMIN_TOKEN_HEADER) || headers.contains_key(header::AUTHORIZATION);
+    if !has_admin_credential {
+        return Err(AppError::Unauthorized(
+            "requires Authorization: Bearer <admin token>, X-Admin-Token or X-Service-Token".into(),
+        ));
+    }
+    check_admin(headers, admin)
+}
+
+impl FromRequestParts<AppState> for AdminOrServiceAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        check_admin_or_service(
+            &parts.headers,
+            state.config.admin_token.as_ref(),
+            state.config.service_token.as_ref(),
+        )
+        .map(|()| AdminOrServiceAuth)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AccessTokenBearer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(AccessTokenBearer::from_headers(&parts.headers))
+    }
 }
 
 impl FromRequestParts<AppState> for AdminAuth {
@@ -254,6 +327,54 @@ mod tests {
             )),
             200
         );
+    }
+
+    #[test]
+    fn admin_or_service_takes_either() {
+        let admin = Some(Secret::new("adm"));
+        let service = Some(Secret::new("svc"));
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            status(check_admin_or_service(
+                &headers(pairs),
+                admin.as_ref(),
+                service.as_ref(),
+            ))
+        };
+        assert_eq!(check(&[]), 401);
+        assert_eq!(check(&[("x-service-token", "svc")]), 200);
+        assert_eq!(check(&[("authorization", "Bearer adm")]), 200);
+        assert_eq!(check(&[("x-admin-token", "adm")]), 200);
+        assert_eq!(check(&[("x-service-token", "adm")]), 403);
+        assert_eq!(check(&[("authorization", "Bearer svc")]), 403);
+        assert_eq!(
+            check(&[
+                ("authorization", "Bearer flow_0123"),
+                ("x-service-token", "svc")
+            ]),
+            200
+        );
+    }
+
+    #[test]
+    fn access_token_bearer_keeps_only_what_can_be_a_token() {
+        let candidate =
+            |pairs: &[(&'static str, &'static str)]| match AccessTokenBearer::from_headers(
+                &headers(pairs),
+            ) {
+                AccessTokenBearer::Candidate(token) => Some(token),
+                AccessTokenBearer::NotAToken => None,
+            };
+        assert_eq!(candidate(&[]), None);
+        assert_eq!(candidate(&[("authorization", "Bearer adm")]), None);
+        assert_eq!(candidate(&[("authorization", "Basic Zmxvd186eA==")]), None);
+        assert_eq!(candidate(&[("authorization", "Bearer FLOW_ab")]), None);
+        assert_eq!(
+            candidate(&[("authorization", "bearer flow_ab")]).as_deref(),
+            Some("flow_ab")
+        );
+        let long: &'static str =
+            Box::leak(format!("Bearer flow_{}", "a".repeat(600)).into_boxed_str());
+        assert_eq!(candidate(&[("authorization", long)]), None);
     }
 
     #[test]

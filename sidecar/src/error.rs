@@ -168,6 +168,60 @@ fn invalid_input_status() -> StatusCode {
     }
 }
 
+/// How an error body is shaped beyond `{error, message, request_id, ...detail}`, by route family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// Seed 001's admin token API (`/flow/tokens...`): the `{"success": false, "data": null,
+    /// "message"}` envelope around the usual fields.
+    Envelope,
+    /// A token check (`/flow/verify`, `/flow/tokens/{token}/consume`): `"valid": false` beside
+    /// the usual fields, as its refusals carry.
+    Verify,
+}
+
+tokio::task_local! {
+    /// Set while a route of a family with its own error shape runs (see [`ErrorShape`]).
+    static ERROR_SHAPE: ErrorShape;
+}
+
+/// Middleware of seed 001's admin token routes: their errors come in its envelope.
+pub async fn flow_envelope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    ERROR_SHAPE
+        .scope(ErrorShape::Envelope, next.run(request))
+        .await
+}
+
+/// Middleware of the token checks: their errors carry `"valid": false`.
+pub async fn verify_shape(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    ERROR_SHAPE
+        .scope(ErrorShape::Verify, next.run(request))
+        .await
+}
+
+fn current_error_shape() -> Option<ErrorShape> {
+    ERROR_SHAPE.try_with(|shape| *shape).ok()
+}
+
+/// Adds the fields of `shape` to an error body.
+pub fn shape_error_body(body: &mut Map<String, Value>, shape: Option<ErrorShape>) {
+    match shape {
+        None => {}
+        Some(ErrorShape::Envelope) => {
+            body.insert("success".into(), Value::Bool(false));
+            body.insert("data".into(), Value::Null);
+        }
+        Some(ErrorShape::Verify) => {
+            body.insert("valid".into(), Value::Bool(false));
+        }
+    }
+}
+
 /// The `error` code of a purchase without a confirmed payment: HTTP 402 (seed 004).
 pub const PAYMENT_REQUIRED: &str = "payment_required";
 
@@ -292,6 +346,7 @@ impl IntoResponse for AppError {
                 .map(Value::String)
                 .unwrap_or(Value::Null),
         );
+        shape_error_body(&mut body, current_error_shape());
         let mut response = (status, Json(Value::Object(body))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -566,6 +621,43 @@ mod tests {
     fn in_progress_is_409() {
         assert_eq!(AppError::InProgress.status(), StatusCode::CONFLICT);
         assert_eq!(AppError::InProgress.body()["error"], "in_progress");
+    }
+
+    #[tokio::test]
+    async fn flow_errors_come_in_their_shape() {
+        let err = || sql_error("P0002", "token flow_1234abcd... does not exist", None);
+        let plain = err().into_response();
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+        let envelope = ERROR_SHAPE
+            .scope(ErrorShape::Envelope, async { err().into_response() })
+            .await;
+        assert_eq!(envelope.status(), StatusCode::NOT_FOUND);
+        let bytes = axum::body::to_bytes(envelope.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["success"], false);
+        assert_eq!(body["data"], Value::Null);
+        assert_eq!(body["error"], "not_found");
+        assert_eq!(body["message"], "token flow_1234abcd... does not exist");
+        let verify = ERROR_SHAPE
+            .scope(ErrorShape::Verify, async {
+                sql_error(
+                    "22023",
+                    "units must be >= 1",
+                    Some(json!({"error": "invalid_parameter", "field": "units"})),
+                )
+                .into_response()
+            })
+            .await;
+        assert_eq!(verify.status(), StatusCode::BAD_REQUEST);
+        let bytes = axum::body::to_bytes(verify.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["valid"], false);
+        assert_eq!(body["field"], "units");
+        assert!(body.get("success").is_none());
     }
 
     #[tokio::test]

@@ -50,10 +50,40 @@ impl MakeSpan<Body> for RequestSpan {
         tracing::info_span!(
             "request",
             method = %request.method(),
-            path = %request.uri().path(),
+            path = %redact_path(request.uri().path()),
             request_id = %request_id::from_request(request),
         )
     }
+}
+
+/// Shown of an access token in a logged path: `flow_` and 8 hex digits, as its hint.
+pub const ACCESS_TOKEN_SHOWN: usize = 13;
+
+/// The path as logged: an access token in it (seed 001's `/flow/tokens/{token}` paths carry one)
+/// is cut to its hint (`flow_1a2b3c4d...`), so logs never hold a usable token.
+pub fn redact_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(crate::auth::ACCESS_TOKEN_PREFIX) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with(crate::auth::ACCESS_TOKEN_PREFIX)
+                && segment.len() > ACCESS_TOKEN_SHOWN
+            {
+                let cut = segment
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .take_while(|i| *i <= ACCESS_TOKEN_SHOWN)
+                    .last()
+                    .unwrap_or(0);
+                format!("{}...", &segment[..cut])
+            } else {
+                segment.to_owned()
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(segments.join("/"))
 }
 
 /// One INFO line per response (status, latency in ms); 5xx also logged as failures.
@@ -77,4 +107,21 @@ pub fn trace_layer() -> RequestTraceLayer {
                 .latency_unit(LatencyUnit::Millis),
         )
         .on_failure(DefaultOnFailure::new().level(Level::ERROR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_tokens_in_paths_are_cut_to_their_hint() {
+        let token = format!("flow_{}", "0123456789abcdef".repeat(4));
+        assert_eq!(
+            redact_path(&format!("/flow/tokens/{token}/quota")),
+            "/flow/tokens/flow_01234567.../quota"
+        );
+        assert_eq!(redact_path("/flow/tokens"), "/flow/tokens");
+        assert_eq!(redact_path("/flow/tokens/flow_ab"), "/flow/tokens/flow_ab");
+        assert_eq!(redact_path("/api/admin/users/u1"), "/api/admin/users/u1");
+    }
 }

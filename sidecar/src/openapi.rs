@@ -19,9 +19,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         title = "pg_quota sidecar",
         description = "REST API of pg_quota. Every endpoint calls quota.* SQL functions (named in \
             each description and in x-sql); the rules live in the extension. Errors are \
-            {\"error\", \"message\", \"request_id\"} plus the fields of the SQL error's DETAIL."
+            {\"error\", \"message\", \"request_id\"} plus the fields of the SQL error's DETAIL; \
+            seed 001's /flow/tokens routes wrap them in {\"success\": false, \"data\": null, ...} \
+            and token checks add \"valid\": false."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, FlowErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "internal", description = "Internal API for other services (X-Service-Token), seed 004"),
@@ -30,6 +32,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "admin-users", description = "Users and their API tokens (admin token)"),
         (name = "organizations", description = "Organizations and their quota (admin token), seed 003"),
         (name = "reservations", description = "Holds of credits: reserve, settle, release, consume (X-Service-Token), seed 003"),
+        (name = "tokens", description = "Access tokens of seed 001 (admin token): create, update, quota, logs, deactivate, list; answers in {success, data, message}"),
+        (name = "token-checks", description = "Checking and consuming an access token: POST /flow/verify with the token as bearer, or consume on a caller's behalf (admin or service token); RateLimit-* headers"),
         (name = "strategies", description = "Recharge strategies and their executions (admin token), seed 000"),
         (name = "system", description = "Open operational endpoints"),
     )
@@ -49,6 +53,24 @@ pub struct ErrorBody {
     error: String,
     /// What went wrong, for people.
     message: String,
+    /// The request's `x-request-id`.
+    request_id: Option<String>,
+}
+
+/// The error body of seed 001's token API (`/flow/tokens...`): its envelope around the usual
+/// error fields.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: AppError builds the body
+pub struct FlowErrorBody {
+    /// false
+    success: bool,
+    /// null
+    #[schema(value_type = Option<Object>)]
+    data: Option<()>,
+    /// What went wrong, for people.
+    message: String,
+    /// Machine-readable code (as in ErrorBody).
+    error: String,
     /// The request's `x-request-id`.
     request_id: Option<String>,
 }
@@ -87,6 +109,17 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("a user API token (pq_...), issued by the admin API"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "accessToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "an access token of seed 001 (flow_...), created by POST /flow/tokens",
+                    ))
                     .build(),
             ),
         );
@@ -133,20 +166,22 @@ const ERRORS: &[(&str, &str)] = &[
 fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let components = openapi.components.get_or_insert_with(Default::default);
     for (status, description) in ERRORS {
-        components.responses.insert(
-            format!("Error{status}"),
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(*description)
-                    .content(
-                        "application/json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("ErrorBody")))
-                            .build(),
-                    )
-                    .build(),
-            ),
-        );
+        for (prefix, schema) in [("Error", "ErrorBody"), ("FlowError", "FlowErrorBody")] {
+            components.responses.insert(
+                format!("{prefix}{status}"),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(*description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name(schema)))
+                                .build(),
+                        )
+                        .build(),
+                ),
+            );
+        }
     }
     for item in openapi.paths.paths.values_mut() {
         let operations = [
@@ -170,6 +205,16 @@ fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openap
                 tags.iter()
                     .any(|t| matches!(t.as_str(), "internal" | "public" | "admin"))
             });
+            // Seed 001's token API wraps its errors in its envelope.
+            let prefix = if operation
+                .tags
+                .as_ref()
+                .is_some_and(|tags| tags.iter().any(|t| t == "tokens"))
+            {
+                "FlowError"
+            } else {
+                "Error"
+            };
             for (status, _) in ERRORS {
                 let wanted = match *status {
                     "401" | "403" => needs_credential,
@@ -180,7 +225,7 @@ fn with_error_responses(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openap
                 if wanted && !operation.responses.responses.contains_key(*status) {
                     operation.responses.responses.insert(
                         (*status).to_owned(),
-                        RefOr::Ref(Ref::from_response_name(format!("Error{status}"))),
+                        RefOr::Ref(Ref::from_response_name(format!("{prefix}{status}"))),
                     );
                 }
             }

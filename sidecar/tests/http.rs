@@ -578,6 +578,15 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
         "/api/internal/reservations/{reservation_id}/release",
     ),
     ("post", "/api/internal/consume"),
+    // Access tokens (issue 12, seed 001) at the seed's paths.
+    ("post", "/flow/tokens"),
+    ("get", "/flow/tokens"),
+    ("put", "/flow/tokens/{token}"),
+    ("delete", "/flow/tokens/{token}"),
+    ("get", "/flow/tokens/{token}/quota"),
+    ("get", "/flow/tokens/{token}/quota/logs"),
+    ("post", "/flow/tokens/{token}/consume"),
+    ("post", "/flow/verify"),
     // Recharge strategies (SPEC 6.6).
     ("post", "/api/v1/strategies"),
     ("get", "/api/v1/strategies"),
@@ -718,6 +727,7 @@ async fn every_documented_operation_is_mounted() {
             .replace("{token_id}", "7")
             .replace("{org_id}", "acme")
             .replace("{reservation_id}", "7")
+            .replace("{token}", "flow_0123")
             .replace("{id}", "7");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, _, body) = send(test_app(), request(method.clone(), &uri, &[], "")).await;
@@ -776,4 +786,245 @@ async fn missing_query_parameter_message_names_it() {
         body["message"].as_str().unwrap().contains("multiplier"),
         "{body}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access tokens (seed 001): the envelope of the admin API, the token checks.
+
+const FLOW_TOKEN: &str = "flow_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// The admin token API answers its errors in seed 001's envelope, with the usual fields.
+#[tokio::test]
+async fn flow_admin_errors_come_in_the_envelope() {
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            request(Method::POST, "/flow/tokens", &[], "{}"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            request(
+                Method::GET,
+                "/flow/tokens",
+                &[("authorization", "Bearer wrong")],
+                "",
+            ),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            request(
+                Method::POST,
+                "/flow/tokens",
+                &[("x-admin-token", ADMIN)],
+                "{\"ws_id\": ",
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            request(
+                Method::PUT,
+                &format!("/flow/tokens/{FLOW_TOKEN}"),
+                &[("x-admin-token", ADMIN)],
+                "[1]",
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            request(
+                Method::GET,
+                &format!("/flow/tokens/{FLOW_TOKEN}/quota/logs?page=x"),
+                &[("x-admin-token", ADMIN)],
+                "",
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        // Past validation the database is unreachable here: still the envelope.
+        (
+            request(
+                Method::DELETE,
+                &format!("/flow/tokens/{FLOW_TOKEN}"),
+                &[("x-admin-token", ADMIN)],
+                "",
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+        ),
+    ];
+    for (req, status, error) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (got, headers, body) = send(test_app(), req).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert_eq!(body["success"], false, "{what}: {body}");
+        assert!(
+            body.get("data").is_some_and(Value::is_null),
+            "{what}: {body}"
+        );
+        assert_eq!(body["error"], error, "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+        assert_eq!(
+            body["request_id"],
+            headers["x-request-id"].to_str().unwrap(),
+            "{what}"
+        );
+    }
+    // Other routes keep their plain error body.
+    let (_, _, body) = send(
+        test_app(),
+        request(Method::GET, "/api/admin/users", &[], ""),
+    )
+    .await;
+    assert!(body.get("success").is_none(), "{body}");
+}
+
+/// /flow/verify takes the token itself as bearer; without one that can be a token it answers 401
+/// unknown_token without asking the database (which is unreachable here: a 503 would show it
+/// was asked).
+#[tokio::test]
+async fn verify_without_a_token_is_401_unknown_token_without_sql() {
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer test-admin-token")],
+        vec![("authorization", "Basic Zmxvd186eA==")],
+        vec![("x-admin-token", ADMIN)],
+        vec![("x-service-token", SERVICE)],
+        vec![("authorization", "Bearer FLOW_00")],
+    ] {
+        let (status, response_headers, body) = send(
+            test_app(),
+            request(Method::POST, "/flow/verify", &headers, "{\"units\": 0}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{headers:?}: {body}");
+        assert_eq!(body["valid"], false, "{headers:?}: {body}");
+        assert_eq!(body["error"], "unknown_token", "{headers:?}: {body}");
+        assert!(
+            response_headers.contains_key("www-authenticate"),
+            "{headers:?}"
+        );
+        assert!(
+            !response_headers.contains_key("ratelimit-limit"),
+            "{headers:?}"
+        );
+    }
+    let long = format!("Bearer flow_{}", "a".repeat(600));
+    let (status, _, body) = send(
+        test_app(),
+        request(
+            Method::POST,
+            "/flow/verify",
+            &[("authorization", &long)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
+
+/// A bearer that may be a token reaches SQL (503 here), with or without a body; a bad body is
+/// 400 with `valid: false`.
+#[tokio::test]
+async fn verify_with_a_candidate_token_asks_sql() {
+    let bearer = format!("Bearer {FLOW_TOKEN}");
+    for body in ["", "{}", "{\"units\": 2, \"request_id\": \"r-1\"}"] {
+        let (status, _, answer) = send(
+            test_app(),
+            request(
+                Method::POST,
+                "/flow/verify",
+                &[("authorization", &bearer)],
+                body,
+            ),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{body:?}: {answer}"
+        );
+        assert_eq!(answer["valid"], false, "{answer}");
+    }
+    for (body, error) in [
+        ("{\"units\": 1.5}", "invalid_body"),
+        ("{\"unit\": 1}", "invalid_body"),
+        ("{\"units\": ", "invalid_json"),
+    ] {
+        let (status, _, answer) = send(
+            test_app(),
+            request(
+                Method::POST,
+                "/flow/verify",
+                &[("authorization", &bearer)],
+                body,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["valid"], false, "{answer}");
+        assert_eq!(answer["error"], error, "{answer}");
+    }
+}
+
+/// Consume on a caller's behalf takes the admin or the service token.
+#[tokio::test]
+async fn consume_takes_admin_or_service_credentials() {
+    let uri = format!("/flow/tokens/{FLOW_TOKEN}/consume");
+    let admin_bearer = format!("Bearer {ADMIN}");
+    for (headers, status) in [
+        (vec![], StatusCode::UNAUTHORIZED),
+        (vec![("x-service-token", "nope")], StatusCode::FORBIDDEN),
+        (
+            vec![("authorization", "Bearer nope")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            vec![("x-service-token", SERVICE)],
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            vec![("x-admin-token", ADMIN)],
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            vec![("authorization", admin_bearer.as_str())],
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        let (got, _, body) = send(test_app(), request(Method::POST, &uri, &headers, "")).await;
+        assert_eq!(got, status, "{headers:?}: {body}");
+        assert_eq!(body["valid"], false, "{headers:?}: {body}");
+    }
+    // Auth before the body.
+    let (got, _, _) = send(test_app(), request(Method::POST, &uri, &[], "{")).await;
+    assert_eq!(got, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn flow_operations_are_documented_with_their_shapes() {
+    let (document, _) = documented_operations().await;
+    let create = &document["paths"]["/flow/tokens"]["post"];
+    assert_eq!(create["tags"][0], "tokens");
+    assert!(create["x-sql"][0]
+        .as_str()
+        .unwrap()
+        .contains("quota.create_token"));
+    // Shared errors of the envelope routes use the envelope's schema.
+    let conflict = create["responses"]["409"]["$ref"].as_str().unwrap();
+    assert!(conflict.ends_with("FlowError409"), "{conflict}");
+    assert!(document["components"]["schemas"]["FlowErrorBody"].is_object());
+    let verify = &document["paths"]["/flow/verify"]["post"];
+    assert_eq!(
+        verify["security"][0],
+        serde_json::json!({"accessToken": []})
+    );
+    for status in ["200", "400", "401", "403", "429"] {
+        assert!(verify["responses"][status].is_object(), "verify {status}");
+    }
+    assert!(document["components"]["securitySchemes"]["accessToken"].is_object());
 }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod executions;
+pub mod flow;
 pub mod health;
 pub mod internal;
 pub mod organizations;
@@ -32,6 +33,10 @@ pub const BODY_BYTES_MAX: usize = 1024 * 1024;
 pub fn router() -> OpenApiRouter<AppState> {
     // Seed 004's routes answer 422 for invalid input (see `error::seed004_statuses`).
     let seed004 = || axum::middleware::from_fn(crate::error::seed004_statuses);
+    // Seed 001's token API answers in its envelope, errors too; the token checks answer
+    // `valid: false` (see `error::ErrorShape`).
+    let envelope = || axum::middleware::from_fn(crate::error::flow_envelope);
+    let checks = || axum::middleware::from_fn(crate::error::verify_shape);
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::openapi_json))
@@ -75,6 +80,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(reservations::settle))
         .routes(routes!(reservations::release))
         .routes(routes!(reservations::consume))
+        // Access tokens (issue 12, seed 001, SPEC 4) at the seed's paths.
+        .routes(routes!(flow::create, flow::list).layer(envelope()))
+        .routes(routes!(flow::update, flow::delete).layer(envelope()))
+        .routes(routes!(flow::quota).layer(envelope()))
+        .routes(routes!(flow::quota_logs).layer(envelope()))
+        .routes(routes!(flow::consume).layer(checks()))
+        .routes(routes!(flow::verify).layer(checks()))
         // Recharge strategies (seed 000, SPEC 6.6) and their executions.
         .routes(routes!(strategies::create, strategies::list))
         .routes(routes!(strategies::scan))
