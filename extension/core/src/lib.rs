@@ -13,6 +13,7 @@ pub mod reservation;
 pub mod schedule;
 pub mod strategy;
 pub mod time;
+pub mod token;
 pub mod user;
 
 pub use error::{ErrorKind, QuotaError};
