@@ -105,6 +105,19 @@ COMMENT ON FUNCTION quota.get_reservation(bigint) IS
 COMMENT ON FUNCTION quota.expire_reservations(integer) IS
     'Releases up to max_count holds past their expiry, each exactly once (the background worker calls it every tick); more = some may be left.';
 
+-- Access tokens (seed 001, SPEC 4).
+COMMENT ON FUNCTION quota.create_token(jsonb, text) IS
+    'Creates an access token (flow_ + 64 hex, shown once in access_token; only its SHA-256 is stored) from JSON: ws_id, email, operation add (days) | set (specific_date) | unlimited, quota_type time|count|hybrid, total_quota, user_id, unlimited, rate limits. Audited.';
+COMMENT ON FUNCTION quota.update_token(text, jsonb, text) IS
+    'Changes a token: operation set|unlimited, quota_type, quota_operation add|set|reset with quota_amount, specific_date, unlimited, rate limits (absent: unchanged; null: removed). Audited; quota changes are logged as recharge.';
+COMMENT ON FUNCTION quota.delete_token(text, text) IS 'Deactivates a token (verification answers inactive). Audited.';
+COMMENT ON FUNCTION quota.token_quota(text) IS 'A token''s quota: quota_type, total_quota, remaining_quota, consumed_quota, expires_at. Reads only.';
+COMMENT ON FUNCTION quota.token_quota_logs(text, integer, integer, text, text) IS 'A token''s quota history (init, consume, refund, recharge, update), newest first, paged, within [start_date, end_date). Reads only.';
+COMMENT ON FUNCTION quota.list_tokens(text, text, integer, integer) IS 'Tokens, optionally of one ws_id and/or email, as JSON {tokens, total} (never the tokens themselves). Reads only.';
+COMMENT ON FUNCTION quota.verify_token(text, bigint, text) IS
+    'The gateway''s per-request check: exists and active, not expired (time, hybrid), rate limit (burst per second, then per window; shared memory, exact), then count quota (count, hybrid: units, atomically). Refusals are rows (code unknown_token, inactive, expired, burst, window, limiter_full, quota_exceeded), not errors. Idempotent by request_id.';
+COMMENT ON FUNCTION quota.refund_token(text, bigint, text) IS 'Gives units back to a count token (never above its total). Idempotent by request_id.';
+
 -- ---------------------------------------------------------------------------------------------
 -- Access (SPEC 1.6). Nothing is executable by PUBLIC; each role gets the functions of its job
 -- (quota_admin includes quota_service, which includes quota_reader; schema.sql creates them).
@@ -122,11 +135,13 @@ DECLARE
             'check_credits', 'calculate_credits', 'balance', 'transactions', 'subscription', 'verify',
             'list_plans', 'subscription_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
             'strategy_executions', 'worker_status', 'library_version', 'relay_status',
-            'get_organization', 'list_organizations', 'organization_users', 'get_reservation'),
+            'get_organization', 'list_organizations', 'organization_users', 'get_reservation',
+            'token_quota', 'token_quota_logs', 'list_tokens'),
         -- what a service does per request
         'quota_service', jsonb_build_array(
             'charge', 'add', 'purchase', 'confirm_payment', 'bonus', 'refund', 'update_subscription',
-            'resolve_api_token', 'reserve', 'settle', 'release', 'consume'),
+            'resolve_api_token', 'reserve', 'settle', 'release', 'consume', 'verify_token',
+            'refund_token'),
         -- plans, rates, users, tokens, strategies, the relay
         'quota_admin', jsonb_build_array(
             'create_plan', 'update_plan', 'delete_plan', 'set_plan_multiplier', 'set_plan_purchase_rate',
@@ -135,7 +150,7 @@ DECLARE
             'disable_strategy', 'scan', 'outbox_claim', 'outbox_complete', 'outbox_retry', 'outbox_fail',
             'outbox_unknown', 'retry_execution', 'confirm_execution', 'create_organization',
             'update_organization', 'delete_organization', 'add_organization_quota', 'delete_user',
-            'expire_reservations'));
+            'expire_reservations', 'create_token', 'update_token', 'delete_token'));
     r text;
     f regprocedure;
     missing text;
@@ -162,6 +177,7 @@ $grants$;
 
 GRANT SELECT ON quota.users, quota.wallets, quota.plans, quota.settings, quota.subscriptions,
                 quota.ledger, quota.payments, quota.strategies, quota.executions, quota.ledger_problems,
-                quota.organizations, quota.org_ledger, quota.reservations, quota.reservation_problems
+                quota.organizations, quota.org_ledger, quota.reservations, quota.reservation_problems,
+                quota.tokens, quota.token_logs, quota.token_problems
     TO quota_reader;
 GRANT SELECT ON quota.audit_log, quota.outbox TO quota_admin;

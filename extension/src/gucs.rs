@@ -13,6 +13,7 @@ pub static RELAY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static NOW_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static SCAN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static EXPIRE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static RATE_LIMIT_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_024);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -96,6 +97,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"quota.rate_limit_entries",
+        c"Tokens the rate limiter tracks at once (shared memory, about 16 KB each).",
+        c"A token with a rate limit takes an entry on first use; an entry is reused once its admissions are all outside their windows. When every entry is live, verifications of new tokens are refused (limiter_full). Restart to change.",
+        &RATE_LIMIT_ENTRIES,
+        1,
+        65_536,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }
 
 pub fn database() -> String {
@@ -127,6 +138,10 @@ pub fn scheduler_enabled() -> bool {
 
 pub fn relay() -> bool {
     RELAY.get()
+}
+
+pub fn rate_limit_entries() -> usize {
+    RATE_LIMIT_ENTRIES.get().max(1) as usize
 }
 
 /// Expired holds released per worker transaction; 0 = the worker does not expire holds.

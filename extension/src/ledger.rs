@@ -1640,6 +1640,7 @@ fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, St
             .select(
                 "SELECT subject, problem FROM quota.ledger_problems
                  UNION ALL SELECT subject, problem FROM quota.reservation_problems
+                 UNION ALL SELECT subject, problem FROM quota.token_problems
                  ORDER BY subject",
                 None,
                 &[],

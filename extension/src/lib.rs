@@ -30,6 +30,7 @@ mod gucs;
 mod ledger;
 mod organizations;
 mod plans;
+mod ratelimit;
 mod read;
 mod reservations;
 mod schedule;
@@ -37,6 +38,7 @@ mod settings;
 mod spi_cache;
 mod strategies;
 mod subxact;
+mod tokens;
 mod users;
 mod worker;
 
@@ -56,6 +58,7 @@ extension_sql_file!(
     name = "reservations",
     requires = ["schema"]
 );
+extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["schema"]);
 extension_sql_file!(
     "../sql/outbox.sql",
     name = "outbox",
@@ -70,6 +73,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a plain read of a global the postmaster sets while loading preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init_preloaded();
+        ratelimit::init_preloaded();
     }
 }
 

@@ -1,0 +1,127 @@
+//! The rate limiter's table in shared memory (issue 12): `quota.rate_limit_entries` entries of
+//! `quota_core::ratelimit::Entry` (about 16 KB each) behind one LWLock, so a limit is exact across
+//! every backend without writing WAL. The decisions are `quota_core::ratelimit`'s.
+//!
+//! What a restart forgets: the table lives in shared memory only, so after a restart (or a crash)
+//! every window starts empty; in the window that spans the restart a token may be admitted up to
+//! its limit again. An admission whose transaction later aborts stays counted (the table is not
+//! transactional): the limiter errs on the side of refusing.
+
+use crate::gucs;
+use pgrx::prelude::*;
+use pgrx::shmem::{PGRXSharedMemory, PgSharedMemoryInitialization};
+use pgrx::{pg_shmem_init, pg_sys};
+use quota_core::ratelimit::Entry;
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const NAME: &CStr = c"pg_quota_rate_limiter";
+
+#[repr(C)]
+struct Header {
+    lock: *mut pg_sys::LWLock,
+    entries: usize,
+}
+
+pub struct RateTable {
+    header: UnsafeCell<*mut Header>,
+}
+
+// SAFETY: the pointer is set once per process in the shmem startup hook (before any query) and
+// only read afterwards; the memory it points to is guarded by the LWLock.
+unsafe impl Sync for RateTable {}
+
+pub static RATE_TABLE: RateTable = RateTable {
+    header: UnsafeCell::new(std::ptr::null_mut()),
+};
+
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+fn size(entries: usize) -> usize {
+    std::mem::size_of::<Header>() + entries * std::mem::size_of::<Entry>()
+}
+
+/// A marker value type for pg_shmem_init! (the table is zeroed in place, never built on a stack).
+#[derive(Clone, Copy, Default)]
+pub struct Zeroed;
+
+// SAFETY: a unit marker; nothing is shared through it.
+unsafe impl PGRXSharedMemory for Zeroed {}
+
+impl PgSharedMemoryInitialization for RateTable {
+    type Value = Zeroed;
+
+    unsafe fn on_shmem_request(&'static self) {
+        // SAFETY: called from the shmem_request_hook (pg_shmem_init!), where these are allowed.
+        unsafe {
+            pg_sys::RequestAddinShmemSpace(size(gucs::rate_limit_entries()));
+            pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
+        }
+    }
+
+    unsafe fn on_shmem_startup(&'static self, _value: Zeroed) {
+        // SAFETY: called from the shmem_startup_hook: AddinShmemInitLock serializes the
+        // initialisation; the region is ours (named) and sized as requested; an all-zero Entry
+        // is a free entry.
+        unsafe {
+            let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+            pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let entries = gucs::rate_limit_entries();
+            let mut found = false;
+            let header =
+                pg_sys::ShmemInitStruct(NAME.as_ptr(), size(entries), &mut found).cast::<Header>();
+            if !found {
+                std::ptr::write_bytes(header.cast::<u8>(), 0, size(entries));
+                (*header).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock;
+                (*header).entries = entries;
+            }
+            *self.header.get() = header;
+            pg_sys::LWLockRelease(init_lock);
+        }
+    }
+}
+
+pub fn init_preloaded() {
+    pg_shmem_init!(RATE_TABLE = Zeroed);
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+struct Held(*mut pg_sys::LWLock);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: we hold this lock (acquired below); an ERROR would release it in abort
+        // processing instead, but nothing between acquire and drop raises one.
+        unsafe { pg_sys::LWLockRelease(self.0) }
+    }
+}
+
+/// Runs `f` on the table under its exclusive lock; None when the library was not preloaded
+/// (no shared memory: rate limits cannot be enforced).
+pub fn with_table<R>(f: impl FnOnce(&mut [Entry]) -> R) -> Option<R> {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: set by the startup hook in the postmaster and inherited by every backend.
+    let header = unsafe { *RATE_TABLE.header.get() };
+    if header.is_null() {
+        return None;
+    }
+    // SAFETY: the header was initialised by the startup hook; the entries follow it in the same
+    // region and are only touched under the exclusive lock taken here.
+    unsafe {
+        let lock = (*header).lock;
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let _held = Held(lock);
+        let entries =
+            std::slice::from_raw_parts_mut(header.add(1).cast::<Entry>(), (*header).entries);
+        Some(f(entries))
+    }
+}
+
+/// Microseconds of the real clock (the limiter's time; quota.now_override does not move it).
+pub fn now_us() -> i64 {
+    // SAFETY: a plain read of the current time.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
