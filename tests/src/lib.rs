@@ -924,3 +924,264 @@ pub async fn reservation_ends(db: &tokio_postgres::Client, reservation_id: i64) 
         .unwrap_or_else(|e| panic!("ends of reservation {reservation_id}: {e}"));
     (row.get(0), row.get(1))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Access tokens (issue 12, seed 001)
+
+/// The keys of a token as every `/flow/tokens` answer shows it (create adds `access_token`).
+pub const FLOW_TOKEN_KEYS: &[&str] = &[
+    "access_token_hint",
+    "ws_id",
+    "email",
+    "user_id",
+    "quota_type",
+    "total_quota",
+    "remaining_quota",
+    "consumed_quota",
+    "expires_at",
+    "operation",
+    "active",
+    "unlimited",
+    "rate_limit_per_minute",
+    "rate_limit_burst",
+    "rate_limit_window_seconds",
+    "created_at",
+    "updated_at",
+];
+
+/// A well-formed access token that was never issued.
+pub const UNKNOWN_FLOW_TOKEN: &str =
+    "flow_0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The answer of a token check (`/flow/verify`, `/flow/tokens/{token}/consume`): status, body
+/// and the headers (RateLimit-*, Retry-After).
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+    pub what: String,
+}
+
+impl Check {
+    /// A header as an integer, None when absent.
+    pub fn header_int(&self, name: &str) -> Option<i64> {
+        self.headers.get(name).map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{}: header {name} is not an integer: {v:?}", self.what))
+        })
+    }
+
+    /// Asserts a 200 `valid: true` answer; returns the body.
+    pub fn expect_valid(&self) -> &Value {
+        assert_eq!(
+            (self.status, &self.body["valid"]),
+            (200, &json!(true)),
+            "{}: expected a valid check, got {} {}",
+            self.what,
+            self.status,
+            self.body
+        );
+        &self.body
+    }
+
+    /// Asserts a refusal: the status, `valid: false` and the error code; returns the body.
+    pub fn expect_refused(&self, status: u16, error: &str) -> &Value {
+        assert_eq!(
+            (self.status, &self.body["valid"], &self.body["error"]),
+            (status, &json!(false), &json!(error)),
+            "{}: expected {status} {error}, got {} {}",
+            self.what,
+            self.status,
+            self.body
+        );
+        &self.body
+    }
+}
+
+impl Req {
+    /// Sends and keeps the response headers.
+    pub async fn send_check(self) -> Check {
+        let what = self.what;
+        let resp = self
+            .rb
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading body failed: {e}"));
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Check {
+            status,
+            body,
+            headers,
+            what,
+        }
+    }
+}
+
+/// The `data` of a `{"success": true, "data", "message"}` envelope (asserting its shape).
+pub fn envelope_data(body: Value) -> Value {
+    assert_eq!(body["success"], true, "envelope: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "envelope message: {body}"
+    );
+    body["data"].clone()
+}
+
+/// Asserts an error in seed 001's envelope: the status, `success: false`, `data: null`, a
+/// message and the error code; returns the body.
+pub fn expect_envelope_error(resp: Resp, status: u16, code: Option<&str>) -> Value {
+    let what = resp.what.clone();
+    let body = resp.expect_error(status, code);
+    assert_eq!(body["success"], false, "{what}: {body}");
+    assert!(
+        body.get("data").is_some_and(Value::is_null),
+        "{what}: data null in {body}"
+    );
+    body
+}
+
+impl Ctx {
+    /// `POST /flow/tokens` with this body.
+    pub async fn flow_create(&self, body: &Value) -> Resp {
+        self.api
+            .admin(Method::POST, "/flow/tokens")
+            .json(body)
+            .send()
+            .await
+    }
+
+    /// Creates a token (200), `ws_id` and `email` unique unless `fields` gives them; returns the
+    /// token JSON with `access_token`.
+    pub async fn flow_token(&self, fields: Value) -> Value {
+        let mut body = json!({
+            "ws_id": self.id("ws"),
+            "email": format!("{}@example.com", self.id("e").to_lowercase()),
+            "operation": "unlimited",
+        });
+        if let Some(extra) = fields.as_object() {
+            for (k, v) in extra {
+                body[k] = v.clone();
+            }
+        }
+        let data = envelope_data(self.flow_create(&body).await.expect(200));
+        assert_fields(&data, FLOW_TOKEN_KEYS);
+        let token = data["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("access_token in {data}"));
+        assert!(
+            token.len() == 69
+                && token.starts_with("flow_")
+                && token[5..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "access_token is flow_ + 64 lowercase hex: {token}"
+        );
+        assert_eq!(data["access_token_hint"], format!("{}...", &token[..13]));
+        data
+    }
+
+    /// `PUT /flow/tokens/{token}` with this body.
+    pub async fn flow_update(&self, token: &str, body: &Value) -> Resp {
+        self.api
+            .admin(Method::PUT, &format!("/flow/tokens/{token}"))
+            .json(body)
+            .send()
+            .await
+    }
+
+    /// `PUT /flow/tokens/{token}` that must succeed; returns the token JSON.
+    pub async fn flow_updated(&self, token: &str, body: Value) -> Value {
+        envelope_data(self.flow_update(token, &body).await.expect(200))
+    }
+
+    /// `GET /flow/tokens/{token}/quota` (200); returns its data.
+    pub async fn flow_quota(&self, token: &str) -> Value {
+        envelope_data(
+            self.api
+                .admin(Method::GET, &format!("/flow/tokens/{token}/quota"))
+                .send()
+                .await
+                .expect(200),
+        )
+    }
+
+    /// `GET /flow/tokens/{token}/quota/logs` with these query parameters.
+    pub async fn flow_logs(&self, token: &str, query: &[(&str, String)]) -> Resp {
+        self.api
+            .admin(Method::GET, &format!("/flow/tokens/{token}/quota/logs"))
+            .query(query)
+            .send()
+            .await
+    }
+
+    /// `GET /flow/tokens` with these query parameters (200); returns its data.
+    pub async fn flow_list(&self, query: &[(&str, String)]) -> Value {
+        envelope_data(
+            self.api
+                .admin(Method::GET, "/flow/tokens")
+                .query(query)
+                .send()
+                .await
+                .expect(200),
+        )
+    }
+
+    /// `POST /flow/verify` with the token as bearer and an optional body.
+    pub async fn flow_verify(&self, token: &str, body: Option<Value>) -> Check {
+        flow_verify(&self.api, token, body).await
+    }
+
+    /// `POST /flow/tokens/{token}/consume` with the service token.
+    pub async fn flow_consume(&self, token: &str, body: Option<Value>) -> Check {
+        let mut req = self
+            .api
+            .service(Method::POST, &format!("/flow/tokens/{token}/consume"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send_check().await
+    }
+
+    /// The number of tokens of a workspace, read through SQL.
+    pub async fn flow_tokens_in(&self, ws_id: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM quota.tokens WHERE ws_id = $1",
+                &[&ws_id],
+            )
+            .await
+            .expect("count tokens")
+            .get(0)
+    }
+
+    /// A time in the database's clock `seconds` from now, in the seed's format (UTC).
+    pub async fn flow_time_in(&self, seconds: i64) -> String {
+        self.db
+            .query_one(
+                "SELECT to_char((quota.now() + make_interval(secs => $1::float8)) AT TIME ZONE 'UTC',
+                                'YYYY-MM-DD HH24:MI:SS')",
+                &[&(seconds as f64)],
+            )
+            .await
+            .expect("quota.now()")
+            .get(0)
+    }
+}
+
+/// `POST /flow/verify` with the token as bearer and an optional body (for spawned tasks).
+pub async fn flow_verify(api: &Api, token: &str, body: Option<Value>) -> Check {
+    let mut req = api.anon(Method::POST, "/flow/verify").bearer(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send_check().await
+}

@@ -134,6 +134,12 @@ const PATHS: &[&str] = &[
     "/api/internal/consume",
     "/api/v1/executions/{execution_id}/retry",
     "/api/v1/executions/{execution_id}/confirm",
+    "/flow/tokens",
+    "/flow/tokens/{token}",
+    "/flow/tokens/{token}/quota",
+    "/flow/tokens/{token}/quota/logs",
+    "/flow/tokens/{token}/consume",
+    "/flow/verify",
 ];
 
 /// A path template with its parameter names erased: `/a/{x}/b` -> `/a/{}/b`.

@@ -193,7 +193,7 @@ pub struct VerifyValid {
 }
 
 /// A refused check: unknown_token (401), inactive or expired (403), QuotaExceeded or
-/// rate_limited (429).
+/// rate_limited (429), limiter_full (503: the rate limiter cannot track one more token now).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct VerifyRefusal {
@@ -569,6 +569,19 @@ pub fn verify_answer(row: &VerifyRow) -> Result<VerifyAnswer, AppError> {
             }
             (StatusCode::TOO_MANY_REQUESTS, Value::Object(body))
         }
+        (false, Some("limiter_full")) => {
+            // The rate limiter's table (shared memory) has no free entry for this token: the
+            // server cannot count its requests right now, so it refuses rather than guess.
+            let mut body = refusal(
+                "limiter_full",
+                "the rate limiter is full: retry shortly".into(),
+            );
+            body.insert("retry_after".into(), json!(row.retry_after_s));
+            if let Some(seconds) = row.retry_after_s {
+                headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, Value::Object(body))
+        }
         (valid, code) => {
             return Err(AppError::Internal(format!(
                 "quota.verify_token answered valid = {valid} with code {code:?}"
@@ -607,6 +620,9 @@ const VERIFY_403: &str = "{valid: false, error: \"inactive\" | \"expired\"}";
 const VERIFY_429: &str = "{valid: false, error: \"QuotaExceeded\", remaining} or {valid: false, \
      error: \"rate_limited\", limit_type: \"burst\" | \"window\", retry_after} with Retry-After; \
      a refused check consumes nothing and does not count against the rate limit";
+const VERIFY_503: &str =
+    "{valid: false, error: \"limiter_full\", retry_after} with Retry-After: the \
+     rate limiter's shared table has no room for this token right now; or database_unavailable";
 
 /// Check a token and consume from it: the caller presents the token itself
 /// (`Authorization: Bearer flow_...`). Active and not expired, then the rate limit (burst per
@@ -624,6 +640,7 @@ const VERIFY_429: &str = "{valid: false, error: \"QuotaExceeded\", remaining} or
         (status = 401, description = VERIFY_401, body = VerifyRefusal),
         (status = 403, description = VERIFY_403, body = VerifyRefusal),
         (status = 429, description = VERIFY_429, body = VerifyRefusal),
+        (status = 503, description = VERIFY_503, body = VerifyRefusal),
     ),
     security(("accessToken" = [])),
     extensions(("x-sql" = json!([SQL_VERIFY]))),
@@ -658,6 +675,7 @@ pub async fn verify(
         (status = 403, description = "a wrong admin or service credential (error forbidden), or \
              {valid: false, error: \"inactive\" | \"expired\"}", body = VerifyRefusal),
         (status = 429, description = VERIFY_429, body = VerifyRefusal),
+        (status = 503, description = VERIFY_503, body = VerifyRefusal),
     ),
     security(("adminBearer" = []), ("adminToken" = []), ("serviceToken" = [])),
     extensions(("x-sql" = json!([SQL_VERIFY]))),
@@ -701,6 +719,7 @@ mod tests {
             ("burst", 429, "rate_limited"),
             ("window", 429, "rate_limited"),
             ("quota_exceeded", 429, "QuotaExceeded"),
+            ("limiter_full", 503, "limiter_full"),
         ] {
             let answer = verify_answer(&row(Some(code))).unwrap();
             assert_eq!(answer.status.as_u16(), status, "{code}");
