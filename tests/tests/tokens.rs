@@ -114,10 +114,22 @@ async fn seed_scenario_1_count_to_time() {
 #[tokio::test]
 async fn seed_scenario_2_time_to_count() {
     let ctx = Ctx::new("tok_scenario2").await;
+    // A create refuses a past date; an update may set one (the seed's dates are past now).
+    let refused = ctx
+        .flow_create(&json!({"ws_id": ctx.id("ws"), "email": "a@example.com",
+                             "operation": "set", "specific_date": "2025-12-31 23:59:59"}))
+        .await;
+    expect_envelope_error(refused, 400, Some("invalid_parameter"));
     let data = ctx
-        .flow_token(json!({"operation": "set", "specific_date": "2025-12-31 23:59:59"}))
+        .flow_token(json!({"operation": "set", "specific_date": D1}))
         .await;
     let token = token_of(&data);
+    let data = ctx
+        .flow_updated(
+            &token,
+            json!({"operation": "set", "specific_date": "2025-12-31 23:59:59"}),
+        )
+        .await;
     assert_eq!(
         quota_of(&data),
         expected("time", None, None, Some("2025-12-31 23:59:59")),
