@@ -92,13 +92,13 @@ COMMENT ON FUNCTION quota.add_organization_quota(text, bigint, text, text) IS
     'Adds credits to an organization''s quota (org ledger type add). Idempotent by operation_id (other parameters: 23505).';
 COMMENT ON FUNCTION quota.delete_user(text, text) IS
     'Deletes a user with their wallet, ledger, tokens, payments, executions and ended reservations; refused (23503 in_use) while they have an open hold. Audited.';
-COMMENT ON FUNCTION quota.reserve(text, text, bigint, double precision, integer) IS
-    'Holds credits (or a USD cost priced like quota.charge) on the user''s wallet (not for an unlimited user) and on their organization (always), for ttl_s seconds (1..86400, default 300). Refusals: 23514 insufficient_user_quota / insufficient_org_quota, 55000 org_disabled, nothing written. Idempotent by operation_id.';
+COMMENT ON FUNCTION quota.reserve(text, text, bigint, double precision, integer, text) IS
+    'Holds credits (or a USD cost priced like quota.charge) on the user''s wallet (not for an unlimited user) and on their organization (always), for ttl_s seconds (1..86400, default 300). Refusals: 23514 insufficient_user_quota / insufficient_org_quota, 55000 org_disabled, nothing written. With access_token (the user''s), a limited token is held too (23514 insufficient_token_quota; 55000 token_unusable when inactive or expired). Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.settle(bigint, bigint, text) IS
     'Ends a hold charging actual_credits: the rest of the hold is returned; above the hold, the extra is charged if the wallet (or the org) can pay it, else what it can and the rest is uncollected. used_quota and request_count grow. Not held: 55000 reservation_not_held. Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.release(bigint, text) IS
     'Ends a hold charging nothing. Not held: 55000 reservation_not_held. Idempotent by operation_id.';
-COMMENT ON FUNCTION quota.consume(text, text, bigint, double precision) IS
+COMMENT ON FUNCTION quota.consume(text, text, bigint, double precision, text) IS
     'Reserve and settle in one step (same checks and refusals as quota.reserve). Idempotent by operation_id.';
 COMMENT ON FUNCTION quota.get_reservation(bigint) IS
     'A reservation as JSON (status held, settled, released or expired, and its amounts). Reads only.';

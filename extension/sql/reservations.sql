@@ -46,6 +46,12 @@ CREATE TABLE quota.reservations (
     user_credits_held       bigint NOT NULL CHECK (user_credits_held >= 0),
     org_credits_held        bigint NOT NULL CHECK (org_credits_held >= 0),
     cost_usd                double precision,
+    -- The access token the hold was made with (issue 12), if any: a limited token is held and
+    -- debited too, even when its user is unlimited.
+    token_id                bigint,
+    token_limited           boolean NOT NULL DEFAULT false,
+    token_credits_held      bigint NOT NULL DEFAULT 0 CHECK (token_credits_held >= 0),
+    token_charged_credits   bigint,
     status                  text NOT NULL DEFAULT 'held'
                             CHECK (status IN ('held', 'settled', 'released', 'expired')),
     created_at              timestamptz NOT NULL DEFAULT now(),
@@ -65,6 +71,7 @@ CREATE TABLE quota.reservations (
 );
 CREATE INDEX reservations_held_expiry_idx ON quota.reservations (expires_at) WHERE status = 'held';
 CREATE INDEX reservations_held_org_idx ON quota.reservations (org) WHERE status = 'held';
+CREATE INDEX reservations_held_token_idx ON quota.reservations (token_id) WHERE status = 'held' AND token_id IS NOT NULL;
 COMMENT ON TABLE quota.reservations IS
     'Holds of quota.reserve: ended exactly once (settled, released, expired); open ones expire after expires_at (background worker).';
 

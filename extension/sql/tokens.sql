@@ -87,4 +87,13 @@ $$;
 CREATE VIEW quota.token_problems AS
 SELECT 'token:' || t.token_id AS subject,
        format('remaining_quota %s is more than total_quota %s', t.remaining_quota, t.total_quota) AS problem
-FROM quota.tokens t WHERE t.remaining_quota > t.total_quota;
+FROM quota.tokens t WHERE t.remaining_quota > t.total_quota
+UNION ALL
+SELECT 'token:' || t.token_id, format('held_quota %s <> open holds %s', t.held_quota, coalesce(h.held, 0))
+FROM quota.tokens t
+LEFT JOIN (SELECT token_id, sum(token_credits_held) AS held FROM quota.reservations
+           WHERE status = 'held' AND token_id IS NOT NULL GROUP BY token_id) h ON h.token_id = t.token_id
+WHERE t.held_quota <> coalesce(h.held, 0)
+UNION ALL
+SELECT 'token:' || t.token_id, format('held_quota %s is more than remaining_quota %s', t.held_quota, t.remaining_quota)
+FROM quota.tokens t WHERE t.held_quota > coalesce(t.remaining_quota, 0);

@@ -19,10 +19,10 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::InProgress => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
         ErrorKind::BalanceLimit => PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
         ErrorKind::PermissionDenied => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        ErrorKind::InsufficientUserQuota | ErrorKind::InsufficientOrgQuota => {
-            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION
-        }
-        ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld => {
+        ErrorKind::InsufficientUserQuota
+        | ErrorKind::InsufficientOrgQuota
+        | ErrorKind::InsufficientTokenQuota => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+        ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld | ErrorKind::TokenUnusable => {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
         }
     }

@@ -58,7 +58,11 @@ extension_sql_file!(
     name = "reservations",
     requires = ["schema"]
 );
-extension_sql_file!("../sql/tokens.sql", name = "tokens", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/tokens.sql",
+    name = "tokens",
+    requires = ["reservations"]
+);
 extension_sql_file!(
     "../sql/outbox.sql",
     name = "outbox",

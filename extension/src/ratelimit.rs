@@ -38,8 +38,11 @@ pub static RATE_TABLE: RateTable = RateTable {
 
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+// Layout: the header, the keys (one i64 per entry, a compact index), then the entries.
 fn size(entries: usize) -> usize {
-    std::mem::size_of::<Header>() + entries * std::mem::size_of::<Entry>()
+    std::mem::size_of::<Header>()
+        + entries * std::mem::size_of::<i64>()
+        + entries * std::mem::size_of::<Entry>()
 }
 
 /// A marker value type for pg_shmem_init! (the table is zeroed in place, never built on a stack).
@@ -97,9 +100,9 @@ impl Drop for Held {
     }
 }
 
-/// Runs `f` on the table under its exclusive lock; None when the library was not preloaded
-/// (no shared memory: rate limits cannot be enforced).
-pub fn with_table<R>(f: impl FnOnce(&mut [Entry]) -> R) -> Option<R> {
+/// Runs `f` on the table (its key index and its entries) under its exclusive lock; None when the
+/// library was not preloaded (no shared memory: rate limits cannot be enforced).
+pub fn with_table<R>(f: impl FnOnce(&mut [i64], &mut [Entry]) -> R) -> Option<R> {
     if !PRELOADED.load(Ordering::Relaxed) {
         return None;
     }
@@ -108,15 +111,18 @@ pub fn with_table<R>(f: impl FnOnce(&mut [Entry]) -> R) -> Option<R> {
     if header.is_null() {
         return None;
     }
-    // SAFETY: the header was initialised by the startup hook; the entries follow it in the same
-    // region and are only touched under the exclusive lock taken here.
+    // SAFETY: the header was initialised by the startup hook; the keys and then the entries
+    // follow it in the same region (8-byte aligned) and are only touched under the exclusive
+    // lock taken here.
     unsafe {
         let lock = (*header).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let _held = Held(lock);
-        let entries =
-            std::slice::from_raw_parts_mut(header.add(1).cast::<Entry>(), (*header).entries);
-        Some(f(entries))
+        let n = (*header).entries;
+        let keys_at = header.add(1).cast::<i64>();
+        let keys = std::slice::from_raw_parts_mut(keys_at, n);
+        let entries = std::slice::from_raw_parts_mut(keys_at.add(n).cast::<Entry>(), n);
+        Some(f(keys, entries))
     }
 }
 

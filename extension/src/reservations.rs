@@ -232,9 +232,13 @@ fn reserve_impl(
     user_id: &str,
     amount: Amount,
     ttl_s: Option<i32>,
+    token_id: Option<i64>,
 ) -> (i64, bool) {
     let kind = "reserve";
-    let request = reserve_request(user_id, amount, ttl_s);
+    let mut request = reserve_request(user_id, amount, ttl_s);
+    if let Some(t) = token_id {
+        request["token_id"] = json!(t);
+    }
     let replayed = |client: &mut SpiClient, existing| -> (i64, bool) {
         replay(existing, kind, &request).or_raise();
         let id = spi_cache::update(
@@ -290,13 +294,19 @@ fn reserve_impl(
         }
         None => 0,
     };
+    // Lock order: wallet, organization, token.
+    let (token_limited, token_hold) = match token_id {
+        Some(t) => lock_token_for_hold(client, t, user_id, credits),
+        None => (false, 0),
+    };
     let ttl = ttl_s.unwrap_or(rules::TTL_S_DEFAULT);
     let reservation_id = spi_cache::update(
         client,
         "INSERT INTO quota.reservations (user_id, org, unlimited, operation_id, credits_held,
-                    user_credits_held, org_credits_held, cost_usd, created_at, expires_at)
+                    user_credits_held, org_credits_held, cost_usd, created_at, expires_at,
+                    token_id, token_limited, token_credits_held)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, quota.now(),
-                     quota.now() + make_interval(secs => $9))
+                     quota.now() + make_interval(secs => $9), $10, $11, $12)
              RETURNING reservation_id",
         Some(1),
         &[
@@ -309,6 +319,9 @@ fn reserve_impl(
             org_hold.into(),
             cost_usd.into(),
             f64::from(ttl).into(),
+            token_id.into(),
+            token_limited.into(),
+            token_hold.into(),
         ],
     )
     .or_raise()
@@ -344,7 +357,114 @@ fn reserve_impl(
             json!({ "reservation_id": reservation_id, "credits": credits }),
         );
     }
+    if let Some(t) = token_id {
+        move_token(client, t, 0, token_hold, None);
+    }
     (reservation_id, false)
+}
+
+/// Locks an access token for a hold by `user_id` and checks it: it must be the user's, active
+/// and not expired; a limited one (count or hybrid, not unlimited) must have `credits` free.
+/// Returns (limited, hold).
+fn lock_token_for_hold(
+    client: &mut SpiClient,
+    token_id: i64,
+    user_id: &str,
+    credits: i64,
+) -> (bool, i64) {
+    let t = spi_cache::update(
+        client,
+        "SELECT user_id, active, unlimited, quota_type, remaining_quota, held_quota,
+                expires_at IS NOT NULL AND expires_at <= quota.now() AS expired
+         FROM quota.tokens WHERE token_id = $1 FOR UPDATE",
+        Some(1),
+        &[token_id.into()],
+    )
+    .or_raise();
+    let Some(r) = t.into_iter().next() else {
+        raise(QuotaError::not_found("access token not found").with("field", "access_token"));
+    };
+    if get::<String>(&r, "user_id").as_deref() != Some(user_id) {
+        raise(
+            QuotaError::invalid(format!(
+                "the access token does not belong to user '{user_id}'"
+            ))
+            .with("field", "access_token"),
+        );
+    }
+    let quota_type = get::<String>(&r, "quota_type").unwrap_or_default();
+    let unusable = |why: &str| {
+        raise(
+            QuotaError::new(
+                ErrorKind::TokenUnusable,
+                format!("the access token is {why}"),
+            )
+            .with("field", "access_token")
+            .with("reason", why),
+        )
+    };
+    if !get::<bool>(&r, "active").unwrap_or(false) {
+        unusable("inactive");
+    }
+    if get::<bool>(&r, "expired").unwrap_or(false) && quota_type != "count" {
+        unusable("expired");
+    }
+    let limited = !get::<bool>(&r, "unlimited").unwrap_or(false) && quota_type != "time";
+    if !limited {
+        return (false, 0);
+    }
+    let remaining: i64 = get(&r, "remaining_quota").unwrap_or_default();
+    let held: i64 = get(&r, "held_quota").unwrap_or_default();
+    if remaining - held < credits {
+        raise(
+            QuotaError::new(
+                ErrorKind::InsufficientTokenQuota,
+                format!(
+                    "the access token has {} credits available ({remaining} remaining, {held} held), {credits} required",
+                    remaining - held
+                ),
+            )
+            .with("required_credits", credits)
+            .with("available_credits", remaining - held),
+        );
+    }
+    (true, credits)
+}
+
+/// Moves a token's remaining and held quota (a settle's charge, a hold or its end) and logs a
+/// charge as a consumption. Returns remaining_quota after.
+fn move_token(
+    client: &mut SpiClient,
+    token_id: i64,
+    charged: i64,
+    held_change: i64,
+    reservation_id: Option<i64>,
+) -> Option<i64> {
+    let t = spi_cache::update(
+        client,
+        "WITH t AS (
+            UPDATE quota.tokens
+               SET remaining_quota = remaining_quota - $2, held_quota = held_quota + $3
+             WHERE token_id = $1
+            RETURNING remaining_quota, total_quota),
+         l AS (
+            INSERT INTO quota.token_logs (token_id, kind, units, remaining_after, total_after, detail)
+            SELECT $1, 'consume', $2, t.remaining_quota, t.total_quota,
+                   jsonb_build_object('reservation_id', $4::int8)
+            FROM t WHERE $4::int8 IS NOT NULL)
+         SELECT remaining_quota FROM t",
+        Some(1),
+        &[
+            token_id.into(),
+            charged.into(),
+            held_change.into(),
+            reservation_id.into(),
+        ],
+    )
+    .or_raise();
+    t.into_iter()
+        .next()
+        .and_then(|r| get::<i64>(&r, "remaining_quota"))
 }
 
 fn reserve_args(
@@ -369,6 +489,7 @@ fn reserve(
     credits: default!(Option<i64>, "NULL"),
     cost_usd: default!(Option<f64>, "NULL"),
     ttl_s: default!(Option<i32>, 300),
+    access_token: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -384,18 +505,28 @@ fn reserve(
         name!(expires_at, TimestampWithTimeZone),
         name!(created_at, TimestampWithTimeZone),
         name!(operation_id, String),
+        name!(token_credits_held, i64),
     ),
 > {
     let (operation_id, user_id, amount) = reserve_args(operation_id, user_id, credits, cost_usd);
     let ttl_s = required(ttl_s, "ttl_s");
     rules::validate_ttl(ttl_s).or_raise();
+    let token_id = access_token.map(crate::tokens::token_id_of);
     Spi::connect_mut(|client| {
-        let (id, _) = reserve_impl(client, &operation_id, &user_id, amount, Some(ttl_s));
+        let (id, _) = reserve_impl(
+            client,
+            &operation_id,
+            &user_id,
+            amount,
+            Some(ttl_s),
+            token_id,
+        );
         // The first answer, also on a replay: these columns never change after the reserve.
         let t = spi_cache::update(
             client,
             "SELECT reservation_id, user_id, org, unlimited, credits_held, user_credits_held,
-                        org_credits_held, cost_usd, expires_at, created_at, operation_id
+                        org_credits_held, cost_usd, expires_at, created_at, operation_id,
+                        token_credits_held
                  FROM quota.reservations WHERE reservation_id = $1",
             Some(1),
             &[id.into()],
@@ -415,6 +546,7 @@ fn reserve(
             get(&r, "expires_at").expect("not null"),
             get(&r, "created_at").expect("not null"),
             get(&r, "operation_id").unwrap_or_default(),
+            get(&r, "token_credits_held").unwrap_or_default(),
         ))
     })
 }
@@ -452,6 +584,12 @@ struct Outcome {
     org_quota_after: Option<i64>,
     org_used_quota_after: Option<i64>,
     operation_id: String,
+    #[serde(default)]
+    token_charged_credits: i64,
+    #[serde(default)]
+    token_uncollected_credits: i64,
+    #[serde(default)]
+    token_remaining_after: Option<i64>,
 }
 
 type OutcomeRow = (
@@ -474,6 +612,9 @@ type OutcomeRow = (
     Option<i64>,
     Option<i64>,
     String,
+    i64,
+    i64,
+    Option<i64>,
 );
 
 impl Outcome {
@@ -498,6 +639,9 @@ impl Outcome {
             self.org_quota_after,
             self.org_used_quota_after,
             self.operation_id,
+            self.token_charged_credits,
+            self.token_uncollected_credits,
+            self.token_remaining_after,
         )
     }
 }
@@ -540,6 +684,7 @@ fn end_impl(
     let t = spi_cache::update(
         client,
         "SELECT user_id, org, unlimited, credits_held, user_credits_held, org_credits_held, status,
+                    token_id, token_limited, token_credits_held,
                     expires_at <= quota.now() AS past_expiry, expires_at::text AS expires_at
              FROM quota.reservations WHERE reservation_id = $1 FOR UPDATE",
         Some(1),
@@ -601,6 +746,26 @@ fn end_impl(
     let balance: i64 = get(&w, "balance").unwrap_or_default();
     let held: i64 = get(&w, "held_credits").unwrap_or_default();
     let org_state = org.as_deref().map(|o| lock_org(client, o));
+    let token_id: Option<i64> = get(&r, "token_id");
+    let token_limited: bool = get(&r, "token_limited").unwrap_or(false);
+    let token_hold: i64 = get(&r, "token_credits_held").unwrap_or_default();
+    let token_free = match token_id {
+        Some(t) => {
+            let tt = spi_cache::update(
+                client,
+                "SELECT coalesce(remaining_quota, 0) - held_quota AS free
+                 FROM quota.tokens WHERE token_id = $1 FOR UPDATE",
+                Some(1),
+                &[t.into()],
+            )
+            .or_raise();
+            tt.into_iter()
+                .next()
+                .and_then(|r| get::<i64>(&r, "free"))
+                .unwrap_or(0)
+        }
+        None => 0,
+    };
 
     let release = |hold: i64| Split {
         charged: 0,
@@ -624,6 +789,10 @@ fn end_impl(
                 .unwrap_or(release(0)),
         ),
         End::Release | End::Expire => (0, release(user_hold), release(org_hold)),
+    };
+    let token_split = match end {
+        End::Settle(actual) if token_limited => settle_split(token_hold, actual, token_free),
+        _ => release(token_hold),
     };
     let settled = matches!(end, End::Settle(_));
     let (scope, wallet_op) = match (end, caller_op) {
@@ -668,6 +837,16 @@ fn end_impl(
         }
         _ => (None, None),
     };
+    let token_remaining_after = match token_id {
+        Some(t) => move_token(
+            client,
+            t,
+            token_split.charged,
+            -token_hold,
+            (token_split.charged > 0).then_some(reservation_id),
+        ),
+        None => None,
+    };
     let status = match end {
         End::Settle(_) => "settled",
         End::Release => "released",
@@ -693,13 +872,17 @@ fn end_impl(
         org_quota_after,
         org_used_quota_after: org_used_after,
         operation_id: reported_op.to_string(),
+        token_charged_credits: token_split.charged,
+        token_uncollected_credits: token_split.uncollected,
+        token_remaining_after,
     };
     spi_cache::update(
         client,
         "UPDATE quota.reservations
                 SET status = $2, ended_at = quota.now(), end_operation_id = $3, actual_credits = $4,
                     charged_credits = $5, returned_credits = $6, uncollected_credits = $7,
-                    org_charged_credits = $8, org_uncollected_credits = $9, outcome = $10
+                    org_charged_credits = $8, org_uncollected_credits = $9, outcome = $10,
+                    token_charged_credits = $11
               WHERE reservation_id = $1",
         None,
         &[
@@ -713,6 +896,7 @@ fn end_impl(
             org_split.charged.into(),
             org_split.uncollected.into(),
             JsonB(serde_json::to_value(&outcome).expect("plain data")).into(),
+            token_split.charged.into(),
         ],
     )
     .or_raise();
@@ -755,6 +939,9 @@ fn settle(
         name!(org_quota_after, Option<i64>),
         name!(org_used_quota_after, Option<i64>),
         name!(operation_id, String),
+        name!(token_charged_credits, i64),
+        name!(token_uncollected_credits, i64),
+        name!(token_remaining_after, Option<i64>),
     ),
 > {
     let (reservation_id, operation_id) = end_args(reservation_id, operation_id);
@@ -799,6 +986,9 @@ fn release(
         name!(org_quota_after, Option<i64>),
         name!(org_used_quota_after, Option<i64>),
         name!(operation_id, String),
+        name!(token_charged_credits, i64),
+        name!(token_uncollected_credits, i64),
+        name!(token_remaining_after, Option<i64>),
     ),
 > {
     let (reservation_id, operation_id) = end_args(reservation_id, operation_id);
@@ -821,6 +1011,7 @@ fn consume(
     user_id: Option<&str>,
     credits: default!(Option<i64>, "NULL"),
     cost_usd: default!(Option<f64>, "NULL"),
+    access_token: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -843,11 +1034,15 @@ fn consume(
         name!(org_quota_after, Option<i64>),
         name!(org_used_quota_after, Option<i64>),
         name!(operation_id, String),
+        name!(token_charged_credits, i64),
+        name!(token_uncollected_credits, i64),
+        name!(token_remaining_after, Option<i64>),
     ),
 > {
     let (operation_id, user_id, amount) = reserve_args(operation_id, user_id, credits, cost_usd);
+    let token_id = access_token.map(crate::tokens::token_id_of);
     let o = Spi::connect_mut(|client| {
-        let (id, replayed) = reserve_impl(client, &operation_id, &user_id, amount, None);
+        let (id, replayed) = reserve_impl(client, &operation_id, &user_id, amount, None, token_id);
         if replayed {
             return stored_outcome(client, id, &operation_id);
         }

@@ -320,7 +320,7 @@ fn delete_token(access_token: Option<&str>, actor: default!(Option<&str>, "NULL"
     })
 }
 
-fn token_id_of(token: &str) -> i64 {
+pub(crate) fn token_id_of(token: &str) -> i64 {
     if !well_formed(token) {
         raise(unknown_token());
     }
@@ -491,9 +491,9 @@ const VERIFY_UNDO_SQL: &str =
 
 fn take_back(token_id: i64, undo: Option<(Pushed, Pushed)>) {
     if let Some(u) = undo {
-        with_table(|entries| {
-            if let Some(e) = entries.iter_mut().find(|e| e.key == token_id) {
-                e.undo(u);
+        with_table(|keys, entries| {
+            if let Some(i) = keys.iter().position(|&k| k == token_id) {
+                entries[i].undo(u);
             }
         });
     }
@@ -561,13 +561,17 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         if let Some(pm) = per_minute {
             let limits = Limits::new(pm, window_s, burst);
             let now = now_us();
-            let decision = with_table(|entries| match find_slot(entries, token_id, now) {
-                None => Decision::Full,
-                Some(i) => {
-                    entries[i].claim(token_id, limits);
-                    entries[i].admit(now)
-                }
-            });
+            let decision =
+                with_table(
+                    |keys, entries| match find_slot(keys, entries, token_id, now) {
+                        None => Decision::Full,
+                        Some(i) => {
+                            entries[i].claim(token_id, limits);
+                            keys[i] = token_id;
+                            entries[i].admit(now)
+                        }
+                    },
+                );
             match decision {
                 None => {}
                 Some(Decision::Admit {

@@ -81,6 +81,22 @@ SELECT quota.token_quota('flow_' || repeat('1', 64));
 ROLLBACK TO s;
 SELECT count(*) AS tokens_of_ws_pg FROM quota.tokens WHERE ws_id = 'ws-pg';
 SELECT (quota.list_tokens('ws-pg', 'c@example.com') -> 'total') AS listed;
+-- seed 003's token lines: a token of an unlimited user is unlimited by default; an unlimited
+-- user's limited token is held and debited by reservations (the user's wallet is not)
+SELECT quota.create_organization('tok-org', '{"quota":1000}') ->> 'id' AS org;
+SELECT quota.create_user('tok-user', '{"org":"tok-org"}') -> 'unlimited' AS user_unlimited;
+SELECT quota.create_token('{"ws_id":"ws-pg","email":"u@example.com","operation":"unlimited","user_id":"tok-user"}') -> 'unlimited' AS token_unlimited_by_default;
+SELECT quota.create_token('{"ws_id":"ws-pg","email":"u@example.com","operation":"unlimited","user_id":"tok-user","unlimited":false,"quota_type":"count","total_quota":100}') ->> 'access_token' AS t8 \gset
+SELECT reservation_id AS r FROM quota.reserve('tok-r1', 'tok-user', 30, access_token => :'t8') \gset
+SELECT remaining_quota, held_quota FROM quota.tokens WHERE held_quota > 0;
+SELECT charged_credits, token_charged_credits, token_remaining_after, org_charged_credits FROM quota.settle(:r, 40, 'tok-s1');
+SELECT balance, used_quota FROM quota.wallets WHERE user_id = 'tok-user';
+-- more than the token has: 23514 insufficient_token_quota
+SAVEPOINT s;
+SELECT * FROM quota.reserve('tok-r2', 'tok-user', 61, access_token => :'t8');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO s;
+SELECT token_charged_credits, token_remaining_after FROM quota.consume('tok-c1', 'tok-user', 60, access_token => :'t8');
 -- only hashes are stored
 SELECT count(*) AS tokens_stored_in_clear FROM quota.tokens WHERE encode(token_sha256, 'escape') LIKE 'flow_%';
 SELECT * FROM quota.verify();

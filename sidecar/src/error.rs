@@ -70,6 +70,8 @@ pub const QUOTA_REFUSALS: &[&str] = &[
     "insufficient_user_quota",
     "insufficient_org_quota",
     "org_disabled",
+    "insufficient_token_quota",
+    "token_unusable",
 ];
 
 /// The contract's table. Class 22 (data exception) is a bad argument as a whole, not only the

@@ -40,6 +40,10 @@ pub enum ErrorKind {
     /// A settle or release of a reservation that is no longer held (settled, released or
     /// expired). SQLSTATE 55000; HTTP 409.
     ReservationNotHeld,
+    /// A limited access token cannot hold a reservation. SQLSTATE 23514; HTTP 403.
+    InsufficientTokenQuota,
+    /// A reservation with an access token that is inactive or expired. SQLSTATE 55000; HTTP 403.
+    TokenUnusable,
 }
 
 impl ErrorKind {
@@ -56,6 +60,8 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "42501",
             ErrorKind::InsufficientUserQuota | ErrorKind::InsufficientOrgQuota => "23514",
             ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld => "55000",
+            ErrorKind::InsufficientTokenQuota => "23514",
+            ErrorKind::TokenUnusable => "55000",
         }
     }
 
@@ -77,6 +83,8 @@ impl ErrorKind {
             ErrorKind::InsufficientOrgQuota => "insufficient_org_quota",
             ErrorKind::OrgDisabled => "org_disabled",
             ErrorKind::ReservationNotHeld => "reservation_not_held",
+            ErrorKind::InsufficientTokenQuota => "insufficient_token_quota",
+            ErrorKind::TokenUnusable => "token_unusable",
         }
     }
 }
@@ -177,6 +185,8 @@ mod tests {
             InsufficientOrgQuota,
             OrgDisabled,
             ReservationNotHeld,
+            InsufficientTokenQuota,
+            TokenUnusable,
         ] {
             assert_eq!(k.sqlstate().len(), 5);
             assert!(!k.code().is_empty());

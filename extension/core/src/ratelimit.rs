@@ -230,15 +230,16 @@ impl Entry {
     }
 }
 
-/// The entry for `key`: its own, else a free or stale one (oldest first is not needed: any
-/// stale entry holds nothing), else None (the table is full of live entries).
-pub fn find_slot(entries: &[Entry], key: i64, now: i64) -> Option<usize> {
-    if let Some(i) = entries.iter().position(|e| e.key == key) {
+/// The entry for `key`: its own, else a free or stale one (any stale entry holds nothing), else
+/// None (the table is full of live entries). `keys[i]` mirrors `entries[i].key` in a compact
+/// array, so the common look-up scans 8 bytes per entry instead of touching every entry (each is
+/// about 16 KB); the caller keeps it in step when it claims an entry.
+pub fn find_slot(keys: &[i64], entries: &[Entry], key: i64, now: i64) -> Option<usize> {
+    if let Some(i) = keys.iter().position(|&k| k == key) {
         return Some(i);
     }
-    entries
-        .iter()
-        .position(|e| e.key == 0)
+    keys.iter()
+        .position(|&k| k == 0)
         .or_else(|| entries.iter().position(|e| e.stale(now)))
 }
 
@@ -342,17 +343,24 @@ mod tests {
     #[test]
     fn slots_are_reused_only_when_stale() {
         let mut entries: Vec<Entry> = vec![Entry::default(); 2];
+        let mut keys = vec![0i64; 2];
         let l = Limits::new(1, 10, 1);
         for key in [1, 2] {
-            let i = find_slot(&entries, key, 0).unwrap();
+            let i = find_slot(&keys, &entries, key, 0).unwrap();
             entries[i].claim(key, l);
+            keys[i] = key;
             assert!(admitted(entries[i].admit(0)));
         }
-        assert_eq!(find_slot(&entries, 3, 5 * S), None, "both live: full");
-        let i = find_slot(&entries, 3, 11 * S).expect("stale after the window");
+        assert_eq!(
+            find_slot(&keys, &entries, 3, 5 * S),
+            None,
+            "both live: full"
+        );
+        let i = find_slot(&keys, &entries, 3, 11 * S).expect("stale after the window");
         entries[i].claim(3, l);
+        keys[i] = 3;
         assert!(admitted(entries[i].admit(11 * S)));
-        assert_eq!(find_slot(&entries, 2, 11 * S), Some(1));
+        assert_eq!(find_slot(&keys, &entries, 2, 11 * S), Some(1));
     }
 
     #[test]
