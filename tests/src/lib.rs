@@ -669,6 +669,7 @@ pub const RESERVATION_HELD_KEYS: &[&str] = &[
     "expires_at",
     "created_at",
     "operation_id",
+    "token_credits_held",
 ];
 
 /// The keys of a settle, release or consume answer.
@@ -692,6 +693,9 @@ pub const RESERVATION_ENDED_KEYS: &[&str] = &[
     "org_quota_after",
     "org_used_quota_after",
     "operation_id",
+    "token_charged_credits",
+    "token_uncollected_credits",
+    "token_remaining_after",
 ];
 
 impl Ctx {

@@ -7,8 +7,8 @@
 //! - 无限用户调用 API,`UsedQuota` 正常累加 (its used_quota grows): same test
 //! - 无限用户调用 API,组织额度正常扣除 (its organization's quota drops): same test
 //! - 无限用户创建 token,默认勾选无限 / 无限用户的有限 token,额度正常扣除 (tokens of an unlimited
-//!   user, and limited tokens): API tokens with a quota of their own do not exist yet (issue 12);
-//!   not tested here.
+//!   user, and limited tokens): `an_unlimited_users_tokens_default_to_unlimited_and_a_limited_one_is_debited`
+//!   (access tokens of issue 12).
 //! - 组织用户创建时,默认勾选无限 / 非组织用户创建时,默认不勾选无限 (defaults on create):
 //!   organizations.rs `users_in_an_organization_are_unlimited_by_default`
 //! - 用户从有限切换到无限 / 从无限切换到有限,计费逻辑正确 (switching):
@@ -482,6 +482,10 @@ async fn get_reservation_shows_every_column() {
             "uncollected_credits",
             "org_charged_credits",
             "org_uncollected_credits",
+            "token_id",
+            "token_limited",
+            "token_credits_held",
+            "token_charged_credits",
         ],
     );
     assert_eq!(record["status"], "held");
@@ -945,5 +949,90 @@ async fn bad_input_is_refused_and_writes_nothing() {
         .await
         .expect_error(403, None);
     ctx.release(id, &ctx.id("rel")).await.expect(200);
+    ctx.assert_verify_clean().await;
+}
+
+#[tokio::test]
+async fn an_unlimited_users_tokens_default_to_unlimited_and_a_limited_one_is_debited() {
+    let ctx = Ctx::new("rsv_token").await;
+    let org = ctx.create_org(json!({"quota": 10000})).await;
+    let user = user_id_in(&ctx, Some(&org), json!({})).await;
+    let ws = ctx.id("ws");
+    let default_token = ctx
+        .api
+        .admin(Method::POST, "/flow/tokens")
+        .json(
+            &json!({"ws_id": ws, "email": "t@example.com", "operation": "unlimited",
+                      "user_id": user}),
+        )
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(default_token["data"]["unlimited"], true, "{default_token}");
+    let created = ctx
+        .api
+        .admin(Method::POST, "/flow/tokens")
+        .json(
+            &json!({"ws_id": ws, "email": "t@example.com", "operation": "unlimited",
+                      "user_id": user, "unlimited": false, "quota_type": "count",
+                      "total_quota": 100}),
+        )
+        .send()
+        .await
+        .expect(200);
+    let token = created["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hold = ctx
+        .api
+        .service(Method::POST, "/api/internal/reservations")
+        .json(
+            &json!({"operation_id": ctx.id("op"), "user_id": user, "credits": 30,
+                      "access_token": token}),
+        )
+        .send()
+        .await
+        .expect(201);
+    assert_held(&hold);
+    assert_eq!(hold["token_credits_held"], 30);
+    let settled = ctx
+        .api
+        .service(
+            Method::POST,
+            &format!("/api/internal/reservations/{}/settle", id_of(&hold)),
+        )
+        .json(&json!({"actual_credits": 40, "operation_id": ctx.id("end")}))
+        .send()
+        .await
+        .expect(200);
+    assert_ended(&settled, "settled");
+    assert_eq!(
+        settled["charged_credits"], 0,
+        "an unlimited user's wallet is not debited"
+    );
+    assert_eq!(settled["token_charged_credits"], 40);
+    assert_eq!(settled["token_remaining_after"], 60);
+    assert_eq!(settled["org_charged_credits"], 40);
+    ctx.api
+        .service(Method::POST, "/api/internal/reservations")
+        .json(
+            &json!({"operation_id": ctx.id("op"), "user_id": user, "credits": 61,
+                      "access_token": token}),
+        )
+        .send()
+        .await
+        .expect_error(403, Some("insufficient_token_quota"));
+    let consumed = ctx
+        .api
+        .service(Method::POST, "/api/internal/consume")
+        .json(
+            &json!({"operation_id": ctx.id("op"), "user_id": user, "credits": 60,
+                      "access_token": token}),
+        )
+        .send()
+        .await
+        .expect(200);
+    assert_eq!(consumed["token_remaining_after"], 0);
     ctx.assert_verify_clean().await;
 }

@@ -19,14 +19,14 @@ use crate::{db, AppState};
 
 /// Without `ttl_s` the function's own default applies (the sidecar does not restate it).
 pub const SQL_RESERVE: &str = "SELECT to_jsonb(r) \
-     FROM quota.reserve($1::text, $2::text, $3::int8, $4::float8, $5::int4) r";
-pub const SQL_RESERVE_DEFAULT_TTL: &str =
-    "SELECT to_jsonb(r) FROM quota.reserve($1::text, $2::text, $3::int8, $4::float8) r";
+     FROM quota.reserve($1::text, $2::text, $3::int8, $4::float8, $5::int4, $6::text) r";
+pub const SQL_RESERVE_DEFAULT_TTL: &str = "SELECT to_jsonb(r) \
+     FROM quota.reserve($1::text, $2::text, $3::int8, $4::float8, access_token => $5::text) r";
 pub const SQL_SETTLE: &str = "SELECT to_jsonb(r) FROM quota.settle($1::int8, $2::int8, $3::text) r";
 pub const SQL_RELEASE: &str = "SELECT to_jsonb(r) FROM quota.release($1::int8, $2::text) r";
 pub const SQL_GET: &str = "SELECT quota.get_reservation($1::int8)";
 pub const SQL_CONSUME: &str =
-    "SELECT to_jsonb(r) FROM quota.consume($1::text, $2::text, $3::int8, $4::float8) r";
+    "SELECT to_jsonb(r) FROM quota.consume($1::text, $2::text, $3::int8, $4::float8, $5::text) r";
 
 /// What the quota refuses, and what a reservation no longer held answers.
 const REFUSED_403: &str = "the quota refuses it: insufficient_user_quota (a limited user's \
@@ -48,6 +48,8 @@ pub struct ReserveBody {
     pub cost_usd: Option<f64>,
     /// Seconds until an unsettled hold expires and is returned (1..86400; default 300).
     pub ttl_s: Option<i32>,
+    /// The user's access token (flow_...): a limited token is held and debited too.
+    pub access_token: Option<String>,
 }
 
 /// Hold credits for a request: from the wallet of a limited user, and from the organization of
@@ -74,21 +76,23 @@ pub async fn reserve(
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let row = match &body.ttl_s {
         Some(ttl_s) => {
-            let params: [&(dyn ToSql + Sync); 5] = [
+            let params: [&(dyn ToSql + Sync); 6] = [
                 &body.operation_id,
                 &body.user_id,
                 &body.credits,
                 &body.cost_usd,
                 ttl_s,
+                &body.access_token,
             ];
             db::call_json(&state.pool, SQL_RESERVE, &params).await?
         }
         None => {
-            let params: [&(dyn ToSql + Sync); 4] = [
+            let params: [&(dyn ToSql + Sync); 5] = [
                 &body.operation_id,
                 &body.user_id,
                 &body.credits,
                 &body.cost_usd,
+                &body.access_token,
             ];
             db::call_json(&state.pool, SQL_RESERVE_DEFAULT_TTL, &params).await?
         }
@@ -204,6 +208,8 @@ pub struct ConsumeBody {
     pub credits: Option<i64>,
     /// Or a USD cost, priced with the user's plan as a charge would be.
     pub cost_usd: Option<f64>,
+    /// The user's access token (flow_...): a limited token is debited too.
+    pub access_token: Option<String>,
 }
 
 /// Spend in one step (a hold settled at its own amount), under the same rules as a reservation.
@@ -226,11 +232,12 @@ pub async fn consume(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ConsumeBody>,
 ) -> JsonResult {
-    let params: [&(dyn ToSql + Sync); 4] = [
+    let params: [&(dyn ToSql + Sync); 5] = [
         &body.operation_id,
         &body.user_id,
         &body.credits,
         &body.cost_usd,
+        &body.access_token,
     ];
     db::call_json(&state.pool, SQL_CONSUME, &params)
         .await
