@@ -464,10 +464,29 @@ impl Verdict {
 }
 
 const VERIFY_READ_SQL: &str = "
-SELECT token_id, quota_type, remaining_quota, active, unlimited,
-       expires_at IS NOT NULL AND expires_at <= quota.now() AS expired,
+SELECT token_id, quota_type, remaining_quota, active, unlimited, expires_at,
        rate_limit_per_minute, rate_limit_burst, rate_limit_window_seconds
 FROM quota.tokens WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))";
+
+/// quota.now() without a SQL call on the hot path: the transaction's start (now()), unless a
+/// superuser pinned the clock with quota.now_override (then it is asked for, as SQL does).
+fn clock(client: &SpiClient) -> pg_sys::TimestampTz {
+    let pinned = crate::gucs::NOW_OVERRIDE
+        .get()
+        .is_some_and(|c| !c.as_bytes().is_empty());
+    if pinned {
+        let t = spi_cache::select(client, "SELECT quota.now()", Some(1), &[])
+            .or_raise()
+            .first()
+            .get_one::<TimestampWithTimeZone>()
+            .or_raise();
+        if let Some(t) = t {
+            return t.into();
+        }
+    }
+    // SAFETY: a plain read of the current transaction's start time.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
 
 const VERIFY_REPLAY_SQL: &str =
     "SELECT remaining_after FROM quota.token_logs WHERE token_id = $1 AND request_id = $2";
@@ -514,7 +533,8 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         let remaining = row.get::<i64>(3).or_raise();
         let active = row.get::<bool>(4).or_raise().unwrap_or(false);
         let unlimited = row.get::<bool>(5).or_raise().unwrap_or(false);
-        let expired = row.get::<bool>(6).or_raise().unwrap_or(false);
+        let expires_at = row.get::<TimestampWithTimeZone>(6).or_raise();
+        let expired = expires_at.is_some_and(|e| pg_sys::TimestampTz::from(e) <= clock(client));
         let per_minute = row.get::<i32>(7).or_raise();
         let burst = row.get::<i32>(8).or_raise().unwrap_or(10);
         let window_s = row.get::<i32>(9).or_raise().unwrap_or(60);
