@@ -488,8 +488,28 @@ fn clock(client: &SpiClient) -> pg_sys::TimestampTz {
     unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
 }
 
-const VERIFY_REPLAY_SQL: &str =
-    "SELECT remaining_after FROM quota.token_logs WHERE token_id = $1 AND request_id = $2";
+const VERIFY_REPLAY_SQL: &str = "SELECT remaining_after, kind, units FROM quota.token_logs
+     WHERE token_id = $1 AND request_id = $2";
+
+/// A request_id already recorded: the same verification (kind consume, same units) replays its
+/// answer; anything else is a conflict (23505).
+fn replayed_remaining(r: &SpiHeapTupleData, request_id: &str, units: i64) -> Option<i64> {
+    let kind = r.get::<String>(2).or_raise().unwrap_or_default();
+    let was = r.get::<i64>(3).or_raise();
+    if kind != "consume" || was != Some(units) {
+        raise(
+            QuotaError::new(
+                quota_core::ErrorKind::IdempotencyConflict,
+                format!(
+                    "request_id '{request_id}' was already used for a {kind} of {} units on this token",
+                    was.unwrap_or_default()
+                ),
+            )
+            .with("request_id", request_id),
+        );
+    }
+    r.get::<i64>(1).or_raise()
+}
 
 /// The count decrement and its log row, in one statement: `moved` says the UPDATE took the
 /// units, `log_id` that the log row (with its idempotency key) was written.
@@ -571,9 +591,16 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
                 if let Some(r) = t.into_iter().next() {
                     v.valid = true;
                     v.replayed = true;
-                    v.remaining = r.get::<i64>(1).or_raise();
+                    v.remaining = replayed_remaining(&r, rid, units);
                     return v;
                 }
+            }
+            // Not enough left: refused without taking a rate-limit slot (a slot taken and given
+            // back a moment later could still refuse a concurrent request for the window).
+            if remaining.unwrap_or(0) < units {
+                v.code = Some("quota_exceeded");
+                v.remaining = remaining.map(|r| r.max(0));
+                return v;
             }
         }
         // The rate limit: burst, then the window. A refusal is not recorded.
@@ -677,7 +704,18 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
             None => {
                 take_back(token_id, undo);
                 v.code = Some("quota_exceeded");
-                v.remaining = remaining.map(|r| r.max(0));
+                // What is left now (a concurrent verification may have taken it since the read).
+                v.remaining = spi_cache::update(
+                    client,
+                    "SELECT remaining_quota FROM quota.tokens WHERE token_id = $1",
+                    Some(1),
+                    &[token_id.into()],
+                )
+                .or_raise()
+                .next()
+                .and_then(|r| r.get::<i64>(1).or_raise())
+                .or(remaining)
+                .map(|r| r.max(0));
                 if let Some(lr) = v.limit_remaining.as_mut() {
                     *lr += 1;
                 }
