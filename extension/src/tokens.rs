@@ -353,12 +353,15 @@ fn token_quota(access_token: &str) -> JsonB {
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
 fn token_quota_logs(
-    access_token: &str,
-    page: default!(i32, 1),
-    page_size: default!(i32, 20),
+    access_token: Option<&str>,
+    page: default!(Option<i32>, 1),
+    page_size: default!(Option<i32>, 20),
     start_date: default!(Option<&str>, "NULL"),
     end_date: default!(Option<&str>, "NULL"),
 ) -> JsonB {
+    let access_token = required(access_token, "access_token");
+    let page = required(page, "page");
+    let page_size = required(page_size, "page_size");
     if page < 1 {
         raise(
             QuotaError::invalid(format!("page must be at least 1, got {page}"))
@@ -402,9 +405,11 @@ fn token_quota_logs(
 fn list_tokens(
     ws_id: default!(Option<&str>, "NULL"),
     email: default!(Option<&str>, "NULL"),
-    limit: default!(i32, 100),
-    offset: default!(i32, 0),
+    limit: default!(Option<i32>, 100),
+    offset: default!(Option<i32>, 0),
 ) -> JsonB {
+    let limit = required(limit, "limit");
+    let offset = required(offset, "offset");
     if !(1..=1000).contains(&limit) {
         raise(
             QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}"))
@@ -570,12 +575,30 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
             retry_after_s: None,
             replayed: false,
         };
+        // Refusals before the limiter still report its state (the RateLimit-* headers).
+        let peek = |v: &mut Verdict| {
+            if let Some(pm) = per_minute {
+                let now = now_us();
+                let (left, reset_us) =
+                    with_table(
+                        |keys, entries| match keys.iter().position(|&k| k == token_id) {
+                            Some(i) => entries[i].peek(now),
+                            None => (Limits::new(pm, window_s, burst).per_window, 0),
+                        },
+                    )
+                    .unwrap_or((pm.max(0) as u32, 0));
+                v.limit_remaining = Some(left as i32);
+                v.reset_s = Some(ceil_s(reset_us));
+            }
+        };
         if !active {
             v.code = Some("inactive");
+            peek(&mut v);
             return v;
         }
         if expired && quota_type.checks_expiry() {
             v.code = Some("expired");
+            peek(&mut v);
             return v;
         }
         let counts = quota_type.checks_count() && !unlimited;
@@ -600,6 +623,7 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
             if remaining.unwrap_or(0) < units {
                 v.code = Some("quota_exceeded");
                 v.remaining = remaining.map(|r| r.max(0));
+                peek(&mut v);
                 return v;
             }
         }

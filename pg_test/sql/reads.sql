@@ -9,6 +9,7 @@ SELECT credits_added FROM quota.bonus('reader_1', 500, 'reader-seed');
 SELECT credits_charged FROM quota.charge('reader_1', 0.001, 'reader-charge');
 SELECT quota.create_strategy('{"name":"reads-s","type":"single","amount":1,"condition":"match-user(reader_1)","status":false}') ->> 'name' AS strategy;
 SELECT quota.create_organization('reads-org', '{"quota":10}') ->> 'id' AS org;
+SELECT quota.create_token('{"ws_id":"reads-ws","email":"r@example.com","operation":"unlimited","quota_type":"count","total_quota":5}') ->> 'access_token' AS reads_token \gset
 SELECT status FROM quota.reserve('reader-reserve', 'reader_1', 1);
 SELECT status FROM quota.release((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve'), 'reader-release');
 COMMIT;
@@ -41,6 +42,9 @@ SELECT quota.get_organization('reads-org') ->> 'quota' AS org_quota;
 SELECT quota.list_organizations() -> 'total' IS NOT NULL AS organizations;
 SELECT quota.organization_users('reads-org') -> 'total' AS org_users;
 SELECT quota.get_reservation((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve')) ->> 'status' AS reservation;
+SELECT quota.token_quota(:'reads_token') ->> 'remaining_quota' AS token_remaining;
+SELECT quota.token_quota_logs(:'reads_token') -> 'total' AS token_logs;
+SELECT quota.list_tokens('reads-ws') -> 'total' AS tokens;
 -- none of them took a transaction id
 SELECT pg_current_xact_id_if_assigned() AS xid;
 COMMIT;
@@ -67,6 +71,8 @@ SELECT quota.library_version() IS NOT NULL AS library;
 SELECT quota.get_organization('reads-org') ->> 'quota' AS org_quota;
 SELECT quota.organization_users('reads-org') -> 'total' AS org_users;
 SELECT quota.get_reservation((SELECT reservation_id FROM quota.reservations WHERE operation_id = 'reader-reserve')) ->> 'status' AS reservation;
+SELECT quota.token_quota(:'reads_token') ->> 'remaining_quota' AS token_remaining;
+SELECT quota.list_tokens('reads-ws') -> 'total' AS tokens;
 -- the pricing function reads the base rate in a worker too (not kept there)
 SELECT credits_to_charge FROM quota.calculate_credits(0.0123, tier => NULL);
 RESET force_parallel_mode;
@@ -76,7 +82,7 @@ SELECT p.proname AS immutable_rendering_time
   FROM pg_proc p
  WHERE p.pronamespace = 'quota'::regnamespace AND p.provolatile = 'i'
    AND p.proname IN ('_transaction_json', '_plan_json', '_user_json', '_payment_json', '_strategy_json', '_execution_json',
-                     '_organization_json', '_reservation_json');
+                     '_organization_json', '_reservation_json', '_token_json', '_token_log_json');
 
 BEGIN;
 DELETE FROM quota.executions WHERE strategy_id = (SELECT id FROM quota.strategies WHERE name = 'reads-s');

@@ -222,6 +222,17 @@ impl Entry {
         }
     }
 
+    /// What is left in the window and when a slot frees, without admitting anything (for the
+    /// headers of an answer that never reached the limiter).
+    pub fn peek(&self, now: i64) -> (u32, i64) {
+        let l = self.limits();
+        let used = self.window.in_window(l.per_window, l.window_us, now);
+        (
+            l.per_window.saturating_sub(used),
+            self.window.reset_us(l.per_window, l.window_us, now),
+        )
+    }
+
     /// Takes back an admission (a later check refused the request).
     pub fn undo(&mut self, undo: (Pushed, Pushed)) {
         let l = self.limits();
@@ -302,6 +313,7 @@ mod tests {
         }
         e.undo(undo);
         assert!(admitted(e.admit(9 * S)));
+        assert_eq!(e.peek(9 * S), (0, S));
         // after the first leaves (t=10) one more fits
         assert!(admitted(e.admit(10 * S)));
         assert!(!admitted(e.admit(10 * S)));
