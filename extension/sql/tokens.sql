@@ -50,6 +50,19 @@ CREATE INDEX token_logs_token_idx ON quota.token_logs (token_id, created_at DESC
 COMMENT ON TABLE quota.token_logs IS
     'Quota history per token (init, consume, refund, recharge, update); (token_id, request_id) is the idempotency key of a verification.';
 
+-- Each backend caches what a verification reads of a token (src/tokens.rs): a change of any of
+-- those columns, by a function or a DBA's UPDATE, queues a relcache invalidation of the table
+-- (the trigger function of quota.settings), which clears every backend's cache once it commits.
+-- remaining_quota and held_quota are not cached (the count is taken by a conditional UPDATE).
+CREATE TRIGGER tokens_changed
+    AFTER INSERT OR DELETE OR UPDATE OF token_sha256, user_id, quota_type, expires_at, operation,
+        active, unlimited, rate_limit_per_minute, rate_limit_burst, rate_limit_window_seconds
+    ON quota.tokens FOR EACH ROW EXECUTE FUNCTION quota._settings_changed();
+CREATE TRIGGER tokens_truncated
+    AFTER TRUNCATE ON quota.tokens FOR EACH STATEMENT EXECUTE FUNCTION quota._settings_changed();
+ALTER TABLE quota.tokens ENABLE ALWAYS TRIGGER tokens_changed;
+ALTER TABLE quota.tokens ENABLE ALWAYS TRIGGER tokens_truncated;
+
 SELECT pg_catalog.pg_extension_config_dump('quota.tokens', '');
 SELECT pg_catalog.pg_extension_config_dump('quota.token_logs', '');
 

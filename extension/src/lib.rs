@@ -61,7 +61,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/tokens.sql",
     name = "tokens",
-    requires = ["reservations"]
+    requires = ["reservations", "settings_changed"]
 );
 extension_sql_file!(
     "../sql/outbox.sql",
@@ -74,6 +74,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     settings::init();
+    tokens::init();
     // SAFETY: a plain read of a global the postmaster sets while loading preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::init_preloaded();

@@ -435,6 +435,133 @@ fn list_tokens(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The per-backend cache of what a verification reads of a token (not its count).
+//
+// The same rules as the base_rate cache (settings.rs): triggers on quota.tokens queue a relcache
+// invalidation of the table for any change of a cached column; every look-up first calls
+// AcceptInvalidationMessages(), so a change committed before a verification starts is seen by
+// it; the row is read with the latest snapshot (never an older transaction snapshot), and a read
+// that overlaps an invalidation is used once and not kept.
+
+/// What a verification needs of a token besides its count.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    token_id: i64,
+    quota_type: QuotaType,
+    active: bool,
+    unlimited: bool,
+    expires_at: Option<pg_sys::TimestampTz>,
+    per_minute: Option<i32>,
+    burst: i32,
+    window_s: i32,
+}
+
+const META_CACHE_MAX: usize = 10_000;
+
+thread_local! {
+    static META: std::cell::RefCell<(u64, std::collections::HashMap<String, Meta>)> =
+        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+}
+static TOKENS_RELID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static META_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Called from `_PG_init`.
+pub fn init() {
+    // SAFETY: registering a callback with a static function; no arguments to keep alive.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(tokens_changed), pg_sys::Datum::from(0)) };
+}
+
+/// Relcache invalidation callback: it must not touch the database, only forget.
+unsafe extern "C-unwind" fn tokens_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    use std::sync::atomic::Ordering;
+    let known = TOKENS_RELID.load(Ordering::Relaxed);
+    let relid = relid.to_u32();
+    if relid == 0 || known == 0 || relid == known {
+        META_GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The cached meta of a token, or None (not cached).
+fn cached_meta(token: &str) -> Option<Meta> {
+    use std::sync::atomic::Ordering;
+    // SAFETY: processing pending invalidations is what every lock acquisition does; we are not
+    // in the middle of a catalog scan.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let generation = META_GENERATION.load(Ordering::Relaxed);
+    META.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.0 != generation {
+            m.0 = generation;
+            m.1.clear();
+        }
+        m.1.get(token).copied()
+    })
+}
+
+/// Reads a token's meta (and its remaining count) with the latest snapshot, and caches the meta
+/// unless an invalidation arrived meanwhile. The token is well formed (`flow_` + hex), so it is
+/// safe as a literal.
+fn read_meta(token: &str) -> Option<(Meta, Option<i64>)> {
+    use std::sync::atomic::Ordering;
+    debug_assert!(well_formed(token));
+    let generation = META_GENERATION.load(Ordering::Relaxed);
+    let sql = format!(
+        "SELECT token_id, quota_type, remaining_quota, active, unlimited, expires_at,
+                rate_limit_per_minute, rate_limit_burst, rate_limit_window_seconds,
+                'quota.tokens'::regclass::oid AS relid
+         FROM quota.tokens WHERE token_sha256 = sha256(convert_to('{token}', 'UTF8'))"
+    );
+    let found = Spi::connect(|client| {
+        // SAFETY: inside an SPI connection; the pushed snapshot is popped before returning (an
+        // ERROR aborts the transaction, which resets the snapshot stack). A read-only SPI query
+        // runs under the active snapshot and takes no transaction id.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+        let t = client.select(sql.as_str(), Some(1), &[]);
+        let out = t.ok().and_then(|t| {
+            t.into_iter().next().map(|row| {
+                let meta = Meta {
+                    token_id: row.get::<i64>(1).or_raise().unwrap_or_default(),
+                    quota_type: QuotaType::parse(
+                        &row.get::<String>(2).or_raise().unwrap_or_default(),
+                    )
+                    .or_raise(),
+                    active: row.get::<bool>(4).or_raise().unwrap_or(false),
+                    unlimited: row.get::<bool>(5).or_raise().unwrap_or(false),
+                    expires_at: row
+                        .get::<TimestampWithTimeZone>(6)
+                        .or_raise()
+                        .map(pg_sys::TimestampTz::from),
+                    per_minute: row.get::<i32>(7).or_raise(),
+                    burst: row.get::<i32>(8).or_raise().unwrap_or(10),
+                    window_s: row.get::<i32>(9).or_raise().unwrap_or(60),
+                };
+                let relid = row.get::<pg_sys::Oid>(10).or_raise();
+                (meta, row.get::<i64>(3).or_raise(), relid)
+            })
+        });
+        // SAFETY: pops the snapshot pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
+        out
+    });
+    let (meta, remaining, relid) = found?;
+    if let Some(r) = relid {
+        TOKENS_RELID.store(r.to_u32(), Ordering::Relaxed);
+    }
+    if META_GENERATION.load(Ordering::Relaxed) == generation {
+        META.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.0 == generation {
+                if m.1.len() >= META_CACHE_MAX {
+                    m.1.clear();
+                }
+                m.1.insert(token.to_string(), meta);
+            }
+        });
+    }
+    Some((meta, remaining))
+}
+
+// ---------------------------------------------------------------------------------------------
 // verify: the hot path
 
 /// What a verification answers (one row; refusals are rows too, not errors).
@@ -467,11 +594,6 @@ impl Verdict {
         }
     }
 }
-
-const VERIFY_READ_SQL: &str = "
-SELECT token_id, quota_type, remaining_quota, active, unlimited, expires_at,
-       rate_limit_per_minute, rate_limit_burst, rate_limit_window_seconds
-FROM quota.tokens WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))";
 
 /// quota.now() without a SQL call on the hot path: the transaction's start (now()), unless a
 /// superuser pinned the clock with quota.now_override (then it is asked for, as SQL does).
@@ -547,22 +669,26 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
     if !well_formed(token) {
         return Verdict::refused("unknown_token");
     }
+    // The token's meta from the backend's cache, else read (then its count is known too).
+    let (meta, remaining) = match cached_meta(token) {
+        Some(m) => (m, None),
+        None => match read_meta(token) {
+            Some((m, r)) => (m, r),
+            None => return Verdict::refused("unknown_token"),
+        },
+    };
+    let Meta {
+        token_id,
+        quota_type,
+        active,
+        unlimited,
+        expires_at,
+        per_minute,
+        burst,
+        window_s,
+    } = meta;
     Spi::connect_mut(|client| {
-        let t = spi_cache::select(client, VERIFY_READ_SQL, Some(1), &[token.into()]).or_raise();
-        let Some(row) = t.into_iter().next() else {
-            return Verdict::refused("unknown_token");
-        };
-        let token_id = row.get::<i64>(1).or_raise().unwrap_or_default();
-        let quota_type =
-            QuotaType::parse(&row.get::<String>(2).or_raise().unwrap_or_default()).or_raise();
-        let remaining = row.get::<i64>(3).or_raise();
-        let active = row.get::<bool>(4).or_raise().unwrap_or(false);
-        let unlimited = row.get::<bool>(5).or_raise().unwrap_or(false);
-        let expires_at = row.get::<TimestampWithTimeZone>(6).or_raise();
-        let expired = expires_at.is_some_and(|e| pg_sys::TimestampTz::from(e) <= clock(client));
-        let per_minute = row.get::<i32>(7).or_raise();
-        let burst = row.get::<i32>(8).or_raise().unwrap_or(10);
-        let window_s = row.get::<i32>(9).or_raise().unwrap_or(60);
+        let expired = expires_at.is_some_and(|e| e <= clock(client));
         let mut v = Verdict {
             valid: false,
             code: None,
@@ -620,7 +746,7 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
             }
             // Not enough left: refused without taking a rate-limit slot (a slot taken and given
             // back a moment later could still refuse a concurrent request for the window).
-            if remaining.unwrap_or(0) < units {
+            if remaining.is_some_and(|r| r < units) {
                 v.code = Some("quota_exceeded");
                 v.remaining = remaining.map(|r| r.max(0));
                 peek(&mut v);

@@ -454,7 +454,8 @@ fn resolve_api_token(token: &str) -> Option<String> {
 }
 
 /// Deletes a user and everything that is only theirs (wallet, ledger, subscription, API tokens,
-/// payments, ended reservations, strategy executions and their relay rows). Refused (23503
+/// payments, ended reservations, strategy executions and their relay rows); their access tokens
+/// are deactivated and lose their owner. Refused (23503
 /// in_use) while the user has an open hold. The last state is kept in the audit log.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
@@ -500,6 +501,8 @@ fn delete_user(user_id: Option<&str>, actor: default!(Option<&str>, "NULL")) -> 
             "DELETE FROM quota.outbox o USING quota.executions e WHERE o.execution_id = e.id AND e.user_id = $1",
             "DELETE FROM quota.executions WHERE user_id = $1",
             "DELETE FROM quota.reservations WHERE user_id = $1",
+            // Access tokens outlive their owner, deactivated (their history stays).
+            "UPDATE quota.tokens SET user_id = NULL, active = false, updated_at = now() WHERE user_id = $1",
             "DELETE FROM quota.api_tokens WHERE user_id = $1",
             "DELETE FROM quota.payments WHERE user_id = $1",
             "DELETE FROM quota.subscriptions WHERE user_id = $1",
