@@ -6,7 +6,7 @@ use crate::{audit, read};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use quota_core::ids::{validate_free_text, validate_operation_id, validate_org_id};
+use quota_core::ids::{validate_free_text, validate_operation_id, validate_org_id, validate_page};
 use quota_core::reservation::{self as rules, Billing, Org, OrgInput};
 use quota_core::{ErrorKind, QuotaError};
 use serde_json::{json, Value};
@@ -283,18 +283,7 @@ fn get_organization(org_id: &str) -> JsonB {
 }
 
 fn check_page(limit: i32, offset: i32) {
-    if !(1..=1000).contains(&limit) {
-        raise(
-            QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}"))
-                .with("field", "limit"),
-        );
-    }
-    if offset < 0 {
-        raise(
-            QuotaError::invalid(format!("offset must be at least 0, got {offset}"))
-                .with("field", "offset"),
-        );
-    }
+    validate_page(limit, offset).or_raise();
 }
 
 #[pg_extern(stable, parallel_safe, security_definer)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use pgrx::JsonB;
-use quota_core::ids::validate_id;
+use quota_core::ids::{validate_id, validate_page};
 use quota_core::ratelimit::{ceil_s, find_slot, Decision, Limits, Pushed};
 use quota_core::time::parse_timestamp;
 use quota_core::token::{
@@ -22,17 +22,6 @@ use serde_json::{json, Value};
 const TOKEN_PREFIX: &str = "flow_";
 const TOKEN_HEX_LEN: usize = 64;
 const REQUEST_ID_LEN_MAX: usize = 255;
-
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    // SAFETY: pg_strong_random writes exactly `len` bytes into the buffer we own.
-    let ok = unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) };
-    if !ok {
-        pgrx::error!("pg_quota: could not generate random bytes for an access token");
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
-}
 
 /// Whether a string can be a token at all (anything else is unknown without a lookup).
 fn well_formed(token: &str) -> bool {
@@ -190,7 +179,7 @@ fn create_token(request: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -
     let request = required(request, "request");
     let req = TokenCreate::parse(request.0).or_raise();
     let actor = audit::actor_or_role(actor);
-    let token = random_token();
+    let token = crate::users::random_token(TOKEN_PREFIX);
     Spi::connect_mut(|client| {
         let owner_unlimited = match &req.user_id {
             Some(u) => {
@@ -410,18 +399,7 @@ fn list_tokens(
 ) -> JsonB {
     let limit = required(limit, "limit");
     let offset = required(offset, "offset");
-    if !(1..=1000).contains(&limit) {
-        raise(
-            QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}"))
-                .with("field", "limit"),
-        );
-    }
-    if offset < 0 {
-        raise(
-            QuotaError::invalid(format!("offset must be at least 0, got {offset}"))
-                .with("field", "offset"),
-        );
-    }
+    validate_page(limit, offset).or_raise();
     read::one::<JsonB>(
         "WITH t AS (SELECT * FROM quota.tokens
                     WHERE ($1::text IS NULL OR ws_id = $1) AND ($2::text IS NULL OR email = $2))

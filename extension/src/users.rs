@@ -6,7 +6,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
-use quota_core::ids::{validate_free_text, validate_user_id};
+use quota_core::ids::{validate_free_text, validate_page, validate_user_id};
 use quota_core::user::{UserProfile, IMPORT_BATCH_MAX};
 use quota_core::{ErrorKind, QuotaError};
 use serde_json::{json, Value};
@@ -235,18 +235,7 @@ fn get_user(user_id: &str) -> JsonB {
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, quota, pg_temp)]
 fn list_users(limit: default!(i32, 50), offset: default!(i32, 0)) -> JsonB {
-    if !(1..=1000).contains(&limit) {
-        raise(
-            QuotaError::invalid(format!("limit must be between 1 and 1000, got {limit}"))
-                .with("field", "limit"),
-        );
-    }
-    if offset < 0 {
-        raise(
-            QuotaError::invalid(format!("offset must be at least 0, got {offset}"))
-                .with("field", "offset"),
-        );
-    }
+    validate_page(limit, offset).or_raise();
     read::one::<JsonB>(
         "SELECT jsonb_build_object(
             'users', coalesce((SELECT jsonb_agg(quota._user_json(id) ORDER BY id)
@@ -307,15 +296,16 @@ fn import_users(users: Option<JsonB>, actor: default!(Option<&str>, "NULL")) -> 
     })
 }
 
-fn random_token() -> String {
+/// `prefix` + 64 hex characters from PostgreSQL's CSPRNG (user API tokens, access tokens).
+pub(crate) fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     // SAFETY: pg_strong_random writes exactly `len` bytes into the buffer we own.
     let ok = unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) };
     if !ok {
-        pgrx::error!("pg_quota: could not generate random bytes for an API token");
+        pgrx::error!("pg_quota: could not generate random bytes for a token");
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
+    format!("{prefix}{hex}")
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -340,7 +330,7 @@ fn issue_api_token(
         validate_free_text("label", l).or_raise();
     }
     let actor = audit::actor_or_role(actor);
-    let token = random_token();
+    let token = random_token(TOKEN_PREFIX);
     Spi::connect_mut(|client| {
         if client
             .update(

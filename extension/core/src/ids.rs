@@ -110,6 +110,26 @@ pub fn validate_tier(tier: &str) -> Result<()> {
     validate_id("tier", tier, TIER_LEN_MAX)
 }
 
+/// The most rows a listing returns per page.
+pub const PAGE_LIMIT_MAX: i32 = 1000;
+
+/// A listing's page: `limit` 1..=1000, `offset` >= 0.
+pub fn validate_page(limit: i32, offset: i32) -> Result<()> {
+    if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+        return Err(QuotaError::invalid(format!(
+            "limit must be between 1 and {PAGE_LIMIT_MAX}, got {limit}"
+        ))
+        .with("field", "limit"));
+    }
+    if offset < 0 {
+        return Err(
+            QuotaError::invalid(format!("offset must be at least 0, got {offset}"))
+                .with("field", "offset"),
+        );
+    }
+    Ok(())
+}
+
 /// Free text (descriptions, labels, payment method ids): bounded, may be empty.
 pub fn validate_free_text(field: &str, value: &str) -> Result<()> {
     let n = value.chars().count();
@@ -149,6 +169,15 @@ pub fn validate_metadata(metadata: Option<&serde_json::Value>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pages_are_bounded() {
+        assert!(validate_page(1, 0).is_ok());
+        assert!(validate_page(1000, 5).is_ok());
+        assert_eq!(validate_page(0, 0).unwrap_err().fields["field"], "limit");
+        assert_eq!(validate_page(1001, 0).unwrap_err().fields["field"], "limit");
+        assert_eq!(validate_page(10, -1).unwrap_err().fields["field"], "offset");
+    }
+
     use super::*;
 
     #[test]
