@@ -89,12 +89,13 @@ pub struct Req {
     what: String,
 }
 
-/// A response: status, parsed JSON body (Null if not JSON) and raw text.
+/// A response: status, parsed JSON body (Null if not JSON), raw text and headers.
 #[derive(Debug, Clone)]
 pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    pub headers: reqwest::header::HeaderMap,
     pub what: String,
 }
 
@@ -182,6 +183,7 @@ impl Req {
             .await
             .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let text = resp
             .text()
             .await
@@ -191,6 +193,7 @@ impl Req {
             status,
             body,
             text,
+            headers,
             what,
         }
     }
@@ -1006,21 +1009,15 @@ impl Check {
 }
 
 impl Req {
-    /// Sends and keeps the response headers.
+    /// Sends a token check: its status, body and headers.
     pub async fn send_check(self) -> Check {
-        let what = self.what;
-        let resp = self
-            .rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("{what}: reading body failed: {e}"));
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Resp {
+            status,
+            body,
+            headers,
+            what,
+            ..
+        } = self.send().await;
         Check {
             status,
             body,
