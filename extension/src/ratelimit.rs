@@ -1,6 +1,8 @@
 //! The rate limiter's table in shared memory (issue 12): `quota.rate_limit_entries` entries of
-//! `quota_core::ratelimit::Entry` (about 16 KB each) behind one LWLock, so a limit is exact across
-//! every backend without writing WAL. The decisions are `quota_core::ratelimit`'s.
+//! `quota_core::ratelimit::Entry` (about 16 KB each) in up to 16 partitions by token id, each
+//! behind its own LWLock, so a limit is exact across every backend without writing WAL and checks
+//! of different tokens rarely wait for each other. The decisions (and the partitioning) are
+//! `quota_core::ratelimit`'s.
 //!
 //! What a restart forgets: the table lives in shared memory only, so after a restart (or a crash)
 //! every window starts empty; in the window that spans the restart a token may be admitted up to
@@ -11,7 +13,7 @@ use crate::gucs;
 use pgrx::prelude::*;
 use pgrx::shmem::{PGRXSharedMemory, PgSharedMemoryInitialization};
 use pgrx::{pg_shmem_init, pg_sys};
-use quota_core::ratelimit::Entry;
+use quota_core::ratelimit::{shard_layout, shard_of, Entry};
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +22,9 @@ const NAME: &CStr = c"pg_quota_rate_limiter";
 
 #[repr(C)]
 struct Header {
-    lock: *mut pg_sys::LWLock,
-    entries: usize,
+    locks: *mut pg_sys::LWLockPadded,
+    shards: usize,
+    per_shard: usize,
 }
 
 pub struct RateTable {
@@ -38,11 +41,14 @@ pub static RATE_TABLE: RateTable = RateTable {
 
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-// Layout: the header, the keys (one i64 per entry, a compact index), then the entries.
+// Layout: the header, the keys (one i64 per entry, a compact index), then the entries; partition
+// s owns keys and entries [s * per_shard, (s + 1) * per_shard).
 fn size(entries: usize) -> usize {
+    let (shards, per_shard) = shard_layout(entries);
+    let n = shards * per_shard;
     std::mem::size_of::<Header>()
-        + entries * std::mem::size_of::<i64>()
-        + entries * std::mem::size_of::<Entry>()
+        + n * std::mem::size_of::<i64>()
+        + n * std::mem::size_of::<Entry>()
 }
 
 /// A marker value type for pg_shmem_init! (the table is zeroed in place, never built on a stack).
@@ -59,7 +65,8 @@ impl PgSharedMemoryInitialization for RateTable {
         // SAFETY: called from the shmem_request_hook (pg_shmem_init!), where these are allowed.
         unsafe {
             pg_sys::RequestAddinShmemSpace(size(gucs::rate_limit_entries()));
-            pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), 1);
+            let (shards, _) = shard_layout(gucs::rate_limit_entries());
+            pg_sys::RequestNamedLWLockTranche(NAME.as_ptr(), shards as i32);
         }
     }
 
@@ -76,8 +83,10 @@ impl PgSharedMemoryInitialization for RateTable {
                 pg_sys::ShmemInitStruct(NAME.as_ptr(), size(entries), &mut found).cast::<Header>();
             if !found {
                 std::ptr::write_bytes(header.cast::<u8>(), 0, size(entries));
-                (*header).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(NAME.as_ptr())).lock;
-                (*header).entries = entries;
+                let (shards, per_shard) = shard_layout(entries);
+                (*header).locks = pg_sys::GetNamedLWLockTranche(NAME.as_ptr());
+                (*header).shards = shards;
+                (*header).per_shard = per_shard;
             }
             *self.header.get() = header;
             pg_sys::LWLockRelease(init_lock);
@@ -100,9 +109,10 @@ impl Drop for Held {
     }
 }
 
-/// Runs `f` on the table (its key index and its entries) under its exclusive lock; None when the
-/// library was not preloaded (no shared memory: rate limits cannot be enforced).
-pub fn with_table<R>(f: impl FnOnce(&mut [i64], &mut [Entry]) -> R) -> Option<R> {
+/// Runs `f` on the partition that holds `key` (its key index and its entries) under the
+/// partition's exclusive lock; None when the library was not preloaded (no shared memory: rate
+/// limits cannot be enforced).
+pub fn with_table<R>(key: i64, f: impl FnOnce(&mut [i64], &mut [Entry]) -> R) -> Option<R> {
     if !PRELOADED.load(Ordering::Relaxed) {
         return None;
     }
@@ -112,16 +122,18 @@ pub fn with_table<R>(f: impl FnOnce(&mut [i64], &mut [Entry]) -> R) -> Option<R>
         return None;
     }
     // SAFETY: the header was initialised by the startup hook; the keys and then the entries
-    // follow it in the same region (8-byte aligned) and are only touched under the exclusive
-    // lock taken here.
+    // follow it in the same region (8-byte aligned); a partition's keys and entries are only
+    // touched under its exclusive lock, taken here (one lock per partition in the tranche).
     unsafe {
-        let lock = (*header).lock;
+        let (shards, per) = ((*header).shards, (*header).per_shard);
+        let s = shard_of(key, shards);
+        let lock = &raw mut (*(*header).locks.add(s)).lock;
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let _held = Held(lock);
-        let n = (*header).entries;
         let keys_at = header.add(1).cast::<i64>();
-        let keys = std::slice::from_raw_parts_mut(keys_at, n);
-        let entries = std::slice::from_raw_parts_mut(keys_at.add(n).cast::<Entry>(), n);
+        let keys = std::slice::from_raw_parts_mut(keys_at.add(s * per), per);
+        let entries_at = keys_at.add(shards * per).cast::<Entry>();
+        let entries = std::slice::from_raw_parts_mut(entries_at.add(s * per), per);
         Some(f(keys, entries))
     }
 }

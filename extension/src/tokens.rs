@@ -635,7 +635,7 @@ const VERIFY_UNDO_SQL: &str =
 
 fn take_back(token_id: i64, undo: Option<(Pushed, Pushed)>) {
     if let Some(u) = undo {
-        with_table(|keys, entries| {
+        with_table(token_id, |keys, entries| {
             if let Some(i) = keys.iter().position(|&k| k == token_id) {
                 entries[i].undo(u);
             }
@@ -683,14 +683,13 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         let peek = |v: &mut Verdict| {
             if let Some(pm) = per_minute {
                 let now = now_us();
-                let (left, reset_us) =
-                    with_table(
-                        |keys, entries| match keys.iter().position(|&k| k == token_id) {
-                            Some(i) => entries[i].peek(now),
-                            None => (Limits::new(pm, window_s, burst).per_window, 0),
-                        },
-                    )
-                    .unwrap_or((pm.max(0) as u32, 0));
+                let (left, reset_us) = with_table(token_id, |keys, entries| {
+                    match keys.iter().position(|&k| k == token_id) {
+                        Some(i) => entries[i].peek(now),
+                        None => (Limits::new(pm, window_s, burst).per_window, 0),
+                    }
+                })
+                .unwrap_or((pm.max(0) as u32, 0));
                 v.limit_remaining = Some(left as i32);
                 v.reset_s = Some(ceil_s(reset_us));
             }
@@ -736,17 +735,16 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         if let Some(pm) = per_minute {
             let limits = Limits::new(pm, window_s, burst);
             let now = now_us();
-            let decision =
-                with_table(
-                    |keys, entries| match find_slot(keys, entries, token_id, now) {
-                        None => Decision::Full,
-                        Some(i) => {
-                            entries[i].claim(token_id, limits);
-                            keys[i] = token_id;
-                            entries[i].admit(now)
-                        }
-                    },
-                );
+            let decision = with_table(token_id, |keys, entries| {
+                match find_slot(keys, entries, token_id, now) {
+                    None => Decision::Full,
+                    Some(i) => {
+                        entries[i].claim(token_id, limits);
+                        keys[i] = token_id;
+                        entries[i].admit(now)
+                    }
+                }
+            });
             match decision {
                 None => {}
                 Some(Decision::Admit {

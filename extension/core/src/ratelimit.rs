@@ -8,8 +8,9 @@
 //! request is not recorded. An admission can be taken back ([`Entry::undo`]) when a later check
 //! (the quota) refuses the request, so it does not use up the window either.
 //!
-//! The table ([`find_slot`]) is a fixed array: an entry is claimed for a token on first use and
-//! may be reused for another token once none of its admissions is inside its windows any more
+//! The table ([`find_slot`]) is a fixed array, partitioned by [`shard_of`] with each partition
+//! behind its own lock (a partition that is full refuses even when another has room; sequential
+//! ids fill them evenly): an entry is claimed for a token on first use and may be reused for another token once none of its admissions is inside its windows any more
 //! (nothing is forgotten then). When every entry holds live admissions, the request is refused
 //! ([`Decision::Full`]): the limiter never admits past a limit to make room.
 
@@ -254,6 +255,24 @@ pub fn find_slot(keys: &[i64], entries: &[Entry], key: i64, now: i64) -> Option<
         .or_else(|| entries.iter().position(|e| e.stale(now)))
 }
 
+/// Partitions of the shared table, each behind its own lock, so checks of different tokens do not
+/// wait for each other (at most this many; fewer when the table has fewer entries).
+pub const SHARDS_MAX: usize = 16;
+
+/// How many partitions a table of `entries` has, and how many entries each holds (the last
+/// partitions may get one more entry's worth of rounding: every partition has the same size, the
+/// total is at least `entries`).
+pub fn shard_layout(entries: usize) -> (usize, usize) {
+    let entries = entries.max(1);
+    let shards = SHARDS_MAX.min(entries);
+    (shards, entries.div_ceil(shards))
+}
+
+/// The partition of a key: ids are sequential, so the remainder spreads them evenly.
+pub fn shard_of(key: i64, shards: usize) -> usize {
+    key.rem_euclid(shards.max(1) as i64) as usize
+}
+
 /// Seconds for a header: microseconds rounded up.
 pub fn ceil_s(us: i64) -> i32 {
     (us.max(0).saturating_add(999_999) / 1_000_000).min(i64::from(i32::MAX)) as i32
@@ -273,6 +292,24 @@ mod tests {
 
     fn admitted(d: Decision) -> bool {
         matches!(d, Decision::Admit { .. })
+    }
+
+    #[test]
+    fn shards_cover_the_table_and_spread_sequential_ids() {
+        assert_eq!(shard_layout(1), (1, 1));
+        assert_eq!(shard_layout(1024), (16, 64));
+        assert_eq!(shard_layout(1000), (16, 63));
+        assert_eq!(shard_layout(5), (5, 1));
+        for n in 1..200 {
+            let (shards, per) = shard_layout(n);
+            assert!(shards * per >= n && shards <= SHARDS_MAX);
+        }
+        let mut count = [0usize; SHARDS_MAX];
+        for id in 1..=1600 {
+            count[shard_of(id, SHARDS_MAX)] += 1;
+        }
+        assert!(count.iter().all(|&c| c == 100));
+        assert!(shard_of(-3, 16) < 16);
     }
 
     #[test]
