@@ -7,6 +7,7 @@ pub mod condition;
 pub mod error;
 pub mod ids;
 pub mod plan;
+pub mod pool;
 pub mod pricing;
 pub mod ratelimit;
 pub mod reservation;
