@@ -342,16 +342,32 @@ make_pg_dir() {
     as_root chmod "${2:-700}" "$1"
 }
 
+# credentials_key DATA: the AES-256 key of pool account credentials for the cluster in DATA, kept
+# beside it (not in it, so a copy of the data directory holds no key): made once (64 hex from
+# /dev/urandom, owned by postgres, mode 600), printed as a path.
+credentials_key() {
+    local keyfile
+    keyfile="$(dirname "$1")/pg_quota_credentials.key"
+    if ! as_root test -s "$keyfile"; then
+        random_hex 32 | as_root tee "$keyfile" >/dev/null
+        as_root chown postgres:postgres "$keyfile"
+        as_root chmod 600 "$keyfile"
+    fi
+    echo "$keyfile"
+}
+
 # cluster_conf DATA PORT SOCKDIR DBNAME [extra lines...]
 # Writes DATA/pg_quota.conf (included from postgresql.conf). Rewritten on every call, so changes
 # here apply at the next restart. Prints "changed" when the content differs from before.
 cluster_conf() {
     local data="$1" port="$2" sock="$3" db="$4"
     shift 4
-    local tmp
+    local tmp keyfile
+    keyfile="$(credentials_key "$data")"
     tmp="$(mktemp)"
     {
         echo "# written by scripts/lib.sh (cluster_conf); edits are overwritten"
+        echo "quota.credentials_key_file = '$keyfile'"
         echo "port = $port"
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = '$sock'"

@@ -118,6 +118,36 @@ COMMENT ON FUNCTION quota.verify_token(text, bigint, text) IS
     'The gateway''s per-request check: exists and active, not expired (time, hybrid), rate limit (burst per second, then per window; shared memory, exact), then count quota (count, hybrid: units, atomically). Refusals are rows (code unknown_token, inactive, expired, burst, window, limiter_full, quota_exceeded), not errors. Idempotent by request_id.';
 COMMENT ON FUNCTION quota.refund_token(text, bigint, text) IS 'Gives units back to a count token (never above its total). Idempotent by request_id.';
 
+-- Provider pools (seed 002, SPEC 5).
+COMMENT ON FUNCTION quota.create_provider(text, text, jsonb) IS
+    'Creates a provider: unique name, default strategy (least_used, round_robin, random, best), limits {rpm, rph, rpd, tpm, tpd, concurrent} (0 or absent = unlimited). Audited.';
+COMMENT ON FUNCTION quota.update_provider(uuid, jsonb) IS
+    'Changes a provider: name, strategy, active, limits (a key with null removes that limit; keys left out are unchanged). Audited.';
+COMMENT ON FUNCTION quota.set_provider_limit(uuid, text, bigint) IS 'Sets one limit of a provider (NULL or 0 removes it). Audited.';
+COMMENT ON FUNCTION quota.delete_provider(uuid) IS 'Deletes a provider without accounts (23503 while it has some). Audited.';
+COMMENT ON FUNCTION quota.create_pool_account(uuid, jsonb, jsonb) IS
+    'Adds an account to a provider''s pool: credentials (a JSON object, stored AES-256-GCM encrypted, never returned by reads) and options user_id, name, quota_limit (0 = unlimited), period_s, active, expires_at, last_reset. Audited without the credentials.';
+COMMENT ON FUNCTION quota.update_pool_account(uuid, jsonb) IS 'Changes a pool account (its options, or new credentials). Audited without the credentials.';
+COMMENT ON FUNCTION quota.delete_pool_account(uuid) IS 'Deletes a pool account and its leases (its request logs stay). Audited.';
+COMMENT ON FUNCTION quota.reset_pool_account(uuid) IS 'Manual reset: quota_used 0, a new quota window from now. Audited.';
+COMMENT ON FUNCTION quota.get_provider(uuid) IS 'A provider as JSON (limits, account count). Reads only.';
+COMMENT ON FUNCTION quota.list_providers() IS 'Every provider as JSON {providers, total}. Reads only.';
+COMMENT ON FUNCTION quota.get_pool_account(uuid) IS 'A pool account as JSON, never its credentials. Reads only.';
+COMMENT ON FUNCTION quota.list_pool_accounts(uuid) IS 'A provider''s pool accounts as JSON {accounts, total}, never their credentials. Reads only.';
+COMMENT ON FUNCTION quota.pool_status(uuid) IS 'Seed 002''s pool status: accounts total, active and available, quota totals, usage percent, in-flight leases, each account''s availability and reason. Reads only.';
+COMMENT ON FUNCTION quota.pool_account_status(uuid) IS 'Seed 002''s quota status of an account: availability and reason, limit, used, held, remaining, usage percent, reset_at. Reads only.';
+COMMENT ON FUNCTION quota.pool_stats(uuid, timestamptz, timestamptz) IS 'pool_status plus usage (requests, success rate, tokens, cost, latency), top models, error breakdown and daily stats within [from, to) (default the last 30 days). Reads only.';
+COMMENT ON FUNCTION quota.usage_stats(text, timestamptz, timestamptz) IS 'Pool usage of a user (NULL: everyone) within [from_at, to_at): requests, success rate, tokens, cost, average latency. Reads only.';
+COMMENT ON FUNCTION quota.list_pool_alerts(uuid, timestamptz, integer) IS 'Pool alerts (warning, exhausted), newest first, with their webhook delivery status. Reads only.';
+COMMENT ON FUNCTION quota.metrics() IS 'The database''s counters and gauges in Prometheus terms (name, kind, help, labels, value): what /metrics serves. Reads only.';
+COMMENT ON FUNCTION quota.pool_acquire(uuid, bigint, text, text, integer, text) IS
+    'Admission: picks an account by strategy, checks availability and every limit on the locked row, records the request in rpm/rph/rpd and the tokens in tpm/tpd, takes a concurrency lease (lease_ttl_s), returns the decrypted credentials. Refusals are answers (admitted false, SPEC 5 bodies), not errors.';
+COMMENT ON FUNCTION quota.pool_release(uuid, uuid, jsonb) IS
+    'Ends a lease with the usage: consumes input + output tokens (quota, tpm/tpd), frees the lease, writes the request log, raises a warning alert when the threshold is crossed. A lease released twice: 55000 lease_not_held.';
+COMMENT ON FUNCTION quota.pool_check_availability(uuid, bigint) IS 'Seed 002''s CheckAvailability (a due lazy reset is written): available, reason, reset_at.';
+COMMENT ON FUNCTION quota.pool_consume(uuid, bigint) IS 'Seed 002''s ConsumeQuota made atomic: consumes tokens if they fit the quota (else 23514 pool_quota_exceeded, nothing written).';
+COMMENT ON FUNCTION quota.pool_sweep(integer) IS 'The background worker''s pool sweep by hand: expires leases, applies due quota resets, aggregates daily stats, deletes request logs past quota.log_retention.';
+
 -- ---------------------------------------------------------------------------------------------
 -- Access (SPEC 1.6). Nothing is executable by PUBLIC; each role gets the functions of its job
 -- (quota_admin includes quota_service, which includes quota_reader; schema.sql creates them).
@@ -136,12 +166,14 @@ DECLARE
             'list_plans', 'subscription_plans', 'statistics', 'get_user', 'list_users', 'get_strategy', 'list_strategies',
             'strategy_executions', 'worker_status', 'library_version', 'relay_status',
             'get_organization', 'list_organizations', 'organization_users', 'get_reservation',
-            'token_quota', 'token_quota_logs', 'list_tokens'),
+            'token_quota', 'token_quota_logs', 'list_tokens', 'get_provider', 'list_providers',
+            'get_pool_account', 'list_pool_accounts', 'pool_status', 'pool_account_status', 'usage_stats',
+            'pool_stats', 'list_pool_alerts', 'metrics'),
         -- what a service does per request
         'quota_service', jsonb_build_array(
             'charge', 'add', 'purchase', 'confirm_payment', 'bonus', 'refund', 'update_subscription',
             'resolve_api_token', 'reserve', 'settle', 'release', 'consume', 'verify_token',
-            'refund_token'),
+            'refund_token', 'pool_acquire', 'pool_release', 'pool_check_availability', 'pool_consume'),
         -- plans, rates, users, tokens, strategies, the relay
         'quota_admin', jsonb_build_array(
             'create_plan', 'update_plan', 'delete_plan', 'set_plan_multiplier', 'set_plan_purchase_rate',
@@ -150,7 +182,9 @@ DECLARE
             'disable_strategy', 'scan', 'outbox_claim', 'outbox_complete', 'outbox_retry', 'outbox_fail',
             'outbox_unknown', 'retry_execution', 'confirm_execution', 'create_organization',
             'update_organization', 'delete_organization', 'add_organization_quota', 'delete_user',
-            'expire_reservations', 'create_token', 'update_token', 'delete_token'));
+            'expire_reservations', 'create_token', 'update_token', 'delete_token', 'create_provider',
+            'update_provider', 'delete_provider', 'set_provider_limit', 'create_pool_account',
+            'update_pool_account', 'delete_pool_account', 'reset_pool_account', 'pool_sweep'));
     r text;
     f regprocedure;
     missing text;
@@ -178,6 +212,13 @@ $grants$;
 GRANT SELECT ON quota.users, quota.wallets, quota.plans, quota.settings, quota.subscriptions,
                 quota.ledger, quota.payments, quota.strategies, quota.executions, quota.ledger_problems,
                 quota.organizations, quota.org_ledger, quota.reservations, quota.reservation_problems,
-                quota.tokens, quota.token_logs, quota.token_problems
+                quota.tokens, quota.token_logs, quota.token_problems, quota.pool_problems, quota.providers, quota.pool_leases,
+                quota.pool_request_logs, quota.pool_daily_stats, quota.pool_counters, quota.pool_alerts
     TO quota_reader;
+-- Pool accounts without their credentials (ciphertext, but still nobody's business).
+GRANT SELECT (account_id, provider_id, user_id, name, quota_limit, quota_used, quota_held, period_s,
+              last_reset, active, expires_at, in_flight, minute_start, minute_requests, minute_tokens,
+              hour_start, hour_requests, day_start, day_requests, day_tokens, request_count,
+              success_count, error_count, warned_reset, exhausted_reset, last_used_at, created_at, updated_at)
+    ON quota.pool_accounts TO quota_reader;
 GRANT SELECT ON quota.audit_log, quota.outbox TO quota_admin;

@@ -4,7 +4,8 @@
 -- when the lease ends.
 
 CREATE FUNCTION quota.outbox_claim(batch integer DEFAULT 100, lease_s integer DEFAULT 60)
-RETURNS TABLE (outbox_id bigint, execution_id bigint, consumer text, value bigint, attempts integer)
+RETURNS TABLE (outbox_id bigint, execution_id bigint, consumer text, value bigint, attempts integer,
+               kind text, payload jsonb)
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
     WITH due AS (
         SELECT o.id FROM quota.outbox o
@@ -17,61 +18,107 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_t
            SET attempts = o.attempts + 1,
                next_attempt_at = now() + make_interval(secs => greatest(lease_s, 1))
           FROM due WHERE o.id = due.id
-        RETURNING o.id, o.execution_id, o.consumer, o.value, o.attempts),
+        RETURNING o.id, o.execution_id, o.consumer, o.value, o.attempts, o.kind, o.alert_id),
     counted AS (
         UPDATE quota.executions e SET attempts = e.attempts + 1, update_time = now()
           FROM claimed WHERE e.id = claimed.execution_id
         RETURNING e.id)
-    SELECT c.id, c.execution_id, c.consumer, c.value, c.attempts
-    FROM claimed c JOIN counted ON counted.id = c.execution_id
+    SELECT c.id, c.execution_id, c.consumer, c.value, c.attempts, c.kind,
+           (SELECT quota._pool_alert_json(al) FROM quota.pool_alerts al WHERE al.alert_id = c.alert_id)
+    FROM claimed c
+    WHERE c.kind = 'alert' OR EXISTS (SELECT 1 FROM counted WHERE counted.id = c.execution_id)
     ORDER BY c.id
 $$;
 
+-- Marks the alert of an alert row (delivered, pending with the error, failed); false when the
+-- row is not an alert's.
+CREATE FUNCTION quota._outbox_alert(outbox_id bigint, status text, error text, remove boolean) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    alert bigint;
+BEGIN
+    SELECT o.alert_id INTO alert FROM quota.outbox o WHERE o.id = outbox_id AND o.kind = 'alert';
+    IF alert IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE quota.pool_alerts
+       SET delivery_status = status, last_error = left(error, 1000),
+           delivered_at = CASE WHEN status = 'delivered' THEN now() END
+     WHERE alert_id = alert;
+    IF remove THEN
+        DELETE FROM quota.outbox WHERE id = outbox_id;
+    END IF;
+    RETURN true;
+END
+$$;
+
 CREATE FUNCTION quota.outbox_complete(outbox_id bigint) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-    WITH gone AS (DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id),
-    done AS (
-        UPDATE quota.executions e SET status = 'completed', last_error = NULL, update_time = now()
-          FROM gone WHERE e.id = gone.execution_id
-        RETURNING e.id)
-    SELECT EXISTS (SELECT 1 FROM done)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    execution bigint;
+BEGIN
+    IF quota._outbox_alert(outbox_id, 'delivered', NULL, true) THEN
+        RETURN true;
+    END IF;
+    DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id INTO execution;
+    UPDATE quota.executions e SET status = 'completed', last_error = NULL, update_time = now()
+     WHERE e.id = execution;
+    RETURN FOUND;
+END
 $$;
 
 CREATE FUNCTION quota.outbox_retry(outbox_id bigint, error text, retry_in_ms integer) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-    WITH later AS (
-        UPDATE quota.outbox
-           SET next_attempt_at = now() + make_interval(secs => greatest(retry_in_ms, 0) / 1000.0)
-         WHERE id = outbox_id
-        RETURNING execution_id),
-    noted AS (
-        UPDATE quota.executions e SET last_error = left(error, 1000), update_time = now()
-          FROM later WHERE e.id = later.execution_id
-        RETURNING e.id)
-    SELECT EXISTS (SELECT 1 FROM noted)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    execution bigint;
+BEGIN
+    UPDATE quota.outbox
+       SET next_attempt_at = now() + make_interval(secs => greatest(retry_in_ms, 0) / 1000.0)
+     WHERE id = outbox_id
+    RETURNING execution_id INTO execution;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF quota._outbox_alert(outbox_id, 'pending', error, false) THEN
+        RETURN true;
+    END IF;
+    UPDATE quota.executions e SET last_error = left(error, 1000), update_time = now() WHERE e.id = execution;
+    RETURN FOUND;
+END
 $$;
 
 CREATE FUNCTION quota.outbox_fail(outbox_id bigint, error text) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-    WITH gone AS (DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id),
-    failed AS (
-        UPDATE quota.executions e SET status = 'failed', last_error = left(error, 1000), update_time = now()
-          FROM gone WHERE e.id = gone.execution_id
-        RETURNING e.id)
-    SELECT EXISTS (SELECT 1 FROM failed)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    execution bigint;
+BEGIN
+    IF quota._outbox_alert(outbox_id, 'failed', error, true) THEN
+        RETURN true;
+    END IF;
+    DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id INTO execution;
+    UPDATE quota.executions e SET status = 'failed', last_error = left(error, 1000), update_time = now()
+     WHERE e.id = execution;
+    RETURN FOUND;
+END
 $$;
 
 -- The delivery's outcome is unknown (it timed out or the connection broke after the request was
 -- sent) and the gateway does not deduplicate by Idempotency-Key: sending it again could apply
 -- the delta twice, so the execution waits for an operator (retry_execution or confirm_execution).
+-- (Alerts are retried instead: a webhook deduplicates by the alert's Idempotency-Key.)
 CREATE FUNCTION quota.outbox_unknown(outbox_id bigint, error text) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-    WITH gone AS (DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id),
-    marked AS (
-        UPDATE quota.executions e SET status = 'unknown', last_error = left(error, 1000), update_time = now()
-          FROM gone WHERE e.id = gone.execution_id
-        RETURNING e.id)
-    SELECT EXISTS (SELECT 1 FROM marked)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    execution bigint;
+BEGIN
+    IF quota._outbox_alert(outbox_id, 'pending', error, false) THEN
+        RETURN true;
+    END IF;
+    DELETE FROM quota.outbox WHERE id = outbox_id RETURNING execution_id INTO execution;
+    UPDATE quota.executions e SET status = 'unknown', last_error = left(error, 1000), update_time = now()
+     WHERE e.id = execution;
+    RETURN FOUND;
+END
 $$;
 
 CREATE FUNCTION quota._execution_row(execution_id bigint) RETURNS quota.executions
@@ -130,21 +177,26 @@ BEGIN
 END
 $$;
 
--- The relay's work at a glance (for /health): rows queued, due now, executions waiting for an
--- operator (unknown) or given up (failed).
+-- The relay's work at a glance (for /health): recharge rows queued, due now, executions waiting
+-- for an operator (unknown) or given up (failed); alert rows queued, alerts given up, the last
+-- alert delivered.
 CREATE FUNCTION quota.relay_status(
-    OUT backlog bigint, OUT due bigint, OUT unknown bigint, OUT failed bigint, OUT oldest_due_at timestamptz)
+    OUT backlog bigint, OUT due bigint, OUT unknown bigint, OUT failed bigint, OUT oldest_due_at timestamptz,
+    OUT alert_backlog bigint, OUT alert_failed bigint, OUT alerts_last_delivered_at timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-    SELECT (SELECT count(*) FROM quota.outbox),
-           (SELECT count(*) FROM quota.outbox WHERE next_attempt_at <= now()),
+    SELECT (SELECT count(*) FROM quota.outbox WHERE kind = 'recharge'),
+           (SELECT count(*) FROM quota.outbox WHERE kind = 'recharge' AND next_attempt_at <= now()),
            (SELECT count(*) FROM quota.executions WHERE status = 'unknown'),
            (SELECT count(*) FROM quota.executions WHERE status = 'failed'),
-           (SELECT min(next_attempt_at) FROM quota.outbox WHERE next_attempt_at <= now())
+           (SELECT min(next_attempt_at) FROM quota.outbox WHERE next_attempt_at <= now()),
+           (SELECT count(*) FROM quota.outbox WHERE kind = 'alert'),
+           (SELECT count(*) FROM quota.pool_alerts WHERE delivery_status = 'failed'),
+           (SELECT max(delivered_at) FROM quota.pool_alerts)
 $$;
 
 COMMENT ON FUNCTION quota.outbox_claim(integer, integer) IS
-    'Relay: claims up to batch due outbox rows (FOR UPDATE SKIP LOCKED) and leases them for lease_s seconds; attempts counts this one.';
-COMMENT ON FUNCTION quota.outbox_complete(bigint) IS 'Relay: the gateway accepted the delta; the execution is completed.';
+    'Relay: claims up to batch due outbox rows (FOR UPDATE SKIP LOCKED; kind recharge or alert, with the alert as payload) and leases them for lease_s seconds; attempts counts this one.';
+COMMENT ON FUNCTION quota.outbox_complete(bigint) IS 'Relay: the gateway accepted the delta (the execution is completed), or the webhooks took the alert (delivered).';
 COMMENT ON FUNCTION quota.outbox_retry(bigint, text, integer) IS 'Relay: a retryable failure; try again after retry_in_ms.';
 COMMENT ON FUNCTION quota.outbox_fail(bigint, text) IS 'Relay: gave up; the execution is failed (its ledger credit stays).';
 COMMENT ON FUNCTION quota.retry_execution(bigint) IS 'Queues a failed or unknown execution for delivery again.';
@@ -153,4 +205,4 @@ COMMENT ON FUNCTION quota.outbox_unknown(bigint, text) IS
 COMMENT ON FUNCTION quota.confirm_execution(bigint) IS
     'An operator found an unknown execution''s delta applied at the gateway: the execution is completed.';
 COMMENT ON FUNCTION quota.relay_status() IS
-    'The relay''s work: outbox rows queued and due, executions unknown (waiting for an operator) and failed.';
+    'The relay''s work: recharge rows queued and due, executions unknown (waiting for an operator) and failed; alert rows queued, alerts failed, the last alert delivered.';

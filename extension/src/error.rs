@@ -21,8 +21,13 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::PermissionDenied => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         ErrorKind::InsufficientUserQuota
         | ErrorKind::InsufficientOrgQuota
-        | ErrorKind::InsufficientTokenQuota => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-        ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld | ErrorKind::TokenUnusable => {
+        | ErrorKind::InsufficientTokenQuota
+        | ErrorKind::PoolQuotaExceeded => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+        ErrorKind::OrgDisabled
+        | ErrorKind::ReservationNotHeld
+        | ErrorKind::TokenUnusable
+        | ErrorKind::LeaseNotHeld
+        | ErrorKind::CredentialsKeyMissing => {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
         }
     }

@@ -14,6 +14,12 @@ pub static NOW_OVERRIDE: GucSetting<Option<CString>> = GucSetting::<Option<CStri
 pub static SCAN_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static EXPIRE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 pub static RATE_LIMIT_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1_024);
+pub static CREDENTIALS_KEY_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static WARNING_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.8);
+pub static LOG_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
+pub static POOL_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+pub static STATS_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -107,6 +113,54 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"quota.credentials_key_file",
+        c"File holding the AES-256-GCM key of pool account credentials (64 hex characters).",
+        c"The key is never stored in the database. Unset: the environment variable QUOTA_CREDENTIALS_KEY of the server, else pool accounts cannot be created (55000 credentials_key_missing).",
+        &CREDENTIALS_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_float_guc(
+        c"quota.warning_threshold",
+        c"Share of a pool account's quota at which a warning alert is raised (once per window).",
+        c"0.8 = 80 %.",
+        &WARNING_THRESHOLD,
+        0.01,
+        1.0,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"quota.log_retention",
+        c"How long pool request logs are kept; the background worker deletes older ones.",
+        c"Daily stats are kept after their logs are gone. 0 keeps logs forever.",
+        &LOG_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"quota.pool_batch_size",
+        c"The most leases, account resets and old logs the background worker handles per transaction.",
+        c"More due continue at the next tick.",
+        &POOL_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"quota.stats_interval",
+        c"How often the background worker aggregates pool request logs into daily stats.",
+        c"Today and yesterday are recomputed from the logs each time.",
+        &STATS_INTERVAL_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
 }
 
 pub fn database() -> String {
@@ -151,4 +205,28 @@ pub fn expire_batch_size() -> i32 {
 
 pub fn scan_batch_size() -> i64 {
     SCAN_BATCH_SIZE.get().max(1) as i64
+}
+
+pub fn credentials_key_file() -> Option<String> {
+    CREDENTIALS_KEY_FILE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.trim().is_empty())
+}
+
+pub fn warning_threshold() -> f64 {
+    WARNING_THRESHOLD.get().clamp(0.01, 1.0)
+}
+
+/// Seconds request logs are kept; 0 = forever.
+pub fn log_retention_s() -> i64 {
+    i64::from(LOG_RETENTION_S.get().max(0))
+}
+
+pub fn pool_batch_size() -> i64 {
+    i64::from(POOL_BATCH_SIZE.get().max(1))
+}
+
+pub fn stats_interval_s() -> i64 {
+    i64::from(STATS_INTERVAL_S.get().max(1))
 }

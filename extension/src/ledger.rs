@@ -1641,6 +1641,7 @@ fn verify() -> TableIterator<'static, (name!(subject, String), name!(problem, St
                 "SELECT subject, problem FROM quota.ledger_problems
                  UNION ALL SELECT subject, problem FROM quota.reservation_problems
                  UNION ALL SELECT subject, problem FROM quota.token_problems
+                 UNION ALL SELECT subject, problem FROM quota.pool_problems
                  ORDER BY subject",
                 None,
                 &[],

@@ -25,11 +25,13 @@ macro_rules! fmgr_v1 {
 
 mod audit;
 mod condition;
+mod crypto;
 mod error;
 mod gucs;
 mod ledger;
 mod organizations;
 mod plans;
+mod pools;
 mod ratelimit;
 mod read;
 mod reservations;
@@ -64,9 +66,14 @@ extension_sql_file!(
     requires = ["reservations", "settings_changed"]
 );
 extension_sql_file!(
+    "../sql/pools.sql",
+    name = "pools",
+    requires = ["strategies", "tokens"]
+);
+extension_sql_file!(
     "../sql/outbox.sql",
     name = "outbox",
-    requires = ["strategies"]
+    requires = ["strategies", "pools"]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

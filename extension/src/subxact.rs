@@ -70,3 +70,43 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
     })
     .execute()
 }
+
+/// Runs `f` in a subtransaction that is kept when `f` returns Ok and rolled back when it returns
+/// Err (or raises an ERROR, which comes back as the outer Err): a try that must leave nothing
+/// behind when it declines, row locks included (a pool account refused by an acquire is unlocked
+/// at once, so acquires trying accounts in different orders never deadlock).
+pub fn attempt<R, E>(f: impl FnOnce() -> Result<R, E>) -> Result<Result<R, E>, Failure> {
+    // SAFETY: as in run(): begun here, ended on every path below with the caller's memory
+    // context and resource owner restored.
+    let (old_context, old_owner) = unsafe {
+        let saved = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(saved.0);
+        saved
+    };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let value = f();
+        // SAFETY: see above.
+        unsafe {
+            if value.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+        }
+        Ok(value)
+    }))
+    .catch_others(|e| {
+        // SAFETY: see above; pgrx has already copied and flushed the error state.
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+        }
+        Err(failure(&e))
+    })
+    .execute()
+}

@@ -63,6 +63,9 @@ static WORKER: PgLwLock<WorkerState> = unsafe { PgLwLock::new(c"pg_quota_worker_
 /// Set in _PG_init in the postmaster; backends inherit it through fork.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
+/// When the worker last aggregated daily pool stats (its own process only).
+static POOL_STATS_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 pub fn init_preloaded() {
     pg_shmem_init!(WORKER);
     PRELOADED.store(true, Ordering::Relaxed);
@@ -191,6 +194,21 @@ fn tick(single_scanned_at: &mut pg_sys::TimestampTz) -> (bool, bool) {
         }
         expire_more = more;
     }
+    // Pool leases past expiry, due quota resets, daily stats every quota.stats_interval, log
+    // retention (issue 13), at most quota.pool_batch_size rows of each per tick.
+    let pool_batch = gucs::pool_batch_size();
+    let at = now();
+    let last = POOL_STATS_AT.load(Ordering::Relaxed);
+    let aggregate = last == 0 || at - last >= gucs::stats_interval_s() * 1_000_000;
+    let (leases, resets, deleted) =
+        BackgroundWorker::transaction(move || crate::pools::sweep_impl(pool_batch, aggregate));
+    if aggregate {
+        POOL_STATS_AT.store(at, Ordering::Relaxed);
+    }
+    if leases + resets + deleted > 0 {
+        log!("pg_quota worker: pools: {leases} leases expired, {resets} quotas reset, {deleted} old request logs deleted");
+    }
+    let expire_more = expire_more || leases >= pool_batch || deleted >= pool_batch;
     if !gucs::scheduler_enabled() {
         return (installed, expire_more);
     }

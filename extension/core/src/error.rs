@@ -44,6 +44,13 @@ pub enum ErrorKind {
     InsufficientTokenQuota,
     /// A reservation with an access token that is inactive or expired. SQLSTATE 55000; HTTP 403.
     TokenUnusable,
+    /// A pool lease released twice (or ended otherwise). SQLSTATE 55000; HTTP 409.
+    LeaseNotHeld,
+    /// Pool account credentials cannot be encrypted or decrypted: no key configured, or not
+    /// the key they were sealed with. SQLSTATE 55000; HTTP 503.
+    CredentialsKeyMissing,
+    /// A pool account's quota would be passed (pool_consume). SQLSTATE 23514; HTTP 429.
+    PoolQuotaExceeded,
 }
 
 impl ErrorKind {
@@ -62,6 +69,8 @@ impl ErrorKind {
             ErrorKind::OrgDisabled | ErrorKind::ReservationNotHeld => "55000",
             ErrorKind::InsufficientTokenQuota => "23514",
             ErrorKind::TokenUnusable => "55000",
+            ErrorKind::LeaseNotHeld | ErrorKind::CredentialsKeyMissing => "55000",
+            ErrorKind::PoolQuotaExceeded => "23514",
         }
     }
 
@@ -85,6 +94,9 @@ impl ErrorKind {
             ErrorKind::ReservationNotHeld => "reservation_not_held",
             ErrorKind::InsufficientTokenQuota => "insufficient_token_quota",
             ErrorKind::TokenUnusable => "token_unusable",
+            ErrorKind::LeaseNotHeld => "lease_not_held",
+            ErrorKind::CredentialsKeyMissing => "credentials_key_missing",
+            ErrorKind::PoolQuotaExceeded => "pool_quota_exceeded",
         }
     }
 }
@@ -187,6 +199,9 @@ mod tests {
             ReservationNotHeld,
             InsufficientTokenQuota,
             TokenUnusable,
+            LeaseNotHeld,
+            CredentialsKeyMissing,
+            PoolQuotaExceeded,
         ] {
             assert_eq!(k.sqlstate().len(), 5);
             assert!(!k.code().is_empty());
