@@ -33,6 +33,15 @@ pub struct UserAuth {
 /// behalf of a caller).
 pub struct AdminOrServiceAuth;
 
+/// Who asks for usage statistics (`GET /api/v1/stats/usage`): an operator (the admin or the
+/// service token: every user, or one named by `?user_id=`), or a user by their API token (their
+/// own usage only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatsCaller {
+    Operator,
+    User(String),
+}
+
 /// Seed 001's access tokens start with this (`flow_` + 64 hex).
 pub const ACCESS_TOKEN_PREFIX: &str = "flow_";
 
@@ -150,6 +159,87 @@ pub fn check_admin_or_service(
     check_admin(headers, admin)
 }
 
+/// `GET /metrics`: open when no token is configured, else `Authorization: Bearer <token>`
+/// (missing 401, wrong 403, compared in constant time).
+pub fn check_metrics(headers: &HeaderMap, expected: Option<&Secret>) -> Result<(), AppError> {
+    if expected.is_none() {
+        return Ok(());
+    }
+    check_shared_secret(
+        bearer_token(headers)?,
+        expected,
+        "metrics endpoint",
+        "Authorization: Bearer <metrics token>",
+    )
+}
+
+/// The user owning an API token, or 403.
+async fn resolve_user(state: &AppState, token: &str) -> Result<String, AppError> {
+    if token.len() > TOKEN_BYTES_MAX {
+        return Err(AppError::Forbidden("invalid API token".into()));
+    }
+    match db::call_opt::<String>(&state.pool, SQL_RESOLVE_API_TOKEN, &[&token]).await {
+        Ok(Some(user_id)) => Ok(user_id),
+        Ok(None) => Err(AppError::Forbidden("invalid or revoked API token".into())),
+        // A token the extension finds malformed is a wrong credential, not a bad request.
+        Err(AppError::Sql(sql)) if sql.class() == SqlClass::BadRequest => {
+            Err(AppError::Forbidden("invalid API token".into()))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// How a stats request authenticates, decided from its headers alone: `X-Service-Token` or
+/// `X-Admin-Token` is an operator (checked as such); a bearer equal to the admin token is an
+/// operator; any other bearer is a user API token (resolved in the database).
+#[derive(Debug, PartialEq, Eq)]
+pub enum StatsCredential<'h> {
+    Operator,
+    UserToken(&'h str),
+}
+
+pub fn stats_credential<'h>(
+    headers: &'h HeaderMap,
+    admin: Option<&Secret>,
+    service: Option<&Secret>,
+) -> Result<StatsCredential<'h>, AppError> {
+    if headers.contains_key(SERVICE_TOKEN_HEADER) {
+        return check_service(headers, service).map(|()| StatsCredential::Operator);
+    }
+    if headers.contains_key(ADMIN_TOKEN_HEADER) {
+        return check_admin(headers, admin).map(|()| StatsCredential::Operator);
+    }
+    let token = bearer_token(headers)?.ok_or_else(|| {
+        AppError::Unauthorized(
+            "requires Authorization: Bearer <api token or admin token>, X-Admin-Token or \
+             X-Service-Token"
+                .into(),
+        )
+    })?;
+    if admin.is_some_and(|admin| token.len() <= TOKEN_BYTES_MAX && admin.matches(token)) {
+        return Ok(StatsCredential::Operator);
+    }
+    Ok(StatsCredential::UserToken(token))
+}
+
+impl FromRequestParts<AppState> for StatsCaller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        match stats_credential(
+            &parts.headers,
+            state.config.admin_token.as_ref(),
+            state.config.service_token.as_ref(),
+        )? {
+            StatsCredential::Operator => Ok(StatsCaller::Operator),
+            StatsCredential::UserToken(token) => {
+                let token = token.to_owned();
+                resolve_user(state, &token).await.map(StatsCaller::User)
+            }
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for AdminOrServiceAuth {
     type Rejection = AppError;
 
@@ -197,18 +287,10 @@ impl FromRequestParts<AppState> for UserAuth {
         let token = bearer_token(&parts.headers)?.ok_or_else(|| {
             AppError::Unauthorized("requires Authorization: Bearer <api token>".into())
         })?;
-        if token.len() > TOKEN_BYTES_MAX {
-            return Err(AppError::Forbidden("invalid API token".into()));
-        }
-        match db::call_opt::<String>(&state.pool, SQL_RESOLVE_API_TOKEN, &[&token]).await {
-            Ok(Some(user_id)) => Ok(UserAuth { user_id }),
-            Ok(None) => Err(AppError::Forbidden("invalid or revoked API token".into())),
-            // A token the extension finds malformed is a wrong credential, not a bad request.
-            Err(AppError::Sql(sql)) if sql.class() == SqlClass::BadRequest => {
-                Err(AppError::Forbidden("invalid API token".into()))
-            }
-            Err(other) => Err(other),
-        }
+        let token = token.to_owned();
+        resolve_user(state, &token)
+            .await
+            .map(|user_id| UserAuth { user_id })
     }
 }
 
@@ -375,6 +457,74 @@ mod tests {
         let long: &'static str =
             Box::leak(format!("Bearer flow_{}", "a".repeat(600)).into_boxed_str());
         assert_eq!(candidate(&[("authorization", long)]), None);
+    }
+
+    #[test]
+    fn metrics_are_open_unless_a_token_is_configured() {
+        assert_eq!(status(check_metrics(&headers(&[]), None)), 200);
+        assert_eq!(
+            status(check_metrics(
+                &headers(&[("authorization", "Bearer x")]),
+                None
+            )),
+            200
+        );
+        let token = Some(Secret::new("scrape"));
+        let token = token.as_ref();
+        assert_eq!(status(check_metrics(&headers(&[]), token)), 401);
+        assert_eq!(
+            status(check_metrics(
+                &headers(&[("authorization", "Bearer nope")]),
+                token
+            )),
+            403
+        );
+        assert_eq!(
+            status(check_metrics(
+                &headers(&[("x-admin-token", "scrape")]),
+                token
+            )),
+            401
+        );
+        assert_eq!(
+            status(check_metrics(
+                &headers(&[("authorization", "Bearer scrape")]),
+                token
+            )),
+            200
+        );
+    }
+
+    #[test]
+    fn stats_callers_are_operators_or_user_tokens() {
+        let admin = Some(Secret::new("adm"));
+        let service = Some(Secret::new("svc"));
+        let credential = |pairs: &[(&'static str, &'static str)]| {
+            let map = headers(pairs);
+            stats_credential(&map, admin.as_ref(), service.as_ref())
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.status().as_u16())
+        };
+        assert_eq!(credential(&[]), Err(401));
+        assert_eq!(
+            credential(&[("x-service-token", "svc")]),
+            Ok("Operator".into())
+        );
+        assert_eq!(credential(&[("x-service-token", "nope")]), Err(403));
+        assert_eq!(
+            credential(&[("x-admin-token", "adm")]),
+            Ok("Operator".into())
+        );
+        assert_eq!(credential(&[("x-admin-token", "nope")]), Err(403));
+        assert_eq!(
+            credential(&[("authorization", "Bearer adm")]),
+            Ok("Operator".into())
+        );
+        assert_eq!(
+            credential(&[("authorization", "Bearer pq_user")]),
+            Ok("UserToken(\"pq_user\")".into())
+        );
+        assert_eq!(credential(&[("authorization", "Basic x")]), Err(401));
     }
 
     #[test]

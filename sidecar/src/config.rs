@@ -180,6 +180,13 @@ pub struct Args {
     #[arg(long, env = "QUOTA_RELAY_POLL_MS", default_value_t = RELAY_POLL_MS_DEFAULT,
           value_parser = RangedU64ValueParser::<u64>::new().range(10..=3_600_000))]
     pub relay_poll_ms: u64,
+    /// comma-separated http:// or https:// URLs that receive pool alerts as JSON (through the
+    /// relay's outbox, with its retries); unset = alerts complete without delivery
+    #[arg(long, env = "QUOTA_ALERT_WEBHOOK_URLS")]
+    pub alert_webhook_urls: Option<String>,
+    /// bearer token GET /metrics requires; unset = /metrics is open
+    #[arg(long, env = "QUOTA_METRICS_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub metrics_token: Option<Secret>,
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +202,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub log_format: LogFormat,
     pub relay: RelayConfig,
+    /// None: /metrics is open.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {
@@ -237,6 +246,8 @@ pub struct RelayConfig {
     pub batch: u32,
     pub lease_s: u32,
     pub poll_ms: u64,
+    /// Where pool alerts are POSTed (each URL gets each alert); empty: alerts complete at once.
+    pub alert_webhooks: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -250,6 +261,7 @@ impl Default for RelayConfig {
             batch: RELAY_BATCH_DEFAULT,
             lease_s: RELAY_LEASE_S_DEFAULT,
             poll_ms: RELAY_POLL_MS_DEFAULT,
+            alert_webhooks: Vec::new(),
         }
     }
 }
@@ -280,6 +292,46 @@ fn gateway_url(text: &str) -> Result<String, ConfigError> {
         return Err(bad("no query, fragment or user info allowed"));
     }
     Ok(text.to_owned())
+}
+
+/// `QUOTA_ALERT_WEBHOOK_URLS`: comma-separated absolute http(s) URLs (blank items are skipped,
+/// duplicates removed). A query string is allowed (some receivers authenticate with one); user
+/// info and fragments are not.
+pub fn webhook_urls(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut urls: Vec<String> = Vec::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        // User info may hold a password: never echoed.
+        let shown = match item.rfind('@') {
+            Some(at) => format!("<redacted>{}", &item[at..]),
+            None => item.to_owned(),
+        };
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "QUOTA_ALERT_WEBHOOK_URLS: {:?}: {why} (expected comma-separated \
+                 http://host[:port]/path or https://... URLs)",
+                shown.chars().take(200).collect::<String>()
+            ))
+        };
+        let url = reqwest::Url::parse(item).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(bad("only http:// and https:// are supported"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("no fragment or user info allowed"));
+        }
+        let url = url.to_string();
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    Ok(urls)
 }
 
 /// `/v1/chat/completions/` -> `/v1/chat/completions`; `/` -> `` (endpoints at `/quota...`).
@@ -396,6 +448,10 @@ impl Config {
             batch: args.relay_batch,
             lease_s: args.relay_lease_s,
             poll_ms: args.relay_poll_ms,
+            alert_webhooks: match &args.alert_webhook_urls {
+                Some(text) => webhook_urls(text)?,
+                None => Vec::new(),
+            },
         };
         if relay.backoff_max_ms < relay.backoff_base_ms {
             return Err(ConfigError(format!(
@@ -421,6 +477,7 @@ impl Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             log_format: args.log_format,
             relay,
+            metrics_token: args.metrics_token,
         })
     }
 }
@@ -671,6 +728,46 @@ mod tests {
         ] {
             let err = config_from(&pairs).unwrap_err();
             assert!(err.0.contains(needle), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn alert_webhooks_and_metrics_token() {
+        let config = config_from(&[]).unwrap();
+        assert!(config.relay.alert_webhooks.is_empty());
+        assert!(config.metrics_token.is_none());
+        let config = config_from(&[
+            (
+                "QUOTA_ALERT_WEBHOOK_URLS",
+                " http://127.0.0.1:9000/hook , https://alerts.example/x?k=1,,http://127.0.0.1:9000/hook",
+            ),
+            ("QUOTA_METRICS_TOKEN", "scrape-secret"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.relay.alert_webhooks,
+            vec![
+                "http://127.0.0.1:9000/hook".to_owned(),
+                "https://alerts.example/x?k=1".to_owned()
+            ]
+        );
+        assert!(config
+            .metrics_token
+            .as_ref()
+            .unwrap()
+            .matches("scrape-secret"));
+        assert!(!format!("{config:?}").contains("scrape-secret"));
+        for bad in [
+            "127.0.0.1:9000/hook",
+            "ftp://host/x",
+            "http://user:pw@host/x",
+            "http://host/x#frag",
+            "http://",
+            "http://ok/x, nonsense",
+        ] {
+            let err = config_from(&[("QUOTA_ALERT_WEBHOOK_URLS", bad)]).unwrap_err();
+            assert!(err.0.contains("QUOTA_ALERT_WEBHOOK_URLS"), "{bad}: {err}");
+            assert!(!err.0.contains("pw@"), "{bad}: {err}");
         }
     }
 

@@ -147,6 +147,23 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Every row of a set-returning call (GET /metrics), with the same cancel-on-drop as
+/// [`call_opt`].
+pub async fn query_rows(
+    pool: &Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, AppError> {
+    let call = CancelOnDrop(Some(pool.get().await?));
+    let result = async {
+        let statement = call.client().prepare_cached(sql).await?;
+        Ok::<_, AppError>(call.client().query(&statement, params).await?)
+    }
+    .await;
+    call.finish();
+    result
+}
+
 /// For the functions that always return a value: a missing row is a broken contract with the
 /// extension, not a client error.
 pub async fn call_json(

@@ -74,6 +74,32 @@ pub const QUOTA_REFUSALS: &[&str] = &[
     "token_unusable",
 ];
 
+/// The DETAIL `error` codes of provider pools (issue 13) whose status is not their SQLSTATE's:
+/// a lease released twice (55000) stays 409; no credentials key configured (55000) is the
+/// server's state, 503; `quota.pool_consume` past the limit (23514) is 429, as an acquire refused
+/// for quota is.
+pub const POOL_STATUSES: &[(&str, StatusCode)] = &[
+    ("lease_not_held", StatusCode::CONFLICT),
+    ("credentials_key_missing", StatusCode::SERVICE_UNAVAILABLE),
+    ("pool_quota_exceeded", StatusCode::TOO_MANY_REQUESTS),
+];
+
+/// The status [`POOL_STATUSES`] gives this SQL error, if any (only for the domain classes whose
+/// body carries DETAIL).
+fn pool_status(sql: &SqlError) -> Option<StatusCode> {
+    if !matches!(
+        sql.class(),
+        SqlClass::BadRequest | SqlClass::NotFound | SqlClass::Conflict
+    ) {
+        return None;
+    }
+    let code = sql.detail_error()?;
+    POOL_STATUSES
+        .iter()
+        .find(|(name, _)| *name == code)
+        .map(|(_, status)| *status)
+}
+
 /// The contract's table. Class 22 (data exception) is a bad argument as a whole, not only the
 /// listed 22023/22P02/22007/22008: pgrx raises 22000 for a plain `Err`, and an out-of-range
 /// number (22003) is the caller's input too.
@@ -238,6 +264,9 @@ impl AppError {
                 StatusCode::PAYMENT_REQUIRED
             }
             AppError::Sql(sql) if sql.is_quota_refusal() => StatusCode::FORBIDDEN,
+            AppError::Sql(sql) if pool_status(sql).is_some() => {
+                pool_status(sql).unwrap_or(StatusCode::CONFLICT)
+            }
             // A field the extension found invalid, or a request value PostgreSQL could not read
             // (the sidecar passes dates and numbers of query strings as text to cast in SQL), is
             // a validation failure of the request.
@@ -349,7 +378,13 @@ impl IntoResponse for AppError {
                 .unwrap_or(Value::Null),
         );
         shape_error_body(&mut body, current_error_shape());
+        let code = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
         let mut response = (status, Json(Value::Object(body))).into_response();
+        crate::metrics::tag_error(&mut response, &code);
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -660,6 +695,54 @@ mod tests {
         assert_eq!(body["valid"], false);
         assert_eq!(body["field"], "units");
         assert!(body.get("success").is_none());
+    }
+
+    #[test]
+    fn pool_errors_have_their_own_statuses() {
+        let err = |code: &str, error: &str| {
+            sql_error(
+                code,
+                "m",
+                Some(json!({"error": error, "lease_id": "00000000-0000-0000-0000-000000000001"})),
+            )
+        };
+        assert_eq!(
+            err("55000", "lease_not_held").status(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            err("55000", "credentials_key_missing").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            err("23514", "pool_quota_exceeded").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // The body keeps the DETAIL's code (a 503 from the extension is not "database_unavailable").
+        let body = err("55000", "credentials_key_missing").body();
+        assert_eq!(body["error"], "credentials_key_missing");
+        let body = err("55000", "lease_not_held").body();
+        assert_eq!(body["lease_id"], "00000000-0000-0000-0000-000000000001");
+        // Other 55000 errors are untouched.
+        assert_eq!(
+            err("55000", "reservation_not_held").status(),
+            StatusCode::CONFLICT
+        );
+    }
+
+    #[tokio::test]
+    async fn error_responses_carry_their_code_for_the_metrics() {
+        let response =
+            sql_error("23514", "m", Some(json!({"error": "pool_quota_exceeded"}))).into_response();
+        assert_eq!(
+            response.extensions().get::<crate::metrics::ErrorCode>(),
+            Some(&crate::metrics::ErrorCode("pool_quota_exceeded".into()))
+        );
+        let response = AppError::Unauthorized("no".into()).into_response();
+        assert_eq!(
+            response.extensions().get::<crate::metrics::ErrorCode>(),
+            Some(&crate::metrics::ErrorCode("unauthorized".into()))
+        );
     }
 
     #[tokio::test]

@@ -148,6 +148,22 @@ where
     }
 }
 
+/// A date of a query string (`?from=`, `?since=`): RFC 3339, `YYYY-MM-DD` (midnight UTC) or
+/// `YYYY-MM-DD HH:MM:SS` (UTC), read by the extension's own parser (`quota_core::time`), so
+/// REST and SQL agree on what a date is. Absent or empty: None; anything else: 400
+/// `invalid_query` naming the parameter.
+pub fn query_timestamp(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, AppError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => quota_core::time::parse_timestamp(name, text)
+            .map(Some)
+            .map_err(|err| AppError::InvalidQuery(err.message)),
+    }
+}
+
 /// A boolean query parameter in the spellings clients use (FastAPI accepts the same set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flag(pub bool);
@@ -226,6 +242,30 @@ mod tests {
         assert_eq!(body.user_id, "u1");
         assert_eq!(body.cost_usd, 0.0123);
         assert_eq!(body.credits, None);
+    }
+
+    #[test]
+    fn query_timestamps_take_the_three_formats() {
+        let day = query_timestamp("from", Some("2026-01-02"))
+            .unwrap()
+            .unwrap();
+        let seconds = query_timestamp("from", Some("2026-01-02 00:00:00"))
+            .unwrap()
+            .unwrap();
+        let rfc = query_timestamp("from", Some("2026-01-02T01:00:00+01:00"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(day, seconds);
+        assert_eq!(day, rfc);
+        assert_eq!(day.to_rfc3339(), "2026-01-02T00:00:00+00:00");
+        assert_eq!(query_timestamp("from", None).unwrap(), None);
+        assert_eq!(query_timestamp("from", Some(" ")).unwrap(), None);
+        match query_timestamp("to", Some("yesterday")) {
+            Err(AppError::InvalidQuery(message)) => {
+                assert!(message.starts_with("to must be"), "{message}")
+            }
+            other => panic!("expected invalid_query, got {other:?}"),
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod logging;
+pub mod metrics;
 pub mod openapi;
 pub mod relay;
 pub mod request_id;
@@ -36,16 +37,20 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// What this sidecar's relay has done (for /health).
     pub relay: Arc<relay::RelayStats>,
+    /// The sidecar's own Prometheus registry (GET /metrics); the relay counts into it too.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
     /// The pool connects lazily, so this succeeds without a reachable database.
     pub fn new(config: Config) -> Result<AppState, config::ConfigError> {
         let pool = db::build_pool(&config)?;
+        let metrics = Arc::new(metrics::Metrics::new());
         Ok(AppState {
             pool,
             config: Arc::new(config),
-            relay: Arc::new(relay::RelayStats::default()),
+            relay: Arc::new(relay::RelayStats::new(metrics.clone())),
+            metrics,
         })
     }
 }
@@ -53,6 +58,7 @@ impl AppState {
 /// The whole HTTP service: routes from routes::router(), plus request id, tracing and timeout.
 pub fn app(state: AppState) -> Router {
     let request_timeout = state.config.request_timeout;
+    let metrics = state.metrics.clone();
     let (router, _) = routes::router().split_for_parts();
     router
         .fallback(routes::not_found)
@@ -62,7 +68,10 @@ pub fn app(state: AppState) -> Router {
         .layer(
             // Outermost first: the id is checked and exists before the span is made, and the
             // deadline covers everything the handler does.
+            // The metrics see every answer, its matched route (routing ran before these
+            // layers, which wrap each route) and its whole latency.
             ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(metrics, metrics::track))
                 .layer(middleware::map_request(request_id::drop_unacceptable))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(logging::trace_layer())

@@ -35,6 +35,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "tokens", description = "Access tokens of seed 001 (admin token): create, update, quota, logs, deactivate, list; answers in {success, data, message}"),
         (name = "token-checks", description = "Checking and consuming an access token: POST /flow/verify with the token as bearer, or consume on a caller's behalf (admin or service token); RateLimit-* headers"),
         (name = "strategies", description = "Recharge strategies and their executions (admin token), seed 000"),
+        (name = "pools-admin", description = "Provider account pools: providers, their limits, accounts and alerts (admin token), seed 002"),
+        (name = "pools", description = "Admission to a provider's pool: acquire a leased account, release it with the usage; pool status (X-Service-Token or the admin token), seed 002"),
+        (name = "stats", description = "Usage statistics of the pools: a user's own (user API token) or anyone's (admin or service token), seed 002"),
         (name = "system", description = "Open operational endpoints"),
     )
 )]
@@ -113,6 +116,17 @@ impl Modify for SecuritySchemes {
             ),
         );
         components.add_security_scheme(
+            "metricsBearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Authorization: Bearer <QUOTA_METRICS_TOKEN>, only when it is set",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "accessToken",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -139,7 +153,10 @@ const ERRORS: &[(&str, &str)] = &[
         "Wrong credential, or this API is not configured; on reservations, the quota's refusal \
          (insufficient_user_quota, insufficient_org_quota, org_disabled)",
     ),
-    ("404", "Unknown subject (SQLSTATE P0002)"),
+    (
+        "404",
+        "Unknown subject (SQLSTATE P0002): a user, plan, provider, account, lease...",
+    ),
     (
         "422",
         "Invalid input on seed 004's credit API (as its FastAPI service answers): malformed or \
@@ -149,7 +166,8 @@ const ERRORS: &[(&str, &str)] = &[
     (
         "409",
         "Duplicate, idempotency conflict, in use, a reservation no longer held \
-         (reservation_not_held, SQLSTATE 55000), or the same operation in progress",
+         (reservation_not_held, SQLSTATE 55000), a pool lease released twice (lease_not_held), \
+         or the same operation in progress",
     ),
     (
         "500",
@@ -157,8 +175,9 @@ const ERRORS: &[(&str, &str)] = &[
     ),
     (
         "503",
-        "Database unavailable (database_unavailable), or the request timed out (timeout: its \
-         statement was cancelled but the outcome is unknown; retry with the same operation_id)",
+        "Database unavailable (database_unavailable), the request timed out (timeout: its \
+         statement was cancelled but the outcome is unknown; retry with the same operation_id), \
+         or no key to encrypt pool credentials is configured (credentials_key_missing)",
     ),
 ];
 

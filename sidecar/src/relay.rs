@@ -38,6 +38,16 @@
 //!   shutdown it stops claiming, lets the deliveries in flight finish (each bounded by the
 //!   timeout), releases the rows it claimed but did not start, and returns.
 //!
+//! Pool alerts (issue 13) share the outbox, the claim, the lease and the retry policy: a row of
+//! kind `alert` (its `payload` is the alert) is POSTed as JSON `{"type": "quota.warning" |
+//! "quota.exhausted", "alert": payload}` with `Idempotency-Key: alert-<alert_id>` to every URL of
+//! `QUOTA_ALERT_WEBHOOK_URLS`, concurrently. Every URL answering 2xx completes it; 408, 425, 429,
+//! 5xx, a connection that could not be made, and also a request sent but not answered (the key
+//! lets the receiver drop a repeat) are retried with the same backoff and jitter up to
+//! `QUOTA_RELAY_MAX_ATTEMPTS`; any other status fails it. A URL that already took the alert is
+//! not sent it again by this sidecar's retries. Without a URL alert rows complete at once. A
+//! webhook never blocks anything: it runs here, after the acquire that raised it committed.
+//!
 //! The one unavoidable window: the gateway's 200 and `outbox_complete` are two systems, so a
 //! crash (or a lost database connection) after the gateway applied the delta and before the row
 //! is marked leaves the row leased; after the lease it is delivered again. Every delivery of an
@@ -56,7 +66,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use serde_json::{json, Value};
+
 use crate::config::{AiGatewayConfig, Config, RelayConfig};
+use crate::metrics::Metrics;
 
 /// Deliveries in flight at once, per sidecar.
 pub const CONCURRENCY: usize = 8;
@@ -75,40 +88,98 @@ pub const MARK_TRIES: u32 = 3;
 pub const DB_RETRY_MIN: Duration = Duration::from_secs(1);
 pub const DB_RETRY_MAX: Duration = Duration::from_secs(30);
 
-pub const SQL_CLAIM: &str = "SELECT outbox_id, execution_id, consumer, value, attempts \
-     FROM quota.outbox_claim($1::int4, $2::int4)";
+pub const SQL_CLAIM: &str = "SELECT outbox_id, execution_id, consumer, value, attempts, \
+     kind, payload FROM quota.outbox_claim($1::int4, $2::int4)";
+/// Outbox row kinds.
+pub const KIND_RECHARGE: &str = "recharge";
+pub const KIND_ALERT: &str = "alert";
+/// Rows of alerts this sidecar remembers per-URL successes for (a bound: the map is cleared when
+/// it grows past this, which only costs a repeat that the Idempotency-Key absorbs).
+pub const SENT_MEMORY_MAX: usize = 10_000;
 pub const SQL_COMPLETE: &str = "SELECT quota.outbox_complete($1::int8)";
 pub const SQL_RETRY: &str = "SELECT quota.outbox_retry($1::int8, $2::text, $3::int4)";
 pub const SQL_FAIL: &str = "SELECT quota.outbox_fail($1::int8, $2::text)";
 pub const SQL_UNKNOWN: &str = "SELECT quota.outbox_unknown($1::int8, $2::text)";
 
-/// What this sidecar's relay has done since it started (in memory; /health reports it).
-#[derive(Debug, Default)]
+/// What this sidecar's relay has done since it started (in memory; /health reports it), and the
+/// Prometheus counter of its deliveries.
 pub struct RelayStats {
     last_delivery_at: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     deliveries: AtomicU64,
     unknown: AtomicU64,
+    alerts_last_success_at: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    alerts_delivered: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Default for RelayStats {
+    fn default() -> Self {
+        RelayStats::new(Arc::new(Metrics::new()))
+    }
+}
+
+impl std::fmt::Debug for RelayStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayStats")
+            .field("deliveries", &self.deliveries())
+            .field("unknown", &self.unknown())
+            .field("alerts_delivered", &self.alerts_delivered())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_into(slot: &Mutex<Option<chrono::DateTime<chrono::Utc>>>) {
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(chrono::Utc::now());
+}
+
+fn read_slot(
+    slot: &Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RelayStats {
+    pub fn new(metrics: Arc<Metrics>) -> RelayStats {
+        RelayStats {
+            last_delivery_at: Mutex::new(None),
+            deliveries: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            alerts_last_success_at: Mutex::new(None),
+            alerts_delivered: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
     fn delivered(&self) {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
-        *self
-            .last_delivery_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(chrono::Utc::now());
+        now_into(&self.last_delivery_at);
+        self.metrics.relay_delivery(KIND_RECHARGE, "delivered");
     }
 
     fn outcome_unknown(&self) {
         self.unknown.fetch_add(1, Ordering::Relaxed);
+        self.metrics.relay_delivery(KIND_RECHARGE, "unknown");
+    }
+
+    fn alert_delivered(&self) {
+        self.alerts_delivered.fetch_add(1, Ordering::Relaxed);
+        now_into(&self.alerts_last_success_at);
+        self.metrics.relay_delivery(KIND_ALERT, "delivered");
+    }
+
+    /// When this sidecar last had an alert taken by every webhook.
+    pub fn alerts_last_success_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        read_slot(&self.alerts_last_success_at)
+    }
+
+    /// Alerts delivered to every webhook by this sidecar since start.
+    pub fn alerts_delivered(&self) -> u64 {
+        self.alerts_delivered.load(Ordering::Relaxed)
     }
 
     /// When this sidecar last had a delivery confirmed by the gateway.
     pub fn last_delivery_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        *self
-            .last_delivery_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        read_slot(&self.last_delivery_at)
     }
 
     /// Deliveries confirmed by the gateway since start.
@@ -141,6 +212,62 @@ impl Claimed {
 
 pub fn idempotency_key(execution_id: i64) -> String {
     format!("execution-{execution_id}")
+}
+
+/// One claimed outbox row of kind `alert`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRow {
+    pub outbox_id: i64,
+    /// Deliveries including the one about to be made (1 on the first).
+    pub attempts: i32,
+    /// The alert as `quota.list_pool_alerts` shows it (alert_id, kind, account_id, ...).
+    pub alert: Value,
+}
+
+impl AlertRow {
+    /// `alert-<alert_id>` (the outbox id when the payload lacks one).
+    pub fn idempotency_key(&self) -> String {
+        let id = match self.alert.get("alert_id") {
+            Some(Value::String(id)) => id.clone(),
+            Some(Value::Number(id)) => id.to_string(),
+            _ => format!("outbox-{}", self.outbox_id),
+        };
+        format!("alert-{id}")
+    }
+
+    /// `{"type": "quota.<kind>", "alert": payload}`.
+    pub fn webhook_body(&self) -> Value {
+        let kind = self
+            .alert
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("alert");
+        json!({"type": format!("quota.{kind}"), "alert": self.alert})
+    }
+}
+
+/// A claimed outbox row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Job {
+    Recharge(Claimed),
+    Alert(AlertRow),
+}
+
+impl Job {
+    pub fn outbox_id(&self) -> i64 {
+        match self {
+            Job::Recharge(row) => row.outbox_id,
+            Job::Alert(row) => row.outbox_id,
+        }
+    }
+
+    /// For log lines: `execution 42`, `alert 7`.
+    pub fn label(&self) -> String {
+        match self {
+            Job::Recharge(row) => format!("execution {}", row.execution_id),
+            Job::Alert(row) => format!("alert outbox row {}", row.outbox_id),
+        }
+    }
 }
 
 /// What one delivery came to.
@@ -267,6 +394,78 @@ pub fn decide(outcome: Outcome, attempts: i32, config: &RelayConfig, jitter: f64
     }
 }
 
+/// A webhook's answer: any 2xx takes the alert; 408, 425, 429 and 5xx are worth another
+/// attempt; anything else (a redirect, another 4xx) would fail again.
+pub fn classify_webhook_status(
+    host: &str,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> Outcome {
+    let error = || {
+        let excerpt = excerpt(body);
+        if excerpt.is_empty() {
+            format!("webhook {host} answered HTTP {status}")
+        } else {
+            format!("webhook {host} answered HTTP {status}: {excerpt}")
+        }
+    };
+    match status {
+        200..=299 => Outcome::Delivered,
+        408 | 425 | 429 | 500..=599 => Outcome::Retryable {
+            error: error(),
+            retry_after,
+        },
+        _ => Outcome::Permanent { error: error() },
+    }
+}
+
+/// The outcome of an alert over all its webhooks: delivered when every one took it; else worth
+/// a retry when any is (the longest Retry-After wins); else permanent.
+pub fn combine(outcomes: Vec<Outcome>) -> Outcome {
+    let mut retryable: Vec<String> = Vec::new();
+    let mut permanent: Vec<String> = Vec::new();
+    let mut floor: Option<Duration> = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Delivered => {}
+            Outcome::Retryable { error, retry_after } => {
+                floor = floor.max(retry_after);
+                retryable.push(error);
+            }
+            Outcome::Unknown { error } => retryable.push(error),
+            Outcome::Permanent { error } => permanent.push(error),
+        }
+    }
+    if !retryable.is_empty() {
+        retryable.extend(permanent);
+        Outcome::Retryable {
+            error: retryable.join("; "),
+            retry_after: floor,
+        }
+    } else if !permanent.is_empty() {
+        Outcome::Permanent {
+            error: permanent.join("; "),
+        }
+    } else {
+        Outcome::Delivered
+    }
+}
+
+/// The row's fate after an alert's delivery. Unlike a recharge, an unknown outcome is retried:
+/// the `Idempotency-Key` lets the receiver drop a repeat, and a lost alert is worse than a
+/// repeated one.
+pub fn decide_alert(outcome: Outcome, attempts: i32, config: &RelayConfig, jitter: f64) -> Action {
+    let outcome = match outcome {
+        Outcome::Unknown { error } => Outcome::Retryable {
+            error,
+            retry_after: None,
+        },
+        other => other,
+    };
+    decide(outcome, attempts, config, jitter)
+}
+
 /// 0.0..1.0, uniform: spreads the retries of many rows that failed together.
 pub fn jitter() -> f64 {
     fastrand::f64()
@@ -294,7 +493,36 @@ struct Relay {
     pool: Pool,
     config: RelayConfig,
     http: Option<(reqwest::Client, AiGatewayConfig)>,
+    /// The client of the alert webhooks (None: no URL configured).
+    webhooks: Option<reqwest::Client>,
+    /// The webhooks (by index in `config.alert_webhooks`) that took an alert, per outbox row, so
+    /// a retry is sent only to those that did not.
+    sent: Mutex<std::collections::HashMap<i64, Vec<usize>>>,
     stats: Arc<RelayStats>,
+}
+
+/// The HTTP client of the alert webhooks: no redirects, the delivery timeout, rustls with the web
+/// PKI roots.
+pub fn webhook_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The host of a URL, for log lines and errors (a URL's path or query may carry a secret).
+pub fn url_host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+        })
+        .unwrap_or_else(|| "(invalid url)".to_owned())
 }
 
 /// The HTTP client of the relay: no redirects, the delivery timeout, rustls with the web PKI
@@ -363,6 +591,25 @@ async fn run(
             }
         }
     };
+    let webhooks = if config.alert_webhooks.is_empty() {
+        tracing::info!(
+            "no alert webhooks configured (QUOTA_ALERT_WEBHOOK_URLS unset): alerts complete without delivery"
+        );
+        None
+    } else {
+        match webhook_client(Duration::from_millis(config.timeout_ms)) {
+            Ok(client) => {
+                let hosts: Vec<String> =
+                    config.alert_webhooks.iter().map(|u| url_host(u)).collect();
+                tracing::info!(webhooks = ?hosts, "alert webhooks configured");
+                Some(client)
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot build the alert webhook HTTP client; relay not started");
+                return;
+            }
+        }
+    };
     let pg_config = match listen_config(&app_config) {
         Ok(pg_config) => pg_config,
         Err(err) => {
@@ -376,6 +623,8 @@ async fn run(
         pool,
         config,
         http,
+        webhooks,
+        sent: Mutex::new(std::collections::HashMap::new()),
         stats,
     });
 
@@ -428,7 +677,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 impl Relay {
-    async fn claim(&self) -> Result<Vec<Claimed>, String> {
+    async fn claim(&self) -> Result<Vec<Job>, String> {
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let statement = client.prepare_cached(SQL_CLAIM).await.map_err(db_text)?;
         let batch = self.config.batch as i32;
@@ -439,13 +688,24 @@ impl Relay {
             .map_err(db_text)?;
         rows.iter()
             .map(|row| {
-                Ok(Claimed {
-                    outbox_id: row.try_get(0).map_err(db_text)?,
+                let kind: Option<String> = row.try_get(5).map_err(db_text)?;
+                let outbox_id: i64 = row.try_get(0).map_err(db_text)?;
+                let attempts: i32 = row.try_get(4).map_err(db_text)?;
+                if kind.as_deref() == Some(KIND_ALERT) {
+                    let payload: Option<Value> = row.try_get(6).map_err(db_text)?;
+                    return Ok(Job::Alert(AlertRow {
+                        outbox_id,
+                        attempts,
+                        alert: payload.unwrap_or_else(|| json!({})),
+                    }));
+                }
+                Ok(Job::Recharge(Claimed {
+                    outbox_id,
                     execution_id: row.try_get(1).map_err(db_text)?,
                     consumer: row.try_get(2).map_err(db_text)?,
                     value: row.try_get(3).map_err(db_text)?,
-                    attempts: row.try_get(4).map_err(db_text)?,
-                })
+                    attempts,
+                }))
             })
             .collect()
     }
@@ -453,16 +713,20 @@ impl Relay {
     /// Delivers a claimed batch; returns when the earliest retry it scheduled falls due.
     async fn process(
         self: Arc<Self>,
-        rows: Vec<Claimed>,
+        rows: Vec<Job>,
         mut stop: watch::Receiver<bool>,
     ) -> Option<Instant> {
         let claimed_at = Instant::now();
         // Deliver a row only while its lease outlasts a whole delivery.
         let deadline = Duration::from_secs(self.config.lease_s.into())
             .saturating_sub(Duration::from_millis(self.config.timeout_ms) + Duration::from_secs(1));
-        if self.http.is_none() {
+        let recharges = rows
+            .iter()
+            .filter(|job| matches!(job, Job::Recharge(_)))
+            .count();
+        if self.http.is_none() && recharges > 0 {
             tracing::info!(
-                rows = rows.len(),
+                rows = recharges,
                 "no AiGateway configured: completing recharges in the ledger alone"
             );
         }
@@ -481,14 +745,17 @@ impl Relay {
             if claimed_at.elapsed() > deadline {
                 // Its lease is nearly over: another relay may take it; leave it to the lease.
                 tracing::debug!(
-                    outbox_id = row.outbox_id,
+                    outbox_id = row.outbox_id(),
                     "relay: lease nearly over, row left for later"
                 );
                 continue;
             }
             let relay = self.clone();
             tasks.spawn(async move {
-                let due = relay.handle(row).await;
+                let due = match row {
+                    Job::Recharge(row) => relay.handle(row).await,
+                    Job::Alert(row) => relay.handle_alert(row).await,
+                };
                 drop(permit);
                 due
             });
@@ -527,7 +794,7 @@ impl Relay {
                      execution marked unknown for an operator (confirm or retry it)"
                 );
                 self.stats.outcome_unknown();
-                self.mark(&row, SQL_UNKNOWN, &[&row.outbox_id, &error])
+                self.mark(&job_label(&row), SQL_UNKNOWN, &[&row.outbox_id, &error])
                     .await;
                 None
             }
@@ -540,7 +807,8 @@ impl Relay {
                     "delta not delivered, will retry"
                 );
                 let ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
-                self.mark(&row, SQL_RETRY, &[&row.outbox_id, &error, &ms])
+                self.stats.metrics.relay_delivery(KIND_RECHARGE, "retried");
+                self.mark(&job_label(&row), SQL_RETRY, &[&row.outbox_id, &error, &ms])
                     .await;
                 Some(Instant::now() + delay)
             }
@@ -551,14 +819,20 @@ impl Relay {
                     %error,
                     "delta not delivered, execution failed (its ledger credit stays)"
                 );
-                self.mark(&row, SQL_FAIL, &[&row.outbox_id, &error]).await;
+                self.stats.metrics.relay_delivery(KIND_RECHARGE, "failed");
+                self.mark(&job_label(&row), SQL_FAIL, &[&row.outbox_id, &error])
+                    .await;
                 None
             }
         }
     }
 
     async fn mark_complete(&self, row: &Claimed) {
-        if self.mark(row, SQL_COMPLETE, &[&row.outbox_id]).await == Some(false) {
+        if self
+            .mark(&job_label(row), SQL_COMPLETE, &[&row.outbox_id])
+            .await
+            == Some(false)
+        {
             tracing::warn!(
                 execution_id = row.execution_id,
                 "outbox row was already gone when marked completed (its lease had run out)"
@@ -566,11 +840,99 @@ impl Relay {
         }
     }
 
+    /// One alert: POST it to every webhook that has not taken it yet, decide, mark.
+    async fn handle_alert(&self, row: AlertRow) -> Option<Instant> {
+        let label = format!("alert outbox row {}", row.outbox_id);
+        let Some(client) = &self.webhooks else {
+            self.mark(&label, SQL_COMPLETE, &[&row.outbox_id]).await;
+            return None;
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let done = self.sent_to(row.outbox_id);
+        let mut tasks = JoinSet::new();
+        for (index, url) in self.config.alert_webhooks.iter().enumerate() {
+            if done.contains(&index) {
+                continue;
+            }
+            let (client, url, row) = (client.clone(), url.clone(), row.clone());
+            tasks.spawn(async move { (index, deliver_alert(&client, &url, &row, timeout).await) });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, outcome)) => {
+                    if outcome == Outcome::Delivered {
+                        self.remember_sent(row.outbox_id, index);
+                    }
+                    outcomes.push(outcome);
+                }
+                Err(err) => outcomes.push(Outcome::Retryable {
+                    error: format!("webhook delivery task failed: {err}"),
+                    retry_after: None,
+                }),
+            }
+        }
+        let key = row.idempotency_key();
+        match decide_alert(combine(outcomes), row.attempts, &self.config, jitter()) {
+            Action::Complete => {
+                tracing::debug!(%key, "alert delivered to every webhook");
+                self.stats.alert_delivered();
+                self.forget_sent(row.outbox_id);
+                self.mark(&label, SQL_COMPLETE, &[&row.outbox_id]).await;
+                None
+            }
+            Action::Retry { error, delay } => {
+                tracing::info!(
+                    %key,
+                    attempts = row.attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    %error,
+                    "alert not delivered to every webhook, will retry"
+                );
+                self.stats.metrics.relay_delivery(KIND_ALERT, "retried");
+                let ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
+                self.mark(&label, SQL_RETRY, &[&row.outbox_id, &error, &ms])
+                    .await;
+                Some(Instant::now() + delay)
+            }
+            Action::Fail { error } | Action::MarkUnknown { error } => {
+                tracing::warn!(
+                    %key,
+                    attempts = row.attempts,
+                    %error,
+                    "alert not delivered to every webhook, given up"
+                );
+                self.stats.metrics.relay_delivery(KIND_ALERT, "failed");
+                self.forget_sent(row.outbox_id);
+                self.mark(&label, SQL_FAIL, &[&row.outbox_id, &error]).await;
+                None
+            }
+        }
+    }
+
+    fn sent_to(&self, outbox_id: i64) -> Vec<usize> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.get(&outbox_id).cloned().unwrap_or_default()
+    }
+
+    fn remember_sent(&self, outbox_id: i64, index: usize) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.len() >= SENT_MEMORY_MAX && !sent.contains_key(&outbox_id) {
+            sent.clear();
+        }
+        sent.entry(outbox_id).or_default().push(index);
+    }
+
+    fn forget_sent(&self, outbox_id: i64) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.remove(&outbox_id);
+    }
+
     /// Runs one of the outbox_* functions, retrying briefly; None when it could not be run
     /// (the row then comes back after its lease).
     async fn mark(
         &self,
-        row: &Claimed,
+        label: &str,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Option<bool> {
@@ -585,7 +947,7 @@ impl Relay {
             }
         }
         tracing::error!(
-            execution_id = row.execution_id,
+            row = label,
             error = %last,
             "relay: cannot record the delivery outcome; the row is retried after its lease"
         );
@@ -611,11 +973,12 @@ impl Relay {
 
     /// Shutdown: rows claimed but not attempted are made due again at once, so another sidecar
     /// (or this one after a restart) need not wait for their lease.
-    async fn release(&self, rows: impl Iterator<Item = Claimed>) {
+    async fn release(&self, rows: impl Iterator<Item = Job>) {
         let error = "relay stopped before this delivery; queued again".to_owned();
         let now: i32 = 0;
         for row in rows {
-            self.mark(&row, SQL_RETRY, &[&row.outbox_id, &error, &now])
+            let outbox_id = row.outbox_id();
+            self.mark(&row.label(), SQL_RETRY, &[&outbox_id, &error, &now])
                 .await;
         }
     }
@@ -664,10 +1027,56 @@ pub async fn deliver(
     classify_status(status, retry_after, &String::from_utf8_lossy(&body))
 }
 
+/// One alert to one webhook: `POST url` with the JSON body and `Idempotency-Key: alert-<id>`.
+pub async fn deliver_alert(
+    client: &reqwest::Client,
+    url: &str,
+    row: &AlertRow,
+    timeout: Duration,
+) -> Outcome {
+    let host = url_host(url);
+    let sent = client
+        .post(url)
+        .header(IDEMPOTENCY_HEADER, row.idempotency_key())
+        .json(&row.webhook_body())
+        .timeout(timeout)
+        .send()
+        .await;
+    let mut response = match sent {
+        Ok(response) => response,
+        // Without the URL: its path or query may carry the receiver's secret.
+        Err(err) => {
+            return network_outcome_of(&format!("webhook {host}"), &err.without_url(), timeout)
+        }
+    };
+    let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Outcome::Delivered;
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let mut body = Vec::new();
+    while body.len() < 4 * BODY_EXCERPT_CHARS {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    classify_webhook_status(&host, status, retry_after, &String::from_utf8_lossy(&body))
+}
+
 /// A request that got no answer. A connection that was never made (refused, DNS, connect
 /// timeout) means the gateway never saw it: retryable. Anything after that (a timeout while
 /// waiting, a reset, the connection closed before an answer) leaves the outcome unknown.
 fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
+    network_outcome_of("AiGateway", err, timeout)
+}
+
+/// [`network_outcome`] for a named receiver (`AiGateway`, `webhook host:port`).
+fn network_outcome_of(who: &str, err: &reqwest::Error, timeout: Duration) -> Outcome {
     // The chain names the cause (connection refused, reset...); no credential is in it.
     let chain = |mut text: String| {
         let mut source: Option<&dyn std::error::Error> = Some(err);
@@ -679,11 +1088,13 @@ fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
         text
     };
     let error = if err.is_connect() {
-        chain("AiGateway unreachable".to_owned())
+        chain(format!("{who} unreachable"))
     } else if err.is_timeout() {
-        format!("AiGateway did not answer within {} ms", timeout.as_millis())
+        format!("{who} did not answer within {} ms", timeout.as_millis())
     } else {
-        chain("AiGateway connection failed after the request was sent".to_owned())
+        chain(format!(
+            "{who} connection failed after the request was sent"
+        ))
     };
     if err.is_connect() {
         Outcome::Retryable {
@@ -695,6 +1106,10 @@ fn network_outcome(err: &reqwest::Error, timeout: Duration) -> Outcome {
             error: format!("outcome unknown: {error}"),
         }
     }
+}
+
+fn job_label(row: &Claimed) -> String {
+    format!("execution {}", row.execution_id)
 }
 
 fn db_text(err: tokio_postgres::Error) -> String {
@@ -1264,6 +1679,245 @@ mod tests {
             decide(unknown(), 4, &deduplicating, 0.0),
             Action::Fail { .. }
         ));
+    }
+
+    // --- alerts to webhooks ---
+
+    fn alert_row(alert_id: Value, kind: &str) -> AlertRow {
+        AlertRow {
+            outbox_id: 9,
+            attempts: 1,
+            alert: json!({"alert_id": alert_id, "kind": kind, "account_id": "a", "usage_percent": 80.0}),
+        }
+    }
+
+    #[test]
+    fn webhook_body_and_key_name_the_alert() {
+        let row = alert_row(json!(42), "warning");
+        assert_eq!(row.idempotency_key(), "alert-42");
+        assert_eq!(
+            row.webhook_body(),
+            json!({"type": "quota.warning", "alert": row.alert.clone()})
+        );
+        let row = alert_row(json!("0b9c6f1e-0000-4000-8000-000000000001"), "exhausted");
+        assert_eq!(
+            row.idempotency_key(),
+            "alert-0b9c6f1e-0000-4000-8000-000000000001"
+        );
+        assert_eq!(row.webhook_body()["type"], "quota.exhausted");
+        let bare = AlertRow {
+            outbox_id: 5,
+            attempts: 1,
+            alert: json!({}),
+        };
+        assert_eq!(bare.idempotency_key(), "alert-outbox-5");
+        assert_eq!(bare.webhook_body()["type"], "quota.alert");
+    }
+
+    #[test]
+    fn webhook_statuses_and_combined_outcomes() {
+        assert_eq!(
+            classify_webhook_status("h", 204, None, ""),
+            Outcome::Delivered
+        );
+        assert_eq!(
+            classify_webhook_status("h", 202, None, ""),
+            Outcome::Delivered
+        );
+        assert!(matches!(
+            classify_webhook_status("h", 503, Some(Duration::from_secs(3)), "busy"),
+            Outcome::Retryable { retry_after: Some(d), ref error } if d == Duration::from_secs(3) && error == "webhook h answered HTTP 503: busy"
+        ));
+        assert!(matches!(
+            classify_webhook_status("h", 404, None, ""),
+            Outcome::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify_webhook_status("h", 301, None, ""),
+            Outcome::Permanent { .. }
+        ));
+        let retry = |secs| Outcome::Retryable {
+            error: format!("r{secs}"),
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let permanent = Outcome::Permanent { error: "p".into() };
+        assert_eq!(combine(vec![]), Outcome::Delivered);
+        assert_eq!(
+            combine(vec![Outcome::Delivered, Outcome::Delivered]),
+            Outcome::Delivered
+        );
+        assert_eq!(
+            combine(vec![Outcome::Delivered, permanent.clone()]),
+            Outcome::Permanent { error: "p".into() }
+        );
+        assert_eq!(
+            combine(vec![retry(1), permanent, retry(4)]),
+            Outcome::Retryable {
+                error: "r1; r4; p".into(),
+                retry_after: Some(Duration::from_secs(4))
+            }
+        );
+        assert!(matches!(
+            combine(vec![Outcome::Unknown { error: "u".into() }]),
+            Outcome::Retryable { .. }
+        ));
+    }
+
+    #[test]
+    fn an_alert_of_unknown_outcome_is_retried_even_at_a_non_idempotent_gateway() {
+        let unknown = || Outcome::Unknown {
+            error: "webhook h did not answer within 500 ms".into(),
+        };
+        let config = config();
+        assert!(!config.gateway_idempotent());
+        assert!(matches!(
+            decide_alert(unknown(), 1, &config, 0.0),
+            Action::Retry { .. }
+        ));
+        assert!(matches!(
+            decide_alert(unknown(), 4, &config, 0.0),
+            Action::Fail { .. }
+        ));
+        assert_eq!(
+            decide_alert(Outcome::Delivered, 1, &config, 0.0),
+            Action::Complete
+        );
+    }
+
+    #[test]
+    fn hosts_are_shown_without_paths_or_queries() {
+        assert_eq!(
+            url_host("https://hooks.example/x/secret?k=1"),
+            "hooks.example"
+        );
+        assert_eq!(url_host("http://127.0.0.1:9000/hook"), "127.0.0.1:9000");
+        assert_eq!(url_host("nonsense"), "(invalid url)");
+    }
+
+    /// What a test receiver saw: (Idempotency-Key, body) per request.
+    type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+    /// A receiver that records (Idempotency-Key, body) and answers the queued statuses, then 200.
+    async fn receiver(statuses: Vec<u16>) -> (String, Seen) {
+        use axum::http::{HeaderMap, StatusCode};
+        let seen: Seen = Arc::default();
+        let queue = Arc::new(Mutex::new(statuses));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post({
+                let seen = seen.clone();
+                move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+                    let (seen, queue) = (seen.clone(), queue.clone());
+                    async move {
+                        let key = headers
+                            .get(IDEMPOTENCY_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock().unwrap().push((key, body));
+                        let mut queue = queue.lock().unwrap();
+                        let status = if queue.is_empty() {
+                            200
+                        } else {
+                            queue.remove(0)
+                        };
+                        StatusCode::from_u16(status).unwrap()
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/hook"), seen)
+    }
+
+    #[tokio::test]
+    async fn deliver_alert_posts_the_json_body_with_the_key() {
+        let (url, seen) = receiver(vec![500, 410]).await;
+        let client = webhook_client(Duration::from_secs(5)).unwrap();
+        let row = alert_row(json!(7), "warning");
+        let timeout = Duration::from_secs(5);
+        assert!(matches!(
+            deliver_alert(&client, &url, &row, timeout).await,
+            Outcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            deliver_alert(&client, &url, &row, timeout).await,
+            Outcome::Permanent { .. }
+        ));
+        assert_eq!(
+            deliver_alert(&client, &url, &row, timeout).await,
+            Outcome::Delivered
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for (key, body) in seen {
+            assert_eq!(key.as_deref(), Some("alert-7"));
+            assert_eq!(body, row.webhook_body());
+        }
+        // Nobody listening: retryable, and the error names the host only.
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let Outcome::Retryable { error, .. } = deliver_alert(
+            &client,
+            &format!("http://127.0.0.1:{port}/hook?token=s3cret"),
+            &row,
+            timeout,
+        )
+        .await
+        else {
+            panic!("a refused connection must be retryable")
+        };
+        assert!(
+            error.starts_with(&format!("webhook 127.0.0.1:{port} unreachable")),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_webhook_is_an_unknown_outcome_then_retried() {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                "late"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = webhook_client(Duration::from_millis(300)).unwrap();
+        let outcome = deliver_alert(
+            &client,
+            &format!("http://{addr}/hook"),
+            &alert_row(json!(1), "warning"),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert!(matches!(outcome, Outcome::Unknown { .. }), "{outcome:?}");
+        assert!(matches!(
+            decide_alert(outcome, 1, &config(), 0.0),
+            Action::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn relay_stats_count_into_the_metrics() {
+        let metrics = Arc::new(Metrics::new());
+        let stats = RelayStats::new(metrics.clone());
+        stats.delivered();
+        stats.alert_delivered();
+        stats.alert_delivered();
+        stats.outcome_unknown();
+        assert_eq!(metrics.relay_deliveries(KIND_RECHARGE, "delivered"), 1);
+        assert_eq!(metrics.relay_deliveries(KIND_RECHARGE, "unknown"), 1);
+        assert_eq!(metrics.relay_deliveries(KIND_ALERT, "delivered"), 2);
+        assert_eq!(stats.alerts_delivered(), 2);
+        assert!(stats.alerts_last_success_at().is_some());
+        assert!(stats.last_delivery_at().is_some());
     }
 
     #[test]

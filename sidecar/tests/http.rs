@@ -600,6 +600,34 @@ const CONTRACT_ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/v1/conditions/preview"),
     ("post", "/api/v1/executions/{id}/retry"),
     ("post", "/api/v1/executions/{id}/confirm"),
+    // Provider account pools (issue 13, seed 002, SPEC 5).
+    ("post", "/api/v1/admin/providers"),
+    ("get", "/api/v1/admin/providers"),
+    ("get", "/api/v1/admin/providers/{provider_id}"),
+    ("put", "/api/v1/admin/providers/{provider_id}"),
+    ("delete", "/api/v1/admin/providers/{provider_id}"),
+    (
+        "put",
+        "/api/v1/admin/providers/{provider_id}/limits/{limit_type}",
+    ),
+    (
+        "delete",
+        "/api/v1/admin/providers/{provider_id}/limits/{limit_type}",
+    ),
+    ("post", "/api/v1/admin/providers/{provider_id}/accounts"),
+    ("get", "/api/v1/admin/providers/{provider_id}/accounts"),
+    ("get", "/api/v1/admin/accounts/{account_id}"),
+    ("put", "/api/v1/admin/accounts/{account_id}"),
+    ("delete", "/api/v1/admin/accounts/{account_id}"),
+    ("post", "/api/v1/admin/accounts/{account_id}/reset"),
+    ("get", "/api/v1/admin/alerts"),
+    ("post", "/api/v1/pool/{provider_id}/acquire"),
+    ("post", "/api/v1/pool/accounts/{account_id}/release"),
+    ("get", "/api/v1/pool/{provider_id}/status"),
+    ("get", "/api/v1/stats/usage"),
+    ("get", "/api/v1/stats/pool/{provider_id}"),
+    ("get", "/api/v1/stats/quota/{account_id}"),
+    ("get", "/metrics"),
 ];
 
 /// Open endpoints (SPEC 1.5); every other one needs a credential.
@@ -608,6 +636,10 @@ const OPEN_ENDPOINTS: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/api/v1/subscription/plans"),
 ];
+
+/// Open unless configured otherwise: `/metrics` (QUOTA_METRICS_TOKEN); its security lists the
+/// empty requirement beside the bearer.
+const OPTIONAL_CREDENTIAL: &[(&str, &str)] = &[("get", "/metrics")];
 
 fn path_params(path: &str) -> Vec<&str> {
     path.split('/')
@@ -654,6 +686,7 @@ async fn openapi_document_covers_every_route_and_the_contract() {
             assert!(declared, "{method} {path} lacks path parameter {param}");
         }
         let open = OPEN_ENDPOINTS.contains(&(method.as_str(), path.as_str()));
+        let optional = OPTIONAL_CREDENTIAL.contains(&(method.as_str(), path.as_str()));
         let security = operation["security"].as_array().map_or(0, Vec::len);
         assert_eq!(
             security == 0,
@@ -661,6 +694,15 @@ async fn openapi_document_covers_every_route_and_the_contract() {
             "{method} {path}: security {}",
             operation["security"]
         );
+        if optional {
+            assert!(
+                operation["security"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|r| r == &serde_json::json!({}))),
+                "{method} {path}: the credential should be optional: {}",
+                operation["security"]
+            );
+        }
         let responses = operation["responses"].as_object().unwrap();
         assert!(
             responses.keys().any(|status| status.starts_with('2')),
@@ -718,8 +760,8 @@ async fn openapi_document_covers_every_route_and_the_contract() {
 async fn every_documented_operation_is_mounted() {
     let (_, operations) = documented_operations().await;
     for (method, path) in operations {
-        if path == "/health" {
-            continue; // needs the database to answer 200; covered elsewhere
+        if path == "/health" || path == "/metrics" {
+            continue; // /health needs the database to answer 200; /metrics is text (below)
         }
         let uri = path
             .replace("{user_id}", "u1")
@@ -728,13 +770,17 @@ async fn every_documented_operation_is_mounted() {
             .replace("{org_id}", "acme")
             .replace("{reservation_id}", "7")
             .replace("{token}", "flow_0123")
-            .replace("{id}", "7");
+            .replace("{id}", "7")
+            .replace("{provider_id}", "00000000-0000-0000-0000-000000000001")
+            .replace("{account_id}", "00000000-0000-0000-0000-000000000002")
+            .replace("{limit_type}", "rpm");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, _, body) = send(test_app(), request(method.clone(), &uri, &[], "")).await;
         assert_ne!(body["error"], "not_found", "{method} {uri} is not mounted");
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
         let open = OPEN_ENDPOINTS
             .iter()
+            .chain(OPTIONAL_CREDENTIAL)
             .any(|(m, p)| m.eq_ignore_ascii_case(method.as_str()) && *p == path);
         assert_eq!(
             status == StatusCode::UNAUTHORIZED,
@@ -1027,4 +1073,176 @@ async fn flow_operations_are_documented_with_their_shapes() {
         assert!(verify["responses"][status].is_object(), "verify {status}");
     }
     assert!(document["components"]["securitySchemes"]["accessToken"].is_object());
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /metrics (issue 13): open or behind QUOTA_METRICS_TOKEN; route templates, never raw paths.
+
+async fn scrape(app: Router, headers: &[(&str, &str)]) -> (StatusCode, String, String) {
+    let response = app
+        .oneshot(request(Method::GET, "/metrics", headers, ""))
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_errors_by_code() {
+    let app = test_app();
+    // A pool status without a credential: 401 unauthorized, on its route template.
+    let id = "00000000-0000-0000-0000-00000000abcd";
+    let (status, _, body) = send(
+        app.clone(),
+        request(Method::GET, &format!("/api/v1/pool/{id}/status"), &[], ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "unauthorized");
+    // A malformed acquire body: 400 invalid_body.
+    let (status, _, body) = send(
+        app.clone(),
+        service_post(
+            &format!("/api/v1/pool/{id}/acquire"),
+            r#"{"tokens_needed":"x"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_body");
+    // No route.
+    let (status, _, _) = send(app.clone(), request(Method::GET, "/nowhere/123", &[], "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, content_type, text) = scrape(app.clone(), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    // No database here: the sidecar's own metrics are still served.
+    assert!(text.contains("quota_database_up 0"), "{text}");
+    assert!(
+        text.contains(
+            "http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/pool/{provider_id}/status\",status=\"401\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "http_request_duration_seconds_count{method=\"POST\",route=\"/api/v1/pool/{provider_id}/acquire\",status=\"400\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("route=\"unmatched\",status=\"404\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains(id) && !text.contains("nowhere"),
+        "raw paths leaked: {text}"
+    );
+    assert!(
+        text.contains("quota_refusals_total{error=\"unauthorized\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("quota_refusals_total{error=\"invalid_body\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("quota_refusals_total{error=\"not_found\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_token_when_configured() {
+    let app = app(AppState::new(config(&[("QUOTA_METRICS_TOKEN", "scrape-me")])).unwrap());
+    let (status, _, _) = scrape(app.clone(), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = scrape(app.clone(), &[("authorization", "Bearer nope")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, text) = scrape(app.clone(), &[("authorization", "Bearer scrape-me")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("quota_refusals_total{error=\"forbidden\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("scrape-me"));
+}
+
+/// Acquire refusals are SPEC 5's exact bodies; unknown fields and wrong types are 400 before SQL.
+#[tokio::test]
+async fn pool_bodies_are_checked_before_sql() {
+    let id = "00000000-0000-0000-0000-000000000001";
+    for (uri, body) in [
+        (
+            format!("/api/v1/pool/{id}/acquire"),
+            r#"{"tokens_needed":1,"bogus":1}"#,
+        ),
+        (
+            format!("/api/v1/pool/{id}/acquire"),
+            r#"{"tokens_needed":"1"}"#,
+        ),
+        (
+            format!("/api/v1/pool/accounts/{id}/release"),
+            r#"{"lease_id":"x","input_tokens":-1.5}"#,
+        ),
+        (
+            format!("/api/v1/pool/accounts/{id}/release"),
+            r#"{"input_tokens":1}"#,
+        ),
+    ] {
+        let (status, _, answer) = send(test_app(), service_post(&uri, body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {answer}");
+        assert_eq!(answer["error"], "invalid_body", "{uri} {body}: {answer}");
+    }
+    let (status, _, answer) = send(
+        test_app(),
+        service_post(&format!("/api/v1/pool/{id}/acquire"), "{"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"], "invalid_json");
+    // Bad dates are 400 naming the parameter, before any SQL.
+    let (status, _, answer) = send(
+        test_app(),
+        request(
+            Method::GET,
+            "/api/v1/stats/usage?from=yesterday",
+            &[("x-service-token", SERVICE)],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_query");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("from must be"),
+        "{answer}"
+    );
+    // A user token reaching the database: 503 here (no database), proving it is not refused
+    // as a credential before.
+    let (status, _, _) = send(
+        test_app(),
+        request(
+            Method::GET,
+            "/api/v1/stats/usage",
+            &[("authorization", "Bearer pq_not_checked_here")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -479,7 +479,18 @@ impl VerifyAnswer {
 
 impl IntoResponse for VerifyAnswer {
     fn into_response(self) -> Response {
+        let code = (self.status.is_client_error() || self.status.is_server_error())
+            .then(|| {
+                self.body
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .flatten();
         let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(code) = code {
+            crate::metrics::tag_error(&mut response, &code);
+        }
         let headers = response.headers_mut();
         for (name, value) in self.headers {
             headers.insert(name, value);

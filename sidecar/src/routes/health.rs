@@ -23,7 +23,7 @@ pub const SQL_LIBRARY_VERSION: &str = "SELECT quota.library_version()";
 pub const SQL_WORKER_STATUS: &str = "SELECT to_jsonb(w) FROM quota.worker_status() w LIMIT 1";
 pub const SQL_RELAY_STATUS: &str = "SELECT to_jsonb(r) FROM quota.relay_status() r LIMIT 1";
 
-/// Database, extension library, worker and relay state.
+/// Database, extension library, worker, relay and alert webhook state.
 ///
 /// 503 when the database is unreachable or the extension's library cannot be loaded; 200 with
 /// status "degraded" for what needs an operator (executions with an unknown delivery outcome,
@@ -49,6 +49,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 "library": null,
                 "worker": null,
                 "relay": relay_memory(&state),
+                "webhooks": webhooks_memory(&state),
                 "problems": ["the database is unreachable"],
             })),
         )
@@ -64,6 +65,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let mut problems: Vec<String> = Vec::new();
     let mut status = StatusCode::OK;
     let mut relay = relay_memory(&state);
+    let mut webhooks = webhooks_memory(&state);
     let (library, worker) = if extension.is_none() {
         problems.push("the pg_quota extension is not installed in this database".into());
         (Value::Null, Value::Null)
@@ -84,9 +86,21 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             }
         };
         let worker = read_json(&client, SQL_WORKER_STATUS, "quota.worker_status()").await;
-        if let Some(Value::Object(counts)) =
+        if let Some(Value::Object(mut counts)) =
             read_json(&client, SQL_RELAY_STATUS, "quota.relay_status()").await
         {
+            // The alert rows' counts belong to the webhook deliverer.
+            if let Value::Object(webhooks) = &mut webhooks {
+                for (from, to) in [
+                    ("alert_backlog", "backlog"),
+                    ("alert_failed", "failed"),
+                    ("alerts_last_delivered_at", "last_delivered_at"),
+                ] {
+                    if let Some(value) = counts.remove(from) {
+                        webhooks.insert(to.into(), value);
+                    }
+                }
+            }
             let unknown = counts.get("unknown").and_then(Value::as_i64).unwrap_or(0);
             if unknown > 0 {
                 problems.push(format!(
@@ -108,6 +122,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "library": library,
         "worker": worker,
         "relay": relay,
+        "webhooks": webhooks,
         "problems": problems,
     });
     (status, Json(body))
@@ -122,6 +137,21 @@ fn relay_memory(state: &AppState) -> Value {
         "last_delivery_at": state.relay.last_delivery_at(),
         "deliveries": state.relay.deliveries(),
         "marked_unknown": state.relay.unknown(),
+    })
+}
+
+/// What this sidecar's alert webhook deliverer knows without the database (the database adds
+/// `backlog`, `failed` and `last_delivered_at` from `quota.relay_status()`).
+fn webhooks_memory(state: &AppState) -> Value {
+    let urls = state.config.relay.alert_webhooks.len();
+    json!({
+        "configured": urls > 0,
+        "urls": urls,
+        "last_success_at": state.relay.alerts_last_success_at(),
+        "deliveries": state.relay.alerts_delivered(),
+        "backlog": null,
+        "failed": null,
+        "last_delivered_at": null,
     })
 }
 

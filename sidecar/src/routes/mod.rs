@@ -7,9 +7,12 @@ pub mod flow;
 pub mod health;
 pub mod internal;
 pub mod organizations;
+pub mod pool_shapes;
+pub mod pools;
 pub mod public;
 pub mod reservations;
 pub mod shapes;
+pub mod stats;
 pub mod strategies;
 pub mod users;
 
@@ -40,6 +43,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::openapi_json))
+        .routes(routes!(stats::metrics))
         // Seed 004's credit API (SPEC 2): internal (X-Service-Token), public (user bearer) and
         // admin. Its validation failures answer 422, as seed 004's service does.
         .routes(routes!(internal::check).layer(seed004()))
@@ -101,6 +105,31 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(strategies::preview))
         .routes(routes!(executions::retry))
         .routes(routes!(executions::confirm))
+        // Provider account pools (issue 13, seed 002, SPEC 5): admin, admission, statistics.
+        .routes(routes!(pools::provider_create, pools::provider_list))
+        .routes(routes!(
+            pools::provider_get,
+            pools::provider_update,
+            pools::provider_delete
+        ))
+        .routes(routes!(
+            pools::provider_limit_set,
+            pools::provider_limit_remove
+        ))
+        .routes(routes!(pools::account_create, pools::account_list))
+        .routes(routes!(
+            pools::account_get,
+            pools::account_update,
+            pools::account_delete
+        ))
+        .routes(routes!(pools::account_reset))
+        .routes(routes!(pools::alerts))
+        .routes(routes!(pools::acquire))
+        .routes(routes!(pools::release))
+        .routes(routes!(pools::status))
+        .routes(routes!(stats::usage))
+        .routes(routes!(stats::pool))
+        .routes(routes!(stats::quota))
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> AppError {
