@@ -7,6 +7,7 @@
 //! `BASE_RATE_LOCK` exclusively (`Ctx::exclusive`); every other test holds it in shared mode for its
 //! whole life (`Ctx::new`), so no test sees a base rate other than the default.
 
+pub mod pools;
 pub mod relay;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -30,6 +30,19 @@ async fn health_reports_database_extension_and_worker() {
         relay["last_delivery_at"].is_null() || relay["last_delivery_at"].is_string(),
         "{body}"
     );
+    // The alert webhook deliverer (none configured on the shared sidecar).
+    let webhooks = &body["webhooks"];
+    assert_eq!(webhooks["configured"], false, "{body}");
+    for field in ["backlog", "failed", "deliveries"] {
+        assert!(
+            webhooks[field].is_i64() || webhooks[field].is_u64(),
+            "webhooks.{field} in {body}"
+        );
+    }
+    assert!(
+        relay.get("alert_backlog").is_none(),
+        "alert counts belong to webhooks: {body}"
+    );
     let worker = &body["worker"];
     assert!(worker.is_object(), "worker object in {body}");
     let state = worker["state"]
@@ -140,6 +153,20 @@ const PATHS: &[&str] = &[
     "/flow/tokens/{token}/quota/logs",
     "/flow/tokens/{token}/consume",
     "/flow/verify",
+    "/api/v1/admin/providers",
+    "/api/v1/admin/providers/{provider_id}",
+    "/api/v1/admin/providers/{provider_id}/limits/{limit_type}",
+    "/api/v1/admin/providers/{provider_id}/accounts",
+    "/api/v1/admin/accounts/{account_id}",
+    "/api/v1/admin/accounts/{account_id}/reset",
+    "/api/v1/admin/alerts",
+    "/api/v1/pool/{provider_id}/acquire",
+    "/api/v1/pool/accounts/{account_id}/release",
+    "/api/v1/pool/{provider_id}/status",
+    "/api/v1/stats/usage",
+    "/api/v1/stats/pool/{provider_id}",
+    "/api/v1/stats/quota/{account_id}",
+    "/metrics",
 ];
 
 /// A path template with its parameter names erased: `/a/{x}/b` -> `/a/{}/b`.
