@@ -147,6 +147,24 @@ FROM quota.settle((SELECT reservation_id FROM quota.reservations
 SELECT status, charged_credits, org_charged_credits, org_used_quota_after FROM quota.consume('demo-consume-user_003-1', 'user_003', 700);
 SELECT reservation_id, status, credits_held, expires_at FROM quota.reserve('demo-reserve-user_222-1', 'user_222', 100, ttl_s => 86400);
 
+-- Provider pools (seed 002): one provider with every limit, two accounts (one near its warning
+-- threshold), a request acquired and released through the pool.
+SELECT quota.create_provider('demo-openai', 'least_used',
+       '{"rpm": 60, "rph": 3000, "rpd": 50000, "tpm": 200000, "tpd": 5000000, "concurrent": 10}') ->> 'provider_id' AS demo_provider;
+SELECT quota.create_pool_account(p.provider_id, '{"api_key": "sk-demo-not-a-real-key-1"}',
+       '{"name": "demo-account-1", "quota_limit": 1000000}') ->> 'account_id' AS demo_account_1
+FROM quota.providers p WHERE p.name = 'demo-openai';
+SELECT quota.create_pool_account(p.provider_id, '{"api_key": "sk-demo-not-a-real-key-2"}',
+       '{"name": "demo-account-2", "quota_limit": 100000}') ->> 'account_id' AS demo_account_2
+FROM quota.providers p WHERE p.name = 'demo-openai';
+SELECT quota.pool_consume(a.account_id, 79000) ->> 'usage_percent' AS demo_account_2_percent
+FROM quota.pool_accounts a WHERE a.name = 'demo-account-2';
+SELECT quota.pool_release((j ->> 'account_id')::uuid, (j ->> 'lease_id')::uuid,
+       '{"input_tokens": 420, "output_tokens": 610, "status_code": 200, "latency_ms": 950, "model": "gpt-4o", "estimated_cost": 0.0123, "user_id": "user_111"}')
+       ->> 'released' AS demo_pool_request
+FROM (SELECT quota.pool_acquire(p.provider_id, 1000, 'gpt-4o', user_id => 'user_111') AS j
+        FROM quota.providers p WHERE p.name = 'demo-openai') x;
+
 -- The ledger invariant holds: quota.verify() returns no rows.
 DO $$
 BEGIN

@@ -25,6 +25,22 @@ GRANT USAGE ON SCHEMA quota TO quota_reader;
 
 -- The clock every time-dependent rule reads (SPEC 1.4). A superuser (tests) may pin it per
 -- session with SET quota.now_override = '2024-05-01 00:00:00+00'; the setting is superuser-only.
+-- The answer of quota.verify_token (access tokens, tokens.sql): a named row type, so a call
+-- builds its result from the type cache instead of from the function's OUT parameters (the
+-- gateway calls it on every request).
+CREATE TYPE quota.verify_result AS (
+    valid                boolean,
+    code                 text,
+    token_id             bigint,
+    quota_type           text,
+    remaining            bigint,
+    rate_limit_limit     integer,
+    rate_limit_remaining integer,
+    rate_limit_reset_s   integer,
+    retry_after_s        integer,
+    replayed             boolean
+);
+
 CREATE FUNCTION quota.now() RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('quota.now_override', true), '')::timestamptz, now())

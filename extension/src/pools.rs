@@ -26,7 +26,7 @@ use serde_json::{json, Map, Value};
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 fn to_us(t: TimestampWithTimeZone) -> i64 {
-    i64::from(pg_sys::TimestampTz::from(t)) + PG_EPOCH_US
+    pg_sys::TimestampTz::from(t) + PG_EPOCH_US
 }
 
 fn to_ts(us: i64) -> TimestampWithTimeZone {
@@ -1070,7 +1070,6 @@ fn pool_acquire(
                 &[provider_id.into(), to_ts(now).into()],
             )
             .or_raise()
-            .into_iter()
             .map(|r| read_row(&r))
             .collect()
         } else {
@@ -1196,7 +1195,7 @@ fn refuse(
     )
     .or_raise();
     // Exhausted alerts, once per quota window, in account order (a stable lock order).
-    exhausted.sort_by_key(|id| uuid_text(id));
+    exhausted.sort_by_key(uuid_text);
     let threshold = gucs::warning_threshold();
     for id in exhausted {
         let row = lock_account(client, id);

@@ -59,3 +59,29 @@ pub fn select<'conn>(
     let p = plan(client, sql, false, args);
     client.select(p, limit, args)
 }
+
+/// Runs `f` with `search_path` pinned to `pg_catalog, quota, pg_temp` (what the `SET` clause of
+/// a SECURITY DEFINER function does for its whole call, here only around the SQL that needs
+/// it): for a hot path that usually runs no SQL at all (`verify_token` on a cached time token),
+/// where saving and restoring the setting on every call would cost more than the check. An
+/// ERROR inside unwinds the GUC nest level with the (sub)transaction, as for the SET clause.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level opened here and closed below on the success path (abort
+    // processing closes it on an ERROR); search_path is a plain user setting.
+    unsafe {
+        let level = pgrx::pg_sys::NewGUCNestLevel();
+        pgrx::pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, quota, pg_temp".as_ptr(),
+            pgrx::pg_sys::GucContext::PGC_USERSET,
+            pgrx::pg_sys::GucSource::PGC_S_SESSION,
+            pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pgrx::pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
+}

@@ -573,13 +573,17 @@ impl Verdict {
     }
 }
 
+/// Whether a superuser pinned the clock with quota.now_override.
+fn clock_pinned() -> bool {
+    crate::gucs::NOW_OVERRIDE
+        .get()
+        .is_some_and(|c| !c.as_bytes().is_empty())
+}
+
 /// quota.now() without a SQL call on the hot path: the transaction's start (now()), unless a
 /// superuser pinned the clock with quota.now_override (then it is asked for, as SQL does).
 fn clock(client: &SpiClient) -> pg_sys::TimestampTz {
-    let pinned = crate::gucs::NOW_OVERRIDE
-        .get()
-        .is_some_and(|c| !c.as_bytes().is_empty());
-    if pinned {
+    if clock_pinned() {
         let t = spi_cache::select(client, "SELECT quota.now()", Some(1), &[])
             .or_raise()
             .first()
@@ -650,11 +654,32 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
     // The token's meta from the backend's cache, else read (then its count is known too).
     let (meta, remaining) = match cached_meta(token) {
         Some(m) => (m, None),
-        None => match read_meta(token) {
+        None => match spi_cache::with_pinned_search_path(|| read_meta(token)) {
             Some((m, r)) => (m, r),
             None => return Verdict::refused("unknown_token"),
         },
     };
+    // SQL runs only for a count, or to read a pinned clock; a time token whose meta is cached
+    // is decided without any (no SPI connection, no search_path change).
+    let counts = meta.quota_type.checks_count() && !meta.unlimited;
+    if counts || clock_pinned() {
+        spi_cache::with_pinned_search_path(|| {
+            Spi::connect_mut(|client| decide(meta, remaining, units, request_id, Some(client)))
+        })
+    } else {
+        decide(meta, remaining, units, request_id, None)
+    }
+}
+
+/// The verification of a token whose meta is known: `client` is an SPI connection when the
+/// token counts or the clock is pinned (the caller opens one exactly then).
+fn decide(
+    meta: Meta,
+    remaining: Option<i64>,
+    units: i64,
+    request_id: Option<&str>,
+    client: Option<&mut SpiClient>,
+) -> Verdict {
     let Meta {
         token_id,
         quota_type,
@@ -665,8 +690,13 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         burst,
         window_s,
     } = meta;
-    Spi::connect_mut(|client| {
-        let expired = expires_at.is_some_and(|e| e <= clock(client));
+    {
+        let now = match client.as_deref() {
+            Some(c) => clock(c),
+            // SAFETY: a plain read of the current transaction's start time.
+            None => unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
+        };
+        let expired = expires_at.is_some_and(|e| e <= now);
         let mut v = Verdict {
             valid: false,
             code: None,
@@ -708,7 +738,9 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
         if counts {
             if let Some(rid) = request_id {
                 let t = spi_cache::select(
-                    client,
+                    client
+                        .as_deref()
+                        .expect("a counting token has an SPI connection"),
                     VERIFY_REPLAY_SQL,
                     Some(1),
                     &[token_id.into(), rid.into()],
@@ -788,6 +820,7 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
             v.remaining = if unlimited { None } else { remaining };
             return v;
         }
+        let client = client.expect("a counting token has an SPI connection");
         let t = spi_cache::update(
             client,
             VERIFY_CONSUME_SQL,
@@ -848,7 +881,7 @@ fn verify_impl(token: &str, units: i64, request_id: Option<&str>) -> Verdict {
                 v
             }
         }
-    })
+    }
 }
 
 fn validate_request_id(request_id: Option<&str>) {
@@ -857,44 +890,45 @@ fn validate_request_id(request_id: Option<&str>) {
     }
 }
 
+// SECURITY DEFINER without a SET search_path clause, on purpose: the gateway calls this on every
+// request, and saving and restoring search_path around each call cost more than the whole check
+// of a time token. Every statement it runs is run under `with_pinned_search_path` (the same
+// pinned path); a cached time token runs none. pg_test roles lists this exception.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(pg_catalog, quota, pg_temp)]
 fn verify_token(
     access_token: Option<&str>,
     units: default!(Option<i64>, 1),
     request_id: default!(Option<&str>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(valid, bool),
-        name!(code, Option<String>),
-        name!(token_id, Option<i64>),
-        name!(quota_type, Option<String>),
-        name!(remaining, Option<i64>),
-        name!(rate_limit_limit, Option<i32>),
-        name!(rate_limit_remaining, Option<i32>),
-        name!(rate_limit_reset_s, Option<i32>),
-        name!(retry_after_s, Option<i32>),
-        name!(replayed, bool),
-    ),
-> {
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pgrx::composite_type!('static, "quota.verify_result") {
     let token = required(access_token, "access_token");
     let units = required(units, "units");
     rules::validate_units(units).or_raise();
     validate_request_id(request_id);
     let v = verify_impl(token, units, request_id);
-    TableIterator::once((
-        v.valid,
-        v.code.map(str::to_string),
-        v.token_id,
-        v.quota_type,
-        v.remaining,
-        v.limit,
-        v.limit_remaining,
-        v.reset_s,
-        v.retry_after_s,
-        v.replayed,
-    ))
+    // SAFETY: fcinfo is this call's; the declared result type is the row type quota.verify_result,
+    // whose descriptor comes from the type cache (a copy, owned by the tuple built below).
+    unsafe {
+        let typoid = pg_sys::get_fn_expr_rettype((*fcinfo).flinfo);
+        let desc = pgrx::PgTupleDesc::for_composite_type_by_oid(typoid)
+            .unwrap_or_else(|| pgrx::error!("pg_quota: quota.verify_result is not a row type"));
+        PgHeapTuple::from_datums(
+            desc,
+            [
+                v.valid.into_datum(),
+                v.code.and_then(IntoDatum::into_datum),
+                v.token_id.and_then(IntoDatum::into_datum),
+                v.quota_type.and_then(IntoDatum::into_datum),
+                v.remaining.and_then(IntoDatum::into_datum),
+                v.limit.and_then(IntoDatum::into_datum),
+                v.limit_remaining.and_then(IntoDatum::into_datum),
+                v.reset_s.and_then(IntoDatum::into_datum),
+                v.retry_after_s.and_then(IntoDatum::into_datum),
+                v.replayed.into_datum(),
+            ],
+        )
+        .unwrap_or_else(|e| pgrx::error!("pg_quota: cannot build a verify_result: {e}"))
+    }
 }
 
 /// Gives units back to a count token (never above its total), idempotent by request_id.

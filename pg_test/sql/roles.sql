@@ -14,8 +14,23 @@ SELECT p.proname AS not_definer_or_no_search_path
    AND p.proname NOT IN ('now', 'price_credits', 'parse_condition', 'next_fire', 'worker_status', 'library_version')
    AND p.prorettype <> 'trigger'::regtype
    AND p.proname NOT LIKE '\_%'
-   AND (NOT p.prosecdef OR NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c = 'search_path=pg_catalog, quota, pg_temp'))
+   AND (NOT p.prosecdef OR (p.proname <> 'verify_token'
+        AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c = 'search_path=pg_catalog, quota, pg_temp')))
  ORDER BY 1;
+-- The one exception: verify_token (the gateway's per-request call) is SECURITY DEFINER without a
+-- SET clause and pins search_path itself around the SQL it runs; a cached time token runs none.
+SELECT p.proname, p.prosecdef AS definer, p.proconfig
+  FROM pg_proc p WHERE p.pronamespace = 'quota'::regnamespace AND p.proname = 'verify_token';
+-- A caller's search_path cannot hijack it: an uncached token is read with the pinned path, not
+-- through a schema the caller put before pg_catalog.
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.sha256(bytea) RETURNS bytea LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+CREATE FUNCTION evil.convert_to(text, name) RETURNS bytea LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+SELECT quota.create_token('{"ws_id":"ws-roles","email":"r@example.com","operation":"unlimited","quota_type":"count","total_quota":5}') ->> 'access_token' AS rt \gset
+SET LOCAL search_path = evil, pg_catalog, public;
+SELECT valid, code, remaining FROM quota.verify_token(:'rt', 2, 'roles-1');
+RESET search_path;
+DROP SCHEMA evil CASCADE;
 SELECT p.proname AS pure_function, p.provolatile AS volatility, p.prosecdef AS definer
   FROM pg_proc p
  WHERE p.pronamespace = 'quota'::regnamespace

@@ -67,19 +67,34 @@ impl Ring {
         (frees_at > now).then_some(frees_at - now)
     }
 
+    /// The logical index of the first admission after `since` (`len` when none): the times are
+    /// non-decreasing in logical order, so a binary search, O(log limit) under the table's lock.
+    fn first_after(&self, limit: u32, since: i64) -> u32 {
+        let (mut lo, mut hi) = (0u32, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at(mid, limit) > since {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
     /// Admissions in (now - window, now].
     pub fn in_window(&self, limit: u32, window_us: i64, now: i64) -> u32 {
-        let since = now.saturating_sub(window_us);
-        (0..self.len).filter(|&i| self.at(i, limit) > since).count() as u32
+        self.len - self.first_after(limit, now.saturating_sub(window_us))
     }
 
     /// Microseconds until the oldest admission in the window leaves it (0 when none is in it).
     pub fn reset_us(&self, limit: u32, window_us: i64, now: i64) -> i64 {
-        let since = now.saturating_sub(window_us);
-        (0..self.len)
-            .map(|i| self.at(i, limit))
-            .find(|&t| t > since)
-            .map_or(0, |t| t + window_us - now)
+        let i = self.first_after(limit, now.saturating_sub(window_us));
+        if i < self.len {
+            self.at(i, limit) + window_us - now
+        } else {
+            0
+        }
     }
 
     pub fn push(&mut self, limit: u32, now: i64) -> Pushed {
@@ -386,6 +401,36 @@ mod tests {
             if got {
                 log.push(t);
             }
+        }
+    }
+
+    #[test]
+    fn remaining_and_reset_match_counting_the_log() {
+        // The binary search over the ring (wrapped many times) agrees with a linear count of the
+        // admissions in the window and with the oldest of them.
+        let limit = 7u32;
+        let window = 5 * S;
+        let mut ring = Ring::default();
+        let mut log: Vec<i64> = Vec::new();
+        let mut t = 0i64;
+        for step in 0..3000u64 {
+            t += ((step * 104_729) % 1_700_000) as i64;
+            if step % 3 != 0 {
+                ring.push(limit, t);
+                log.push(t);
+                if log.len() > limit as usize {
+                    log.remove(0);
+                }
+            }
+            let since = t - window;
+            let inside: Vec<i64> = log.iter().copied().filter(|&x| x > since).collect();
+            assert_eq!(
+                ring.in_window(limit, window, t),
+                inside.len() as u32,
+                "step {step}"
+            );
+            let want_reset = inside.first().map_or(0, |&x| x + window - t);
+            assert_eq!(ring.reset_us(limit, window, t), want_reset, "step {step}");
         }
     }
 
