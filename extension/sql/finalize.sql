@@ -139,6 +139,7 @@ COMMENT ON FUNCTION quota.pool_account_status(uuid) IS 'Seed 002''s quota status
 COMMENT ON FUNCTION quota.pool_stats(uuid, timestamptz, timestamptz) IS 'pool_status plus usage (requests, success rate, tokens, cost, latency), top models, error breakdown and daily stats within [from, to) (default the last 30 days). Reads only.';
 COMMENT ON FUNCTION quota.usage_stats(text, timestamptz, timestamptz) IS 'Pool usage of a user (NULL: everyone) within [from_at, to_at): requests, success rate, tokens, cost, average latency. Reads only.';
 COMMENT ON FUNCTION quota.list_pool_alerts(uuid, timestamptz, integer) IS 'Pool alerts (warning, exhausted), newest first, with their webhook delivery status. Reads only.';
+COMMENT ON FUNCTION quota.token_verifications() IS 'Access-token verifications since the server started, by outcome (valid or the refusal code): lock-free counters in shared memory, for /metrics.';
 COMMENT ON FUNCTION quota.metrics() IS 'The database''s counters and gauges in Prometheus terms (name, kind, help, labels, value): what /metrics serves. Reads only.';
 COMMENT ON FUNCTION quota.pool_acquire(uuid, bigint, text, text, integer, text) IS
     'Admission: picks an account by strategy, checks availability and every limit on the locked row, records the request in rpm/rph/rpd and the tokens in tpm/tpd, takes a concurrency lease (lease_ttl_s), returns the decrypted credentials. Refusals are answers (admitted false, SPEC 5 bodies), not errors.';
@@ -168,7 +169,7 @@ DECLARE
             'get_organization', 'list_organizations', 'organization_users', 'get_reservation',
             'token_quota', 'token_quota_logs', 'list_tokens', 'get_provider', 'list_providers',
             'get_pool_account', 'list_pool_accounts', 'pool_status', 'pool_account_status', 'usage_stats',
-            'pool_stats', 'list_pool_alerts', 'metrics'),
+            'pool_stats', 'list_pool_alerts', 'metrics', 'token_verifications'),
         -- what a service does per request
         'quota_service', jsonb_build_array(
             'charge', 'add', 'purchase', 'confirm_payment', 'bonus', 'refund', 'update_subscription',

@@ -415,6 +415,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_tem
     SELECT 'quota_token_consumptions_total', 'counter', 'Count-token verifications that consumed quota.',
            '{}'::jsonb, (SELECT count(*) FROM quota.token_logs t WHERE t.kind = 'consume')
     UNION ALL
+    SELECT 'quota_token_verifications_total', 'counter', 'Access-token verifications since the server started (SQL and REST), by outcome.',
+           jsonb_build_object('outcome', v.outcome), v.count
+      FROM quota.token_verifications() v
+    UNION ALL
     SELECT 'quota_strategy_executions_total', 'counter', 'Recharge strategy executions, by status.',
            jsonb_build_object('status', e.status), count(*)
       FROM quota.executions e GROUP BY e.status

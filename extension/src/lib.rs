@@ -68,7 +68,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/pools.sql",
     name = "pools",
-    requires = ["strategies", "tokens"]
+    requires = ["strategies", "tokens", ratelimit::token_verifications]
 );
 extension_sql_file!(
     "../sql/outbox.sql",

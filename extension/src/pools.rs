@@ -44,6 +44,13 @@ fn rfc3339(us: i64) -> String {
 
 /// The clock (quota.now(): quota.now_override pins it for tests), in Unix microseconds.
 fn now_us(client: &SpiClient) -> i64 {
+    let pinned = gucs::NOW_OVERRIDE
+        .get()
+        .is_some_and(|c| !c.as_bytes().is_empty());
+    if !pinned {
+        // SAFETY: a plain read of the current transaction's start time (what now() returns).
+        return unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } + PG_EPOCH_US;
+    }
     let t = spi_cache::select(client, "SELECT quota.now()", Some(1), &[])
         .or_raise()
         .first()
@@ -114,18 +121,30 @@ fn read_row(row: &pgrx::spi::SpiHeapTupleData) -> Row {
     }
 }
 
-const WRITE_ACCOUNT_SQL: &str = "
-UPDATE quota.pool_accounts SET
-    quota_used = $2, quota_held = $3, last_reset = $4, in_flight = $5,
-    minute_start = $6, minute_requests = $7, minute_tokens = $8,
-    hour_start = $9, hour_requests = $10, day_start = $11, day_requests = $12, day_tokens = $13,
-    request_count = $14, success_count = $15, error_count = $16,
-    warned_reset = $17, exhausted_reset = $18,
-    last_used_at = CASE WHEN $19 THEN now() ELSE last_used_at END, updated_at = now()
-WHERE account_id = $1";
+macro_rules! write_account_sql {
+    () => {
+        "UPDATE quota.pool_accounts SET
+            quota_used = $2, quota_held = $3, last_reset = $4, in_flight = $5,
+            minute_start = $6, minute_requests = $7, minute_tokens = $8,
+            hour_start = $9, hour_requests = $10, day_start = $11, day_requests = $12, day_tokens = $13,
+            request_count = $14, success_count = $15, error_count = $16,
+            warned_reset = $17, exhausted_reset = $18,
+            last_used_at = CASE WHEN $19 THEN now() ELSE last_used_at END, updated_at = now()
+          WHERE account_id = $1"
+    };
+}
 
-fn write_account(client: &mut SpiClient, id: Uuid, a: &Account, used_now: bool) {
-    let args: Vec<DatumWithOid> = vec![
+const WRITE_ACCOUNT_SQL: &str = write_account_sql!();
+
+/// The same write, only if the row is still the version that was read (its xmin): the
+/// optimistic admission of pool_acquire.
+const CAS_ACCOUNT_SQL: &str = concat!(
+    write_account_sql!(),
+    " AND xmin = $20::text::xid RETURNING 1"
+);
+
+fn account_args(id: Uuid, a: &Account, used_now: bool) -> Vec<DatumWithOid<'static>> {
+    vec![
         id.into(),
         a.quota_used.into(),
         a.quota_held.into(),
@@ -145,8 +164,17 @@ fn write_account(client: &mut SpiClient, id: Uuid, a: &Account, used_now: bool) 
         a.warned_reset_us.map(to_ts).into(),
         a.exhausted_reset_us.map(to_ts).into(),
         used_now.into(),
-    ];
-    spi_cache::update(client, WRITE_ACCOUNT_SQL, None, &args).or_raise();
+    ]
+}
+
+fn write_account(client: &mut SpiClient, id: Uuid, a: &Account, used_now: bool) {
+    spi_cache::update(
+        client,
+        WRITE_ACCOUNT_SQL,
+        None,
+        &account_args(id, a, used_now),
+    )
+    .or_raise();
 }
 
 const LOCK_ACCOUNT_SQL: &str = concat!(
@@ -967,17 +995,55 @@ struct Lease {
 /// An admission: the account row as read (its sealed credentials), its new state, the lease.
 struct Admission(Row, Account, Lease);
 
-#[allow(clippy::too_many_arguments)]
-fn try_account(
-    id: Uuid,
+/// What an admission writes besides the account: its lease.
+struct LeaseSpec<'a> {
     provider_id: Uuid,
-    limits: &Limits,
     needed: i64,
-    model: Option<&str>,
-    user_id: Option<&str>,
+    model: Option<&'a str>,
+    user_id: Option<&'a str>,
     ttl_s: i64,
     now: i64,
-) -> Result<Admission, Refusal> {
+}
+
+fn insert_lease(
+    client: &mut SpiClient,
+    id: Uuid,
+    spec: &LeaseSpec,
+    admitted: &pool::Admitted,
+) -> Lease {
+    let expires = spec.now + spec.ttl_s * 1_000_000;
+    let lease_id = spi_cache::update(
+        client,
+        "INSERT INTO quota.pool_leases (account_id, provider_id, tokens_needed, model, user_id,
+                minute_start, day_start, acquired_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING lease_id",
+        Some(1),
+        &[
+            id.into(),
+            spec.provider_id.into(),
+            spec.needed.into(),
+            spec.model.into(),
+            spec.user_id.into(),
+            to_ts(admitted.minute_start_us).into(),
+            to_ts(admitted.day_start_us).into(),
+            to_ts(spec.now).into(),
+            to_ts(expires).into(),
+        ],
+    )
+    .or_raise()
+    .first()
+    .get_one::<Uuid>()
+    .or_raise()
+    .expect("lease id");
+    Lease {
+        lease_id,
+        expires_at_us: expires,
+    }
+}
+
+/// The locked try (in a subtransaction, by the caller): the account locked, its leases past
+/// expiry expired when it is at its concurrency limit, then the decision on the locked row.
+fn try_account(id: Uuid, limits: &Limits, spec: &LeaseSpec) -> Result<Admission, Refusal> {
     Spi::connect_mut(|client| {
         let row = lock_account(client, id);
         let mut a = row.account.clone();
@@ -985,47 +1051,65 @@ fn try_account(
             return Err(Refusal::Inactive);
         }
         if limits.concurrent > 0 && a.in_flight >= limits.concurrent {
-            a = expire_account_leases(client, id, a, now);
+            a = expire_account_leases(client, id, a, spec.now);
         }
-        match pool::admit(&a, limits, needed, now) {
-            Ok(admitted) => {
-                write_account(client, id, &admitted.account, true);
-                let expires = now + ttl_s * 1_000_000;
-                let lease_id = spi_cache::update(
-                    client,
-                    "INSERT INTO quota.pool_leases (account_id, provider_id, tokens_needed, model, user_id,
-                            minute_start, day_start, acquired_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING lease_id",
-                    Some(1),
-                    &[
-                        id.into(),
-                        provider_id.into(),
-                        needed.into(),
-                        model.into(),
-                        user_id.into(),
-                        to_ts(admitted.minute_start_us).into(),
-                        to_ts(admitted.day_start_us).into(),
-                        to_ts(now).into(),
-                        to_ts(expires).into(),
-                    ],
-                )
-                .or_raise()
-                .first()
-                .get_one::<Uuid>()
-                .or_raise()
-                .expect("lease id");
-                let account = admitted.account.clone();
-                Ok(Admission(
-                    row,
-                    account,
-                    Lease {
-                        lease_id,
-                        expires_at_us: expires,
-                    },
-                ))
+        let admitted = pool::admit(&a, limits, spec.needed, spec.now)?;
+        write_account(client, id, &admitted.account, true);
+        let lease = insert_lease(client, id, spec, &admitted);
+        Ok(Admission(row, admitted.account, lease))
+    })
+}
+
+const REREAD_SQL: &str = concat!(
+    "SELECT ",
+    account_cols!(),
+    ", xmin::text FROM quota.pool_accounts WHERE account_id = $1"
+);
+
+/// Optimistic tries before the locked one.
+const CAS_TRIES: usize = 16;
+
+/// The optimistic try: decide on the row as read and write it only if it is still that version
+/// (xmin); when another transaction changed it first, read it again and decide again. A refused
+/// account is never locked. None: take the locked path (the account is at its concurrency limit,
+/// where leases past expiry must be expired under the lock first, or it kept changing).
+fn try_optimistic(
+    mut row: Row,
+    mut xmin: String,
+    limits: &Limits,
+    spec: &LeaseSpec,
+) -> Option<Result<Admission, Refusal>> {
+    let id = row.account_id;
+    Spi::connect_mut(|client| {
+        for _ in 0..CAS_TRIES {
+            match pool::admit(&row.account, limits, spec.needed, spec.now) {
+                Ok(admitted) => {
+                    let mut args = account_args(id, &admitted.account, true);
+                    args.push(xmin.as_str().into());
+                    let written = !spi_cache::update(client, CAS_ACCOUNT_SQL, Some(1), &args)
+                        .or_raise()
+                        .is_empty();
+                    if written {
+                        let lease = insert_lease(client, id, spec, &admitted);
+                        return Some(Ok(Admission(row, admitted.account, lease)));
+                    }
+                    // Changed since it was read (the write waited for that transaction and
+                    // found another version): read the latest committed version.
+                    let t = spi_cache::update(client, REREAD_SQL, Some(1), &[id.into()]).or_raise();
+                    let Some(r) = t.into_iter().next() else {
+                        return Some(Err(Refusal::Inactive));
+                    };
+                    xmin = r.get::<String>(25).or_raise().unwrap_or_default();
+                    row = read_row(&r);
+                }
+                Err(Refusal::Rate {
+                    limit_type: LimitType::Concurrent,
+                    ..
+                }) => return None,
+                Err(refusal) => return Some(Err(refusal)),
             }
-            Err(r) => Err(r),
         }
+        None
     })
 }
 
@@ -1039,7 +1123,7 @@ fn random_u64() -> u64 {
 const CANDIDATES_SQL: &str = concat!(
     "SELECT ",
     account_cols!(),
-    " FROM quota.pool_accounts WHERE provider_id = $1 AND active
+    ", xmin::text FROM quota.pool_accounts WHERE provider_id = $1 AND active
        AND (expires_at IS NULL OR expires_at > $2) ORDER BY account_id"
 );
 
@@ -1062,7 +1146,7 @@ fn pool_acquire(
         let provider = read_provider(client, provider_id);
         let now = now_us(client);
         let strategy = asked.unwrap_or(provider.strategy);
-        let candidates: Vec<Row> = if provider.active {
+        let candidates: Vec<(Row, String)> = if provider.active {
             spi_cache::select(
                 client,
                 CANDIDATES_SQL,
@@ -1070,7 +1154,12 @@ fn pool_acquire(
                 &[provider_id.into(), to_ts(now).into()],
             )
             .or_raise()
-            .map(|r| read_row(&r))
+            .map(|r| {
+                (
+                    read_row(&r),
+                    r.get::<String>(25).or_raise().unwrap_or_default(),
+                )
+            })
             .collect()
         } else {
             Vec::new()
@@ -1093,7 +1182,7 @@ fn pool_acquire(
         (provider, now, candidates, cursor)
     });
     let strategy = asked.unwrap_or(provider.strategy);
-    let states: Vec<Account> = candidates.iter().map(|r| r.account.clone()).collect();
+    let states: Vec<Account> = candidates.iter().map(|(r, _)| r.account.clone()).collect();
     let seed = if strategy == Strategy::Random {
         random_u64()
     } else {
@@ -1102,20 +1191,22 @@ fn pool_acquire(
     let order = pool::rank(strategy, &states, &provider.limits, cursor, seed, now);
     let mut refusals = Vec::new();
     let mut exhausted = Vec::new();
+    let spec = LeaseSpec {
+        provider_id,
+        needed,
+        model,
+        user_id,
+        ttl_s,
+        now,
+    };
+    let mut candidates: Vec<Option<(Row, String)>> = candidates.into_iter().map(Some).collect();
     for i in order {
-        let id = candidates[i].account_id;
-        let attempt = subxact::attempt(|| {
-            try_account(
-                id,
-                provider_id,
-                &provider.limits,
-                needed,
-                model,
-                user_id,
-                ttl_s,
-                now,
-            )
-        });
+        let (row, xmin) = candidates[i].take().expect("each candidate is tried once");
+        let id = row.account_id;
+        let attempt = match try_optimistic(row, xmin, &provider.limits, &spec) {
+            Some(result) => Ok(result),
+            None => subxact::attempt(|| try_account(id, &provider.limits, &spec)),
+        };
         match attempt {
             Ok(Ok(Admission(row, account, lease))) => {
                 let credentials = crypto::decrypt(&uuid_text(&id), &row.credentials).or_raise();
@@ -1317,36 +1408,30 @@ fn pool_release(
             now,
         );
         write_account(client, id, &a, false);
-        spi_cache::update(
-            client,
-            "UPDATE quota.pool_leases SET status = 'released', ended_at = $2 WHERE lease_id = $1",
-            None,
-            &[lease_id.into(), to_ts(now).into()],
-        )
-        .or_raise();
-        let model = text("model").or_else(|| {
-            spi_cache::select(
-                client,
-                "SELECT model FROM quota.pool_leases WHERE lease_id = $1",
-                Some(1),
-                &[lease_id.into()],
-            )
-            .ok()
-            .and_then(|t| t.first().get_one::<String>().ok().flatten())
-        });
+        // The lease ends, its request is logged and counted: one statement.
         let log_id = spi_cache::update(
             client,
-            "INSERT INTO quota.pool_request_logs (lease_id, provider_id, account_id, model, user_id, method,
-                    endpoint, status_code, latency_ms, input_tokens, output_tokens, success, error,
-                    estimated_cost, created_at)
-             SELECT $1, l.provider_id, l.account_id, $2, coalesce($3, l.user_id), $4, $5, $6, $7, $8, $9,
-                    $10, $11, $12::float8::numeric, $13
-               FROM quota.pool_leases l WHERE l.lease_id = $1
-             RETURNING log_id",
+            "WITH l AS (
+                UPDATE quota.pool_leases SET status = 'released', ended_at = $13
+                 WHERE lease_id = $1
+                RETURNING lease_id, provider_id, account_id, model, user_id),
+             r AS (
+                INSERT INTO quota.pool_request_logs (lease_id, provider_id, account_id, model, user_id, method,
+                        endpoint, status_code, latency_ms, input_tokens, output_tokens, success, error,
+                        estimated_cost, created_at)
+                SELECT l.lease_id, l.provider_id, l.account_id, coalesce($2, l.model), coalesce($3, l.user_id),
+                       $4, $5, $6, $7, $8, $9, $10, $11, $12::float8::numeric, $13
+                  FROM l
+                RETURNING log_id, provider_id),
+             c AS (
+                INSERT INTO quota.pool_counters AS c (provider_id, name, label, value)
+                SELECT provider_id, 'requests', CASE WHEN $10 THEN 'true' ELSE 'false' END, 1 FROM r
+                ON CONFLICT (provider_id, name, label) DO UPDATE SET value = c.value + 1)
+             SELECT log_id FROM r",
             Some(1),
             &[
                 lease_id.into(),
-                model.into(),
+                text("model").into(),
                 text("user_id").into(),
                 text("method").into(),
                 text("endpoint").into(),
@@ -1363,16 +1448,6 @@ fn pool_release(
         .or_raise()
         .first()
         .get_one::<i64>()
-        .or_raise();
-        spi_cache::update(
-            client,
-            "SELECT quota._count_pool($1, 'requests', $2)",
-            None,
-            &[
-                row.provider_id.into(),
-                (if success { "true" } else { "false" }).into(),
-            ],
-        )
         .or_raise();
         if alert.is_some() {
             client

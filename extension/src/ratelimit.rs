@@ -16,7 +16,7 @@ use pgrx::{pg_shmem_init, pg_sys};
 use quota_core::ratelimit::{shard_layout, shard_of, Entry};
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const NAME: &CStr = c"pg_quota_rate_limiter";
 
@@ -25,7 +25,22 @@ struct Header {
     locks: *mut pg_sys::LWLockPadded,
     shards: usize,
     per_shard: usize,
+    /// Verifications since the server started, by outcome (VERDICTS order): lock-free counters
+    /// for /metrics, so SQL callers are counted too and nothing is written per request.
+    verdicts: [AtomicU64; VERDICTS.len()],
 }
+
+/// The outcomes of quota.verify_token that quota.token_verifications() counts.
+pub const VERDICTS: [&str; 8] = [
+    "valid",
+    "unknown_token",
+    "inactive",
+    "expired",
+    "burst",
+    "window",
+    "limiter_full",
+    "quota_exceeded",
+];
 
 pub struct RateTable {
     header: UnsafeCell<*mut Header>,
@@ -142,4 +157,44 @@ pub fn with_table<R>(key: i64, f: impl FnOnce(&mut [i64], &mut [Entry]) -> R) ->
 pub fn now_us() -> i64 {
     // SAFETY: a plain read of the current time.
     unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Counts one verification outcome (a code of VERDICTS; others are ignored).
+pub fn count_verdict(code: &str) {
+    if !PRELOADED.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: set by the startup hook in the postmaster and inherited by every backend.
+    let header = unsafe { *RATE_TABLE.header.get() };
+    if let (false, Some(i)) = (header.is_null(), VERDICTS.iter().position(|&c| c == code)) {
+        // SAFETY: the header lives in shared memory for the server's life; the counters are
+        // atomics, read and written without the partition locks.
+        unsafe { (*header).verdicts[i].fetch_add(1, Ordering::Relaxed) };
+    }
+}
+
+/// Verifications since the server started, by outcome (zeros when not preloaded).
+#[pg_extern(volatile, parallel_safe)]
+pub fn token_verifications() -> TableIterator<'static, (name!(outcome, String), name!(count, i64))>
+{
+    // SAFETY: as in count_verdict.
+    let header = if PRELOADED.load(Ordering::Relaxed) {
+        unsafe { *RATE_TABLE.header.get() }
+    } else {
+        std::ptr::null_mut()
+    };
+    let rows: Vec<(String, i64)> = VERDICTS
+        .iter()
+        .enumerate()
+        .map(|(i, code)| {
+            let n = if header.is_null() {
+                0
+            } else {
+                // SAFETY: as in count_verdict.
+                unsafe { (*header).verdicts[i].load(Ordering::Relaxed) }
+            };
+            (code.to_string(), n.min(i64::MAX as u64) as i64)
+        })
+        .collect();
+    TableIterator::new(rows)
 }

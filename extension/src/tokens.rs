@@ -906,6 +906,7 @@ fn verify_token(
     rules::validate_units(units).or_raise();
     validate_request_id(request_id);
     let v = verify_impl(token, units, request_id);
+    crate::ratelimit::count_verdict(v.code.unwrap_or("valid"));
     // SAFETY: fcinfo is this call's; the declared result type is the row type quota.verify_result,
     // whose descriptor comes from the type cache (a copy, owned by the tuple built below).
     unsafe {

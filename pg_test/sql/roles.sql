@@ -11,7 +11,7 @@ SELECT p.oid::regprocedure AS executable_by_public
 SELECT p.proname AS not_definer_or_no_search_path
   FROM pg_proc p
  WHERE p.pronamespace = 'quota'::regnamespace
-   AND p.proname NOT IN ('now', 'price_credits', 'parse_condition', 'next_fire', 'worker_status', 'library_version')
+   AND p.proname NOT IN ('now', 'price_credits', 'parse_condition', 'next_fire', 'worker_status', 'library_version', 'token_verifications')
    AND p.prorettype <> 'trigger'::regtype
    AND p.proname NOT LIKE '\_%'
    AND (NOT p.prosecdef OR (p.proname <> 'verify_token'
@@ -34,7 +34,7 @@ DROP SCHEMA evil CASCADE;
 SELECT p.proname AS pure_function, p.provolatile AS volatility, p.prosecdef AS definer
   FROM pg_proc p
  WHERE p.pronamespace = 'quota'::regnamespace
-   AND p.proname IN ('now', 'price_credits', 'parse_condition', 'next_fire', 'worker_status', 'library_version')
+   AND p.proname IN ('now', 'price_credits', 'parse_condition', 'next_fire', 'worker_status', 'library_version', 'token_verifications')
  ORDER BY 1;
 -- Every public function is documented.
 SELECT p.oid::regprocedure AS undocumented

@@ -252,3 +252,56 @@ fn braces_in_label_values_survive_the_parser() {
     assert_eq!(value(&scrape, "plain", &[]), 2.0);
     assert_eq!(value(&scrape, "g", &[]), 1.0);
 }
+
+/// quota_token_verifications_total{outcome} counts every verification, SQL callers included (the
+/// counters live in shared memory, not in the sidecar): one valid over REST, one valid and one
+/// unknown_token over SQL.
+#[tokio::test]
+async fn token_verifications_are_counted_for_sql_and_rest_callers() {
+    let ctx = Ctx::new("metrics_verify").await;
+    let token = ctx.flow_token(json!({}));
+    let token = token.await["access_token"].as_str().unwrap().to_string();
+    let before = scrape(&ctx.api).await;
+    let valid_before = value(
+        &before,
+        "quota_token_verifications_total",
+        &[("outcome", "valid")],
+    );
+    let unknown_before = value(
+        &before,
+        "quota_token_verifications_total",
+        &[("outcome", "unknown_token")],
+    );
+    ctx.flow_verify(&token, None).await.expect_valid();
+    let row = ctx
+        .db
+        .query_one("SELECT valid FROM quota.verify_token($1)", &[&token])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    let row = ctx
+        .db
+        .query_one("SELECT code FROM quota.verify_token('flow_nope')", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("unknown_token")
+    );
+    let after = scrape(&ctx.api).await;
+    // Other tests verify tokens concurrently: at least ours moved the counters.
+    assert!(
+        value(
+            &after,
+            "quota_token_verifications_total",
+            &[("outcome", "valid")]
+        ) >= valid_before + 2.0
+    );
+    assert!(
+        value(
+            &after,
+            "quota_token_verifications_total",
+            &[("outcome", "unknown_token")]
+        ) >= unknown_before + 1.0
+    );
+}
