@@ -476,25 +476,24 @@ fn cached_meta(token: &str) -> Option<Meta> {
     })
 }
 
+/// A token's meta by the SHA-256 of the token (a parameter; planned once per backend).
+const READ_META_SQL: &str = "
+SELECT token_id, quota_type, remaining_quota, active, unlimited, expires_at, rate_limit_per_minute,
+       rate_limit_burst, rate_limit_window_seconds, 'quota.tokens'::regclass::oid AS relid
+  FROM quota.tokens WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))";
+
 /// Reads a token's meta (and its remaining count) with the latest snapshot, and caches the meta
-/// unless an invalidation arrived meanwhile. The token is well formed (`flow_` + hex), so it is
-/// safe as a literal.
+/// unless an invalidation arrived meanwhile.
 fn read_meta(token: &str) -> Option<(Meta, Option<i64>)> {
     use std::sync::atomic::Ordering;
     debug_assert!(well_formed(token));
     let generation = META_GENERATION.load(Ordering::Relaxed);
-    let sql = format!(
-        "SELECT token_id, quota_type, remaining_quota, active, unlimited, expires_at,
-                rate_limit_per_minute, rate_limit_burst, rate_limit_window_seconds,
-                'quota.tokens'::regclass::oid AS relid
-         FROM quota.tokens WHERE token_sha256 = sha256(convert_to('{token}', 'UTF8'))"
-    );
     let found = Spi::connect(|client| {
         // SAFETY: inside an SPI connection; the pushed snapshot is popped before returning (an
         // ERROR aborts the transaction, which resets the snapshot stack). A read-only SPI query
         // runs under the active snapshot and takes no transaction id.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-        let t = client.select(sql.as_str(), Some(1), &[]);
+        let t = spi_cache::select(client, READ_META_SQL, Some(1), &[token.into()]);
         let out = t.ok().and_then(|t| {
             t.into_iter().next().map(|row| {
                 let meta = Meta {
