@@ -82,8 +82,6 @@ pgbench_run() {
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 # round_ratios "A1 A2 .." "B1 B2 .." -> "min-max" of the per-round ratios Ai/Bi (the runs of one
 # round are adjacent in time, so this shows how far the machine's drift moves a single pair)
 round_ratios() {
@@ -116,7 +114,6 @@ pgbench_run baseline_txn.sql 4 "$NUSERS" 3 warm >/dev/null
 # I/O and background work, and (a) and (b) must see the same conditions.
 declare -A TPS RUNS
 SCRIPTS=(a:charge.sql b:baseline.sql c:baseline_txn.sql)
-median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for r in $(seq 1 "$ROUNDS"); do
     for c in "${CLIENTS[@]}"; do
         for w in random hot; do

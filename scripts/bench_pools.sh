@@ -62,9 +62,6 @@ pgbench_run() {
     fi
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
-median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 header "smoke test"
 before="$(val "SELECT count(*) FROM quota.pool_request_logs")"

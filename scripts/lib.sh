@@ -81,6 +81,12 @@ short_hash() { printf '%s' "$1" | sha256sum | cut -c1-12; }
 # Random hex secret (32 bytes -> 64 hex chars), no openssl needed.
 random_hex() { od -An -tx1 -N"${1:-32}" /dev/urandom | tr -d ' \n'; }
 
+# Benchmark figures: ratio A B (2 decimals, n/a when B is 0), fmt X (no decimals), median of
+# the arguments.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 file_sha() { if [ -f "$1" ]; then sha256sum "$1" | cut -d' ' -f1; else echo none; fi; }
 
 # ---------------------------------------------------------------------------------------------

@@ -261,6 +261,24 @@ fn provider_json(client: &SpiClient, id: Uuid) -> Value {
     }
 }
 
+/// An audit row of an admin change, by the calling role.
+fn record(
+    client: &mut SpiClient,
+    action: &str,
+    subject: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) {
+    audit::record(
+        client,
+        &audit::actor_or_role(None),
+        action,
+        subject,
+        before,
+        after,
+    );
+}
+
 fn object<'a>(v: &'a Value, what: &str) -> &'a Map<String, Value> {
     v.as_object().unwrap_or_else(|| {
         raise(QuotaError::invalid(format!("{what} must be a JSON object")).with("field", what))
@@ -364,9 +382,8 @@ fn create_provider(
             );
         };
         let j = provider_json(client, id);
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "create_provider",
             &format!("provider:{id}"),
             None,
@@ -454,36 +471,7 @@ fn update_provider(provider_id: Option<Uuid>, patch: Option<JsonB>) -> JsonB {
         &["name", "strategy", "active", "limits"],
         "a provider patch",
     );
-    Spi::connect_mut(|client| {
-        let before = provider_json(client, id);
-        let (mut name, mut strategy, mut active, mut l) = lock_provider(client, id);
-        if let Some(n) = m.get("name") {
-            let n = n.as_str().unwrap_or_else(|| {
-                raise(QuotaError::invalid("name must be a string").with("field", "name"))
-            });
-            name = pool::validate_name("name", n).or_raise();
-        }
-        if let Some(s) = str_field(&m, "strategy") {
-            strategy = Strategy::parse(s).or_raise();
-        }
-        if let Some(a) = bool_field(&m, "active") {
-            active = a;
-        }
-        if let Some(lj) = m.get("limits") {
-            l.apply_json(lj).or_raise();
-        }
-        save_provider(client, id, &name, strategy, active, &l);
-        let j = provider_json(client, id);
-        audit::record(
-            client,
-            &audit::actor_or_role(None),
-            "update_provider",
-            &format!("provider:{id}"),
-            Some(before),
-            Some(j.clone()),
-        );
-        JsonB(j)
-    })
+    change_provider(id, &m, "update_provider")
 }
 
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
@@ -495,21 +483,41 @@ fn set_provider_limit(
 ) -> JsonB {
     let id = required(provider_id, "provider_id");
     let lt = LimitType::parse(required(limit_type, "limit_type")).or_raise();
-    let mut patch = Map::new();
-    patch.insert(
+    let mut limits = Map::new();
+    limits.insert(
         lt.as_str().to_string(),
         limit_value.map_or(Value::Null, Value::from),
     );
+    let mut m = Map::new();
+    m.insert("limits".to_string(), Value::Object(limits));
+    change_provider(id, &m, "set_provider_limit")
+}
+
+/// Applies a provider patch (name, strategy, active, limits) to the locked provider; audited.
+fn change_provider(id: Uuid, m: &Map<String, Value>, action: &str) -> JsonB {
     Spi::connect_mut(|client| {
         let before = provider_json(client, id);
-        let (name, strategy, active, mut l) = lock_provider(client, id);
-        l.apply_json(&Value::Object(patch)).or_raise();
+        let (mut name, mut strategy, mut active, mut l) = lock_provider(client, id);
+        if let Some(n) = m.get("name") {
+            let n = n.as_str().unwrap_or_else(|| {
+                raise(QuotaError::invalid("name must be a string").with("field", "name"))
+            });
+            name = pool::validate_name("name", n).or_raise();
+        }
+        if let Some(s) = str_field(m, "strategy") {
+            strategy = Strategy::parse(s).or_raise();
+        }
+        if let Some(a) = bool_field(m, "active") {
+            active = a;
+        }
+        if let Some(lj) = m.get("limits") {
+            l.apply_json(lj).or_raise();
+        }
         save_provider(client, id, &name, strategy, active, &l);
         let j = provider_json(client, id);
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
-            "set_provider_limit",
+            action,
             &format!("provider:{id}"),
             Some(before),
             Some(j.clone()),
@@ -545,9 +553,8 @@ fn delete_provider(provider_id: Option<Uuid>) -> JsonB {
                 &[id.into()],
             )
             .or_raise();
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "delete_provider",
             &format!("provider:{id}"),
             Some(before),
@@ -669,9 +676,8 @@ fn create_pool_account(
             )
             .or_raise();
         let j = account_json(client, id);
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "create_pool_account",
             &format!("pool_account:{id}"),
             None,
@@ -730,9 +736,8 @@ fn update_pool_account(account_id: Option<Uuid>, patch: Option<JsonB>) -> JsonB 
         if m.contains_key("credentials") {
             audited["credentials_changed"] = json!(true);
         }
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "update_pool_account",
             &format!("pool_account:{id}"),
             Some(before),
@@ -756,9 +761,8 @@ fn delete_pool_account(account_id: Option<Uuid>) -> JsonB {
                 &[id.into()],
             )
             .or_raise();
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "delete_pool_account",
             &format!("pool_account:{id}"),
             Some(before),
@@ -781,9 +785,8 @@ fn reset_pool_account(account_id: Option<Uuid>) -> JsonB {
         a.last_reset_us = now;
         write_account(client, id, &a, false);
         let j = account_json(client, id);
-        audit::record(
+        record(
             client,
-            &audit::actor_or_role(None),
             "reset_pool_account",
             &format!("pool_account:{id}"),
             Some(before),

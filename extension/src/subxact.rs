@@ -39,36 +39,10 @@ fn failure(e: &CaughtError) -> Failure {
 /// Runs `f` in a subtransaction: its writes are kept when it returns, rolled back when it raises
 /// an ERROR (or panics), and the caller's transaction goes on either way.
 pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
-    // SAFETY: the subtransaction is begun here and always ended below, on the success path by
-    // ReleaseCurrentSubTransaction and on the error path by RollbackAndReleaseCurrentSubTransaction,
-    // restoring the caller's memory context and resource owner each time (as PL/pgSQL does).
-    let (old_context, old_owner) = unsafe {
-        let saved = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(saved.0);
-        saved
-    };
-    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        let value = f();
-        // SAFETY: see above.
-        unsafe {
-            pg_sys::ReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::CurrentResourceOwner = old_owner;
-        }
-        Ok(value)
-    }))
-    .catch_others(|e| {
-        // SAFETY: see above; pgrx has already copied and flushed the error state.
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            pg_sys::MemoryContextSwitchTo(old_context);
-            pg_sys::CurrentResourceOwner = old_owner;
-        }
-        Err(failure(&e))
+    attempt(|| Ok::<R, std::convert::Infallible>(f())).map(|r| match r {
+        Ok(value) => value,
+        Err(never) => match never {},
     })
-    .execute()
 }
 
 /// Runs `f` in a subtransaction that is kept when `f` returns Ok and rolled back when it returns
