@@ -154,7 +154,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"quota.stats_interval",
         c"How often the background worker aggregates pool request logs into daily stats.",
-        c"Today and yesterday are recomputed from the logs each time.",
+        c"Each time, every day from the last one aggregated (at least yesterday) is recomputed from the logs, so days the worker missed are caught up before retention deletes their logs.",
         &STATS_INTERVAL_S,
         1,
         86_400,

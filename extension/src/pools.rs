@@ -1623,7 +1623,11 @@ pub(crate) fn sweep_impl(batch: i64, aggregate: bool) -> (i64, i64, i64) {
                             count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
                             sum(input_tokens), sum(output_tokens), sum(estimated_cost), sum(latency_ms), now()
                        FROM quota.pool_request_logs
-                      WHERE created_at >= (($1 AT TIME ZONE 'UTC')::date - 1)::timestamp AT TIME ZONE 'UTC'
+                      WHERE created_at >= (least(($1 AT TIME ZONE 'UTC')::date - 1,
+                                                 coalesce((SELECT max(day) FROM quota.pool_daily_stats),
+                                                          (SELECT min(created_at) FROM quota.pool_request_logs)
+                                                              AT TIME ZONE 'UTC')::date))::timestamp
+                                           AT TIME ZONE 'UTC'
                       GROUP BY 1, 2, 3
                      ON CONFLICT (day, provider_id, model) DO UPDATE SET
                         requests = excluded.requests, successes = excluded.successes, failures = excluded.failures,

@@ -64,9 +64,17 @@ SELECT quota.pool_stats(:'p', '2026-03-01', '2026-03-02') -> 'top_models' AS top
 SET LOCAL quota.now_override = '2026-03-01 10:01:00+00';
 SELECT quota.pool_acquire(:'p', 1) ->> 'lease_id' AS lease4 \gset
 SELECT in_flight, quota_held FROM quota.pool_accounts WHERE account_id = :'a2';
--- abandoned: a lease past its ttl (300 s) is expired by the worker's sweep, freeing its hold and slot
+-- abandoned: a lease past its ttl (300 s) is expired by the worker's sweep, freeing its hold and
+-- slot; the same sweep deletes request logs older than quota.log_retention (90 days: the one
+-- from last November goes, the one from January stays) and aggregates the daily stats
+INSERT INTO quota.pool_request_logs (provider_id, account_id, model, status_code, success, created_at)
+VALUES (:'p', :'a2', 'old-model', 200, true, '2025-11-01 00:00:00+00'),
+       (:'p', :'a2', 'old-model', 200, true, '2026-01-15 00:00:00+00');
 SET LOCAL quota.now_override = '2026-03-01 10:07:00+00';
 SELECT * FROM quota.pool_sweep();
+SELECT (created_at AT TIME ZONE 'UTC')::date AS kept_old_log FROM quota.pool_request_logs WHERE model = 'old-model';
+SELECT day, model, requests, successes, failures, input_tokens, output_tokens
+  FROM quota.pool_daily_stats WHERE provider_id = :'p' ORDER BY day, model;
 SELECT in_flight, quota_held FROM quota.pool_accounts WHERE account_id = :'a2';
 -- its late release still records the usage
 SELECT quota.pool_release(:'a2', :'lease4', '{"output_tokens": 1}') ->> 'lease_status' AS late_release;
