@@ -65,21 +65,9 @@ psqlb -v nusers="$NUSERS" -f "$REPO/sql/bench/setup.sql" >/dev/null
 
 # pgbench_run SCRIPT CLIENTS NUSERS SECONDS TAG -> prints tps
 pgbench_run() {
-    local script="$1" c="$2" n="$3" secs="$4" tag="$5" j out rc=0
-    j=$((c < NCPU ? c : NCPU))
+    local script="$1" c="$2" n="$3" secs="$4" tag="$5"
     psqlb -c "VACUUM quota.wallets, quota.ledger" -c CHECKPOINT >/dev/null
-    out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" \
-        -f "$REPO/sql/bench/$script" -D run="$RUN-$tag" -D seq=0 -D nusers="$n" \
-        -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
-    if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out"; then
-        echo "$out" >&2
-        die "pgbench $script failed (rc $rc)"
-    fi
-    if grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then
-        echo "$out" >&2
-        die "pgbench $script: failed transactions"
-    fi
-    sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
+    pgbench_tps "$SOCK" "$PORT" "$DB" "$script" "$c" "$secs" -D run="$RUN-$tag" -D seq=0 -D nusers="$n"
 }
 
 # round_ratios "A1 A2 .." "B1 B2 .." -> "min-max" of the per-round ratios Ai/Bi (the runs of one

@@ -51,16 +51,8 @@ psqlb -v nprov="$NPROV" -f "$REPO/sql/bench/pools_setup.sql" >/dev/null
 
 # pgbench_run SCRIPT CLIENTS SECONDS -> prints tps
 pgbench_run() {
-    local script="$1" c="$2" secs="$3" j out rc=0
-    j=$((c < NCPU ? c : NCPU))
     psqlb -c "VACUUM quota.pool_accounts, quota.pool_leases, quota.pool_counters" -c CHECKPOINT >/dev/null
-    out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" \
-        -f "$REPO/sql/bench/$script" -D nprov="$NPROV" -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
-    if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out" || grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then
-        echo "$out" >&2
-        die "pgbench $script failed (rc $rc)"
-    fi
-    sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
+    pgbench_tps "$SOCK" "$PORT" "$DB" "$1" "$2" "$3" -D nprov="$NPROV"
 }
 
 header "smoke test"

@@ -50,17 +50,10 @@ psqlb -v nusers="$NUSERS" -v norgs="$NORGS" -f "$REPO/sql/bench/reserve_setup.sq
 
 # pgbench_run SCRIPT CLIENTS STRIDE SECONDS TAG -> prints the transaction pairs per second
 pgbench_run() {
-    local script="$1" c="$2" stride="$3" secs="$4" tag="$5" j out rc=0
-    j=$((c < NCPU ? c : NCPU))
+    local script="$1" c="$2" stride="$3" secs="$4" tag="$5"
     psqlb -c "VACUUM quota.wallets, quota.organizations, quota.reservations" -c CHECKPOINT >/dev/null
-    out="$("$PG_BIN/pgbench" -n -M prepared --max-tries=10 -T "$secs" -c "$c" -j "$j" \
-        -f "$REPO/sql/bench/$script" -D run="$RUN-$tag" -D seq=0 -D nusers="$NUSERS" -D stride="$stride" \
-        -h "$SOCK" -p "$PORT" -U postgres "$DB" 2>&1)" || rc=$?
-    if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out" || grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then
-        echo "$out" >&2
-        die "pgbench $script failed (rc $rc)"
-    fi
-    sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
+    pgbench_tps "$SOCK" "$PORT" "$DB" "$script" "$c" "$secs" --max-tries=10 \
+        -D run="$RUN-$tag" -D seq=0 -D nusers="$NUSERS" -D stride="$stride"
 }
 
 header "smoke test of both scripts"

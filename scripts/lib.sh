@@ -87,6 +87,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 fmt() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
 median() { tr ' ' '\n' <<<"$*" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# pgbench_tps SOCKDIR PORT DB SCRIPT CLIENTS SECONDS [pgbench args...]: one timed pgbench run of
+# sql/bench/SCRIPT (-n -M prepared, -j up to the cores), printing its tps; dies with pgbench's
+# output when it fails or reports failed transactions.
+pgbench_tps() {
+    local sock="$1" port="$2" db="$3" script="$4" c="$5" secs="$6" j out rc=0 ncpu
+    shift 6
+    ncpu="$(nproc)"
+    j=$((c < ncpu ? c : ncpu))
+    out="$("$PG_BIN/pgbench" -n -M prepared -T "$secs" -c "$c" -j "$j" "$@" \
+        -f "$REPO/sql/bench/$script" -h "$sock" -p "$port" -U postgres "$db" 2>&1)" || rc=$?
+    if [ $rc -ne 0 ] || ! grep -q '^tps = ' <<<"$out" || grep -Eq 'number of failed transactions: [1-9]' <<<"$out"; then
+        echo "$out" >&2
+        die "pgbench $script failed (rc $rc)"
+    fi
+    sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | head -n 1
+}
+
 file_sha() { if [ -f "$1" ]; then sha256sum "$1" | cut -d' ' -f1; else echo none; fi; }
 
 # ---------------------------------------------------------------------------------------------

@@ -225,40 +225,35 @@ fn read_provider(client: &SpiClient, id: Uuid) -> Provider {
     }
 }
 
-fn account_json(client: &SpiClient, id: Uuid) -> Value {
-    let t = client
-        .select(
-            "SELECT quota._pool_account_json(a) FROM quota.pool_accounts a WHERE a.account_id = $1",
-            Some(1),
-            &[id.into()],
-        )
-        .or_raise();
+/// The JSON of one row (the first column of `sql`, keyed by `$1`), or the not-found error.
+fn row_json(client: &SpiClient, sql: &str, id: Uuid, missing: fn(Uuid) -> QuotaError) -> Value {
+    let t = client.select(sql, Some(1), &[id.into()]).or_raise();
     match t.into_iter().next() {
         Some(row) => row
             .get::<JsonB>(1)
             .or_raise()
             .map(|j| j.0)
             .unwrap_or(Value::Null),
-        None => raise(account_not_found(id)),
+        None => raise(missing(id)),
     }
 }
 
+fn account_json(client: &SpiClient, id: Uuid) -> Value {
+    row_json(
+        client,
+        "SELECT quota._pool_account_json(a) FROM quota.pool_accounts a WHERE a.account_id = $1",
+        id,
+        account_not_found,
+    )
+}
+
 fn provider_json(client: &SpiClient, id: Uuid) -> Value {
-    let t = client
-        .select(
-            "SELECT quota._provider_json(p) FROM quota.providers p WHERE p.provider_id = $1",
-            Some(1),
-            &[id.into()],
-        )
-        .or_raise();
-    match t.into_iter().next() {
-        Some(row) => row
-            .get::<JsonB>(1)
-            .or_raise()
-            .map(|j| j.0)
-            .unwrap_or(Value::Null),
-        None => raise(provider_not_found(id)),
-    }
+    row_json(
+        client,
+        "SELECT quota._provider_json(p) FROM quota.providers p WHERE p.provider_id = $1",
+        id,
+        provider_not_found,
+    )
 }
 
 /// An audit row of an admin change, by the calling role.
