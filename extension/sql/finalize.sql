@@ -137,7 +137,7 @@ COMMENT ON FUNCTION quota.list_pool_accounts(uuid) IS 'A provider''s pool accoun
 COMMENT ON FUNCTION quota.pool_status(uuid) IS 'Seed 002''s pool status: accounts total, active and available, quota totals, usage percent, in-flight leases, each account''s availability and reason. Reads only.';
 COMMENT ON FUNCTION quota.pool_account_status(uuid) IS 'Seed 002''s quota status of an account: availability and reason, limit, used, held, remaining, usage percent, reset_at. Reads only.';
 COMMENT ON FUNCTION quota.pool_stats(uuid, timestamptz, timestamptz) IS 'pool_status plus usage (requests, success rate, tokens, cost, latency), top models, error breakdown and daily stats within [from, to) (default the last 30 days). Reads only.';
-COMMENT ON FUNCTION quota.usage_stats(text, timestamptz, timestamptz) IS 'Pool usage of a user (NULL: everyone) within [from_at, to_at): requests, success rate, tokens, cost, average latency. Reads only.';
+COMMENT ON FUNCTION quota.usage_stats(text, timestamptz, timestamptz) IS 'Pool usage of a user (NULL: everyone) within [from_at, to_at) (default the 30 days up to now): requests, success rate, tokens, cost, average latency. Reads only.';
 COMMENT ON FUNCTION quota.list_pool_alerts(uuid, timestamptz, integer) IS 'Pool alerts (warning, exhausted), newest first, with their webhook delivery status. Reads only.';
 COMMENT ON FUNCTION quota.token_verifications() IS 'Access-token verifications since the server started, by outcome (valid or the refusal code): lock-free counters in shared memory, for /metrics.';
 COMMENT ON FUNCTION quota.metrics() IS 'The database''s counters and gauges in Prometheus terms (name, kind, help, labels, value): what /metrics serves. Reads only.';

@@ -360,29 +360,34 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, quota, pg_temp AS $$
       AND l.created_at >= $3 AND l.created_at < $4
 $$;
 
-CREATE FUNCTION quota._check_range(from_at timestamptz, to_at timestamptz) RETURNS void
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+-- A statistics period [from, to): `to` defaults to now (quota.now(), plus 1 us so a request
+-- logged at this instant counts), `from` to 30 days before `to`; from after to is 22023.
+CREATE FUNCTION quota._period(from_at timestamptz, to_at timestamptz) RETURNS timestamptz[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, quota, pg_temp AS $$
+DECLARE
+    t timestamptz := coalesce(to_at, quota.now() + interval '1 microsecond');
+    f timestamptz := coalesce(from_at, t - interval '30 days');
 BEGIN
-    IF from_at IS NULL OR to_at IS NULL OR from_at > to_at THEN
-        RAISE EXCEPTION 'from (%) must be at or before to (%)', coalesce(from_at::text, 'NULL'), coalesce(to_at::text, 'NULL')
+    IF f > t THEN
+        RAISE EXCEPTION 'from (%) must be at or before to (%)', f, t
             USING ERRCODE = '22023',
                   DETAIL = jsonb_build_object('error', 'invalid_parameter', 'field', 'from')::text;
     END IF;
+    RETURN ARRAY[f, t];
 END
 $$;
 
-CREATE FUNCTION quota.usage_stats(user_id text, from_at timestamptz, to_at timestamptz) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
-BEGIN
-    PERFORM quota._check_range(from_at, to_at);
-    RETURN jsonb_build_object('user_id', user_id) || quota._usage(user_id, NULL, from_at, to_at);
-END
+CREATE FUNCTION quota.usage_stats(user_id text, from_at timestamptz DEFAULT NULL,
+                                  to_at timestamptz DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+    SELECT jsonb_build_object('user_id', user_id) || quota._usage(user_id, NULL, p[1], p[2])
+    FROM quota._period(from_at, to_at) p
 $$;
 
 -- The database's counters and gauges for /metrics (the DBA can query them too).
 CREATE FUNCTION quota.metrics()
 RETURNS TABLE (name text, kind text, help text, labels jsonb, value double precision)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, quota, pg_temp AS $$
     SELECT 'quota_usage_percent', 'gauge', 'Quota used by a pool account in its current period, percent of its limit (0 when unlimited).',
            jsonb_build_object('account_id', a.account_id::text, 'provider_id', a.provider_id::text),
            CASE WHEN a.quota_limit > 0 THEN 100.0 * a.quota_used / a.quota_limit ELSE 0 END

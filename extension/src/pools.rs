@@ -918,35 +918,33 @@ fn pool_stats(
     let id = required(provider_id, "provider_id");
     Spi::connect(|client| {
         let mut j = pool_status_json(client, id);
-        let now = now_us(client);
-        let to = to_at.unwrap_or_else(|| to_ts(now + 1));
-        let from = from_at.unwrap_or_else(|| to_ts(now - 30 * pool::DAY_US));
         let t = client
             .select(
-                "SELECT quota._check_range($2, $3),
-                        quota._usage(NULL, $1, $2, $3),
+                "WITH period AS (SELECT p[1] AS f, p[2] AS t FROM quota._period($2, $3) p)
+                 SELECT period.f, quota._usage(NULL, $1, period.f, period.t),
                         (SELECT coalesce(jsonb_agg(x), '[]') FROM (
                             SELECT coalesce(model, '') AS model, count(*) AS requests,
                                    sum(input_tokens + output_tokens) AS total_tokens,
                                    sum(estimated_cost) AS estimated_cost
                               FROM quota.pool_request_logs
-                             WHERE provider_id = $1 AND created_at >= $2 AND created_at < $3
+                             WHERE provider_id = $1 AND created_at >= period.f AND created_at < period.t
                              GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10) x),
                         (SELECT coalesce(jsonb_agg(x), '[]') FROM (
                             SELECT status_code, coalesce(error, '') AS error, count(*) AS count
                               FROM quota.pool_request_logs
-                             WHERE provider_id = $1 AND created_at >= $2 AND created_at < $3 AND NOT success
+                             WHERE provider_id = $1 AND created_at >= period.f AND created_at < period.t AND NOT success
                              GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 50) x),
                         (SELECT coalesce(jsonb_agg(x ORDER BY x.day), '[]') FROM (
                             SELECT day, sum(requests) AS requests, sum(successes) AS successes,
                                    sum(failures) AS failures, sum(input_tokens) AS input_tokens,
                                    sum(output_tokens) AS output_tokens, sum(estimated_cost) AS estimated_cost
                               FROM quota.pool_daily_stats
-                             WHERE provider_id = $1 AND day >= ($2 AT TIME ZONE 'UTC')::date
-                               AND day <= ($3 AT TIME ZONE 'UTC')::date
-                             GROUP BY day) x)",
+                             WHERE provider_id = $1 AND day >= (period.f AT TIME ZONE 'UTC')::date
+                               AND day <= (period.t AT TIME ZONE 'UTC')::date
+                             GROUP BY day) x)
+                 FROM period",
                 Some(1),
-                &[id.into(), from.into(), to.into()],
+                &[id.into(), from_at.into(), to_at.into()],
             )
             .or_raise();
         let row = t.first();

@@ -58,6 +58,8 @@ SELECT quota.pool_acquire(:'p', 1) - 'account_id' AS fourth_in_minute;
 SELECT quota.pool_release(:'a2', (:'l3'::jsonb ->> 'lease_id')::uuid, '{"output_tokens": 2}') ->> 'lease_status' AS status;
 -- usage stats of user-9: 2 of 3 succeeded
 SELECT quota.usage_stats('user-9', '2026-03-01', '2026-03-02') - 'from' - 'to' AS usage;
+-- without a period: the 30 days up to now, which includes this instant
+SELECT quota.usage_stats('user-9') ->> 'total_requests' AS user9_default_period;
 SELECT quota.pool_stats(:'p', '2026-03-01', '2026-03-02') -> 'top_models' AS top_models,
        quota.pool_stats(:'p', '2026-03-01', '2026-03-02') -> 'errors' AS errors;
 -- the next minute admits again

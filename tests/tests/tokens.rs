@@ -48,6 +48,13 @@ async fn spend(ctx: &Ctx, token: &str, units: i64) -> Value {
 }
 
 /// Asserts the quota endpoint and the update answer agree on the four fields.
+/// Updates the token with `body`; both the answer and the stored quota show `want`.
+async fn converted(ctx: &Ctx, token: &str, body: Value, want: &Value) {
+    let updated = ctx.flow_updated(token, body).await;
+    assert_eq!(&quota_of(&updated), want, "{updated}");
+    assert_quota(ctx, token, want).await;
+}
+
 async fn assert_quota(ctx: &Ctx, token: &str, want: &Value) {
     let quota = ctx.flow_quota(token).await;
     assert_eq!(&quota_of(&quota), want, "GET quota: {quota}");
@@ -159,20 +166,19 @@ async fn seed_scenario_3_count_to_hybrid() {
             .await,
     );
     spend(&ctx, &token, 2000).await;
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "set", "quota_type": "hybrid", "specific_date": "2025-06-30 23:59:59"}),
-        )
-        .await;
     let want = expected(
         "hybrid",
         Some(5000),
         Some(3000),
         Some("2025-06-30 23:59:59"),
     );
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "set", "quota_type": "hybrid", "specific_date": "2025-06-30 23:59:59"}),
+        &want,
+    )
+    .await;
     // Hybrid checks both: the date is past.
     ctx.flow_verify(&token, None)
         .await
@@ -283,15 +289,8 @@ async fn matrix_time_to_count_needs_a_quota() {
     expect_envelope_error(refused, 400, None);
     assert_quota(&ctx, &token, &expected("time", None, None, Some(D1))).await;
 
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "unlimited", "quota_type": "count", "quota_operation": "set", "quota_amount": 40}),
-        )
-        .await;
     let want = expected("count", Some(40), Some(40), None);
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(&ctx, &token, json!({"operation": "unlimited", "quota_type": "count", "quota_operation": "set", "quota_amount": 40}), &want).await;
     assert_eq!(spend(&ctx, &token, 1).await["remaining"], 39);
 }
 
@@ -308,16 +307,15 @@ async fn matrix_time_to_hybrid_keeps_the_time_and_sets_a_quota() {
     expect_envelope_error(refused, 400, None);
     assert_quota(&ctx, &token, &expected("time", None, None, Some(D1))).await;
 
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "set", "quota_type": "hybrid", "specific_date": D1,
-                   "quota_operation": "set", "quota_amount": 40}),
-        )
-        .await;
     let want = expected("hybrid", Some(40), Some(40), Some(D1));
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "set", "quota_type": "hybrid", "specific_date": D1,
+                   "quota_operation": "set", "quota_amount": 40}),
+        &want,
+    )
+    .await;
     assert_eq!(spend(&ctx, &token, 2).await["remaining"], 38);
 }
 
@@ -325,15 +323,14 @@ async fn matrix_time_to_hybrid_keeps_the_time_and_sets_a_quota() {
 async fn matrix_count_to_time_sets_the_time_and_keeps_the_counts() {
     let ctx = Ctx::new("tok_count_time").await;
     let token = count_token(&ctx).await;
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "set", "quota_type": "time", "specific_date": D2}),
-        )
-        .await;
     let want = expected("time", Some(100), Some(70), Some(D2));
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "set", "quota_type": "time", "specific_date": D2}),
+        &want,
+    )
+    .await;
     // A time token is not counted.
     let body = ctx.flow_verify(&token, Some(json!({"units": 500}))).await;
     body.expect_valid();
@@ -345,15 +342,14 @@ async fn matrix_count_to_hybrid_keeps_the_counts_and_sets_the_time() {
     let ctx = Ctx::new("tok_count_hybrid").await;
     let token = count_token(&ctx).await;
     // operation set and no quota_operation: the existing quota is kept (SPEC 4).
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "set", "quota_type": "hybrid", "specific_date": D2}),
-        )
-        .await;
     let want = expected("hybrid", Some(100), Some(70), Some(D2));
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "set", "quota_type": "hybrid", "specific_date": D2}),
+        &want,
+    )
+    .await;
     assert_eq!(spend(&ctx, &token, 5).await["remaining"], 65);
 }
 
@@ -361,15 +357,14 @@ async fn matrix_count_to_hybrid_keeps_the_counts_and_sets_the_time() {
 async fn matrix_hybrid_to_time_keeps_the_time() {
     let ctx = Ctx::new("tok_hybrid_time").await;
     let token = hybrid_token(&ctx).await;
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "set", "quota_type": "time", "specific_date": D1}),
-        )
-        .await;
     let want = expected("time", Some(100), Some(70), Some(D1));
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "set", "quota_type": "time", "specific_date": D1}),
+        &want,
+    )
+    .await;
     ctx.flow_verify(&token, Some(json!({"units": 1000})))
         .await
         .expect_valid();
@@ -380,15 +375,14 @@ async fn matrix_hybrid_to_time_keeps_the_time() {
 async fn matrix_hybrid_to_count_keeps_the_counts_and_drops_the_time() {
     let ctx = Ctx::new("tok_hybrid_count").await;
     let token = hybrid_token(&ctx).await;
-    let updated = ctx
-        .flow_updated(
-            &token,
-            json!({"operation": "unlimited", "quota_type": "count"}),
-        )
-        .await;
     let want = expected("count", Some(100), Some(70), None);
-    assert_eq!(quota_of(&updated), want, "{updated}");
-    assert_quota(&ctx, &token, &want).await;
+    converted(
+        &ctx,
+        &token,
+        json!({"operation": "unlimited", "quota_type": "count"}),
+        &want,
+    )
+    .await;
     assert_eq!(spend(&ctx, &token, 70).await["remaining"], 0);
     ctx.flow_verify(&token, None)
         .await

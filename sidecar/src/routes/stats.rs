@@ -19,12 +19,8 @@ use crate::extract::{optional_param, query_timestamp, ApiPath, ApiQuery};
 use crate::metrics::{self, DbMetric};
 use crate::{db, AppState};
 
-/// The period defaults to the 30 days before `to`, itself defaulting to the database's clock
-/// (`quota.now()`, so tests that move it see the same period) plus 1 µs, so a request logged at
-/// this very instant counts (`to` is exclusive), as `quota.pool_stats` does.
-pub const SQL_USAGE: &str = "SELECT quota.usage_stats($1::text, \
-     coalesce($2::timestamptz, coalesce($3::timestamptz, quota.now()) - interval '30 days'), \
-     coalesce($3::timestamptz, quota.now() + interval '1 microsecond'))";
+/// The period's defaults (30 days up to now) are `quota.usage_stats`'s, as `quota.pool_stats`'s.
+pub const SQL_USAGE: &str = "SELECT quota.usage_stats($1::text, $2::timestamptz, $3::timestamptz)";
 pub const SQL_POOL_STATS: &str =
     "SELECT quota.pool_stats($1::text::uuid, $2::timestamptz, $3::timestamptz)";
 pub const SQL_QUOTA: &str = "SELECT quota.pool_account_status($1::text::uuid)";
