@@ -115,6 +115,18 @@ SELECT count(*) >= 0 AS scan_now_works FROM quota.scan();
 SELECT quota.set_exchange_rate(10000) ->> 'new_base_rate' AS base_rate;
 RESET ROLE;
 SELECT actor, action FROM quota.audit_log ORDER BY id DESC LIMIT 1;
+-- Pool credentials: a reader sees an account's columns but never its credentials (not even the
+-- ciphertext), and only quota_service and up may acquire (the one call that returns them).
+SET ROLE quota_reader;
+SELECT count(*) >= 0 AS reader_sees_accounts FROM quota.pool_accounts;
+SAVEPOINT r;
+SELECT credentials FROM quota.pool_accounts;
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO r;
+SELECT quota.pool_acquire(gen_random_uuid(), 1);
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO r;
+RESET ROLE;
 -- The balance the application's charge left, and the ledger agrees.
 SELECT balance FROM quota.wallets WHERE user_id = 'app_user';
 SELECT * FROM quota.verify();
